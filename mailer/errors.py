@@ -1,0 +1,72 @@
+"""One base error; small subclasses that carry what the user needs to fix the problem.
+
+The CLI turns any ``MailerError`` into one line on stderr and exit code 1, so each
+message must read well on its own: what is wrong, where, and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class MailerError(Exception):
+    """Base of every error the user can do something about."""
+
+
+class ConfigError(MailerError):
+    """The configuration file is missing, unreadable, or holds a wrong key or value."""
+
+
+class StoreError(MailerError):
+    """The database cannot be opened or is not in the expected state."""
+
+
+class NotInitialised(StoreError):
+    """The database has not been created with ``mailer init``."""
+
+
+class UnknownList(MailerError):
+    """A list slug that is not configured."""
+
+    def __init__(self, slug: str, known: list[str]) -> None:
+        self.slug = slug
+        self.known = known
+        super().__init__(f"unknown list {slug!r}; known lists: {', '.join(known) or 'none'}")
+
+
+class UnknownUnit(MailerError):
+    """A unit name that is not in the database."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"unknown unit {name!r}; see `mailer units list` for the units on file"
+        )
+
+
+class UnknownRecipient(MailerError):
+    """An address that is not in the database."""
+
+    def __init__(self, email: str) -> None:
+        self.email = email
+        super().__init__(f"no recipient {email!r}; see `mailer recipients list`")
+
+
+class InvalidInput(MailerError):
+    """A value typed or imported by staff is not acceptable."""
+
+
+class ImportRejected(MailerError):
+    """A recipients file had bad rows; nothing was imported."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        n = len(problems)
+        head = "; ".join(problems[:5]) + ("; …" if n > 5 else "")
+        super().__init__(
+            f"{source}: {n} bad row{'s' if n != 1 else ''}, nothing was imported "
+            f"(fix them, or use --skip-invalid to import the good rows): {head}"
+        )
+
+
+class IssueError(MailerError):
+    """An issue file cannot be read or parsed."""
