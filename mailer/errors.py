@@ -61,10 +61,9 @@ class ImportRejected(MailerError):
         self.source = source
         self.problems = problems
         n = len(problems)
-        head = "; ".join(problems[:5]) + ("; …" if n > 5 else "")
         super().__init__(
-            f"{source}: {n} bad row{'s' if n != 1 else ''}, nothing was imported "
-            f"(fix them, or use --skip-invalid to import the good rows): {head}"
+            f"{source}: {n} bad row{'s' if n != 1 else ''} (listed above); nothing was "
+            "imported. Fix them, or use --skip-invalid to import the good rows"
         )
 
 

@@ -176,5 +176,7 @@ class Event:
     at: str
     actor: str
     kind: str
-    subject: str
-    detail: dict[str, object]
+    subject: str  # an email address, a unit name, a list slug
+    unit: str | None
+    list: str | None
+    detail: dict[str, object]  # before/after values, source, reason

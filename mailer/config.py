@@ -1,0 +1,381 @@
+"""Configuration: one TOML file plus the environment, loaded into frozen dataclasses.
+
+The file is found by ``--config PATH``, else ``$MAILER_CONFIG``, else ``./config.toml``.
+Relative paths inside it are relative to the file, so a daemon started from any
+directory reads the same database. Secrets never have to live in the file: the SMTP
+password comes only from ``MAILER_SMTP_PASSWORD``; the signing secret from
+``MAILER_SECRET`` or a 0600 file named by ``web.secret_file``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import ConfigError, InvalidInput, UnknownList
+from .models import Role
+
+ENV_CONFIG = "MAILER_CONFIG"
+ENV_PASSWORD = "MAILER_SMTP_PASSWORD"
+ENV_SECRET = "MAILER_SECRET"
+TLS_MODES = ("starttls", "tls", "none")
+MIN_SECRET_BYTES = 16
+
+
+@dataclass(frozen=True)
+class ListConfig:
+    slug: str
+    role: Role
+    title: str
+    footer_label: str
+    allow_unsubscribe: bool
+    collective_label: str | None = None  # printed on the 发： line instead of every unit
+
+
+@dataclass(frozen=True)
+class SenderConfig:
+    address: str
+    name: str
+    reply_to: str | None
+
+
+@dataclass(frozen=True)
+class SMTPConfig:
+    host: str
+    port: int
+    tls: str
+    username: str | None
+    concurrency: int
+    timeout: float
+
+    @property
+    def password(self) -> str | None:
+        # Read at use time so a daemon picks up the environment it was started with.
+        return os.environ.get(ENV_PASSWORD) or None
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    base_url: str
+    host: str
+    port: int
+    secret_file: Path | None
+    inline_secret: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    database: Path
+    sender: SenderConfig
+    smtp: SMTPConfig
+    web: WebConfig
+    timezone: str
+    contact: str
+    lists: tuple[ListConfig, ...]
+
+    def list(self, slug: str) -> ListConfig:
+        for lc in self.lists:
+            if lc.slug == slug:
+                return lc
+        raise UnknownList(slug, [lc.slug for lc in self.lists])
+
+    def secret(self) -> bytes:
+        """The HMAC key for unsubscribe tokens: environment, else the secret file."""
+        env = os.environ.get(ENV_SECRET)
+        if env:
+            value = env
+            where = f"${ENV_SECRET}"
+        elif self.web.secret_file is not None:
+            value = _read_secret_file(self.web.secret_file)
+            where = str(self.web.secret_file)
+        elif self.web.inline_secret:
+            value = self.web.inline_secret
+            where = f"{self.path.name}: web.secret"
+        else:
+            raise ConfigError(
+                f"{self.path.name}: no signing secret; set ${ENV_SECRET} or web.secret_file "
+                "(a file with mode 0600 holding a long random string)"
+            )
+        if len(value.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"{where}: the signing secret is too short; use at least "
+                f"{MIN_SECRET_BYTES} random characters"
+            )
+        return value.encode()
+
+
+def find_config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(ENV_CONFIG)
+    if env:
+        return Path(env)
+    return Path("config.toml")
+
+
+def load(explicit: str | os.PathLike[str] | None = None) -> Config:
+    """Find, read and validate the configuration; every problem is one ConfigError line."""
+    path = find_config_path(explicit)
+    if not path.exists():
+        raise ConfigError(
+            f"{path}: config file not found; copy config.example.toml to {path} and edit it, "
+            f"or pass --config PATH (or set ${ENV_CONFIG})"
+        )
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the config file must be saved as UTF-8") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse(data, path)
+
+
+T = TypeVar("T")
+
+
+class _Table:
+    """A TOML table being read; every error names the key path and the file."""
+
+    def __init__(self, data: Mapping[str, Any], prefix: str, file: str) -> None:
+        self.data = data
+        self.prefix = prefix
+        self.file = file
+        self.used: set[str] = set()
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.file}: {self.prefix}{key}: {message}")
+
+    def _get(self, key: str, default: T, kind: type, kind_name: str) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            if default is _REQUIRED:
+                raise self.error(key, f"missing; add {kind_name} value")
+            return default
+        value = self.data[key]
+        # bool is an int in Python; a port of `true` is still a mistake.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(key, f"expected {kind_name}, got {_show(value)}")
+        return value
+
+    def text(self, key: str, default: Any = None) -> Any:
+        value = self._get(key, default, str, "a string")
+        if isinstance(value, str) and not value.strip():
+            raise self.error(key, "must not be empty")
+        return value
+
+    def integer(self, key: str, default: Any, *, low: int, high: int) -> int:
+        value: int = self._get(key, default, int, "an integer")
+        if not low <= value <= high:
+            raise self.error(key, f"expected an integer from {low} to {high}, got {value}")
+        return value
+
+    def number(self, key: str, default: float, *, low: float) -> float:
+        self.used.add(key)
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(key, f"expected a number, got {_show(value)}")
+        if value < low:
+            raise self.error(key, f"must be at least {low}, got {value}")
+        return float(value)
+
+    def flag(self, key: str, default: bool) -> bool:
+        value: bool = self._get(key, default, bool, "true or false")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value: str = self._get(key, default, str, "a string")
+        if value not in choices:
+            raise self.error(
+                key, f"expected one of {', '.join(map(repr, choices))}, got {_show(value)}"
+            )
+        return value
+
+    def table(self, key: str) -> _Table:
+        value = self._get(key, {}, dict, "a table")
+        return _Table(value, f"{self.prefix}{key}.", self.file)
+
+    def no_unknown_keys(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            known = ", ".join(sorted(self.used))
+            raise self.error(unknown[0], f"unknown key (known here: {known})")
+
+
+_REQUIRED: Any = object()
+
+
+def _show(value: object) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return str(value)
+
+
+def parse(data: Mapping[str, Any], path: Path) -> Config:
+    """Validate already-parsed TOML; ``path`` anchors relative paths and error messages."""
+    base = path.resolve().parent
+    root = _Table(data, "", path.name)
+
+    def rel(p: str) -> Path:
+        return (base / p).resolve() if not os.path.isabs(p) else Path(p)
+
+    db = root.table("database")
+    database = rel(db.text("path", "mailer.db"))
+    db.no_unknown_keys()
+
+    snd = root.table("sender")
+    sender = SenderConfig(
+        address=snd.text("address", _REQUIRED),
+        name=snd.text("name", _REQUIRED),
+        reply_to=snd.text("reply_to", None),
+    )
+    snd.no_unknown_keys()
+    for key, value in (("address", sender.address), ("reply_to", sender.reply_to)):
+        if value is not None:
+            _check_address(snd, key, value)
+    if any(ch in sender.name for ch in "\r\n"):
+        raise snd.error("name", "must be on one line")
+
+    sm = root.table("smtp")
+    if "password" in sm.data:
+        raise sm.error(
+            "password",
+            f"the SMTP password is read only from ${ENV_PASSWORD}; remove it from the file",
+        )
+    tls = sm.choice("tls", "starttls", TLS_MODES)
+    smtp = SMTPConfig(
+        host=sm.text("host", "127.0.0.1"),
+        port=sm.integer("port", {"starttls": 587, "tls": 465, "none": 25}[tls], low=1, high=65535),
+        tls=tls,
+        username=sm.text("username", None),
+        concurrency=sm.integer("concurrency", 4, low=1, high=64),
+        timeout=sm.number("timeout", 30.0, low=1.0),
+    )
+    sm.no_unknown_keys()
+
+    wb = root.table("web")
+    secret_file = wb.text("secret_file", None)
+    web = WebConfig(
+        base_url=wb.text("base_url", "http://127.0.0.1:8025").rstrip("/"),
+        host=wb.text("host", "127.0.0.1"),
+        port=wb.integer("port", 8025, low=1, high=65535),
+        secret_file=rel(secret_file) if secret_file else None,
+        inline_secret=wb.text("secret", None),
+    )
+    wb.no_unknown_keys()
+    if not web.base_url.startswith(("https://", "http://")):
+        raise wb.error("base_url", f"expected an http(s) URL, got {_show(web.base_url)}")
+
+    sch = root.table("schedule")
+    timezone = sch.text("timezone", "Asia/Shanghai")
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise sch.error("timezone", f"unknown time zone {_show(timezone)}") from None
+    sch.no_unknown_keys()
+
+    ct = root.table("contact")
+    contact = ct.text("line", f"{sender.name} {sender.reply_to or sender.address}")
+    ct.no_unknown_keys()
+
+    lists = _parse_lists(root.table("lists"))
+    root.no_unknown_keys()
+
+    if web.inline_secret:
+        _refuse_if_readable(path, "web.secret")
+    return Config(
+        path=path,
+        database=database,
+        sender=sender,
+        smtp=smtp,
+        web=web,
+        timezone=timezone,
+        contact=contact,
+        lists=lists,
+    )
+
+
+_DEFAULT_LISTS: dict[str, dict[str, Any]] = {
+    "report-to": {"role": Role.REPORT_TO, "title": "简报报送名单", "footer_label": "报"},
+    "send-to": {"role": Role.SEND_TO, "title": "简报发送名单", "footer_label": "发"},
+}
+
+
+def _parse_lists(tbl: _Table) -> tuple[ListConfig, ...]:
+    slugs = list(dict.fromkeys([*_DEFAULT_LISTS, *tbl.data]))
+    out = []
+    for slug in slugs:
+        lt = tbl.table(slug)
+        default = _DEFAULT_LISTS.get(slug, {})
+        role = Role(lt.choice("role", default.get("role", _REQUIRED), tuple(Role)))
+        out.append(
+            ListConfig(
+                slug=slug,
+                role=role,
+                title=lt.text("title", default.get("title", _REQUIRED)),
+                footer_label=lt.text("footer_label", default.get("footer_label", _REQUIRED)),
+                # Superior bodies are official recipients: only staff change them.
+                allow_unsubscribe=lt.flag("allow_unsubscribe", role is not Role.REPORT_TO),
+                collective_label=lt.text("collective_label", None),
+            )
+        )
+        lt.no_unknown_keys()
+        if not slug.replace("-", "").isalnum() or not slug.isascii():
+            raise tbl.error(slug, "a list name may use only ASCII letters, digits and '-'")
+    tbl.no_unknown_keys()
+    return tuple(out)
+
+
+def _check_address(tbl: _Table, key: str, value: str) -> None:
+    from .validate import normalise_email
+
+    try:
+        normalise_email(value)
+    except InvalidInput as e:  # re-anchor the message on the key path
+        raise tbl.error(key, str(e)) from None
+
+
+def _refuse_if_readable(path: Path, what: str) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigError(
+            f"{path}: holds a secret ({what}) but is readable by group/others "
+            f"(mode {mode:04o}); run `chmod 600 {path}`"
+        )
+
+
+def _read_secret_file(path: Path) -> str:
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: secret file not found; create it with "
+            f"`python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > {path}; "
+            f"chmod 600 {path}`"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the secret file: {e.strerror}") from None
+    if mode & 0o077:
+        raise ConfigError(
+            f"{path}: the secret file is readable by group/others (mode {mode:04o}); "
+            f"run `chmod 600 {path}`"
+        )
+    return text
+

@@ -1,0 +1,96 @@
+"""Shared fixtures: a real config file and a real SQLite database in tmp_path."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from mailer.cli import cli
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_ISSUE = REPO.parent / "shared" / "samples" / "bulletin-2015-09.txt"
+
+CONFIG = """\
+[database]
+path = "data/mailer.db"
+
+[sender]
+address = "bulletin@example.org"
+name = "杭州市新经济与新社会组织党务工作者协会"
+reply_to = "secretariat@example.org"
+
+[smtp]
+host = "127.0.0.1"
+port = 2525
+tls = "none"
+
+[web]
+base_url = "https://bulletin.example.org"
+
+[lists.send-to]
+title = "简报发送名单"
+footer_label = "发"
+collective_label = "协会会员"
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG, encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
+Run = Callable[..., Result]
+
+
+@pytest.fixture
+def run(config_file: Path) -> Run:
+    """Invoke the CLI against the test config; ``ok=True`` asserts exit code 0."""
+    runner = CliRunner()
+
+    def invoke(*args: str, ok: bool = True, input: str | None = None) -> Result:
+        result = runner.invoke(cli, ["--config", str(config_file), *args], input=input)
+        if ok:
+            assert result.exit_code == 0, result.output
+            assert result.exception is None or isinstance(result.exception, SystemExit)
+        return result
+
+    return invoke
+
+
+@pytest.fixture
+def db_path(config_file: Path) -> Path:
+    return config_file.parent / "data" / "mailer.db"
+
+
+@pytest.fixture
+def initialised(run: Run, db_path: Path) -> Path:
+    run("init")
+    return db_path
+
+
+def snapshot(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, to prove a refused command changed nothing."""
+    conn = sqlite3.connect(path)
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: sorted(conn.execute(f'SELECT * FROM "{t}"'), key=repr) for t in tables}
+    finally:
+        conn.close()
+
+
+def assert_one_line_error(result: Result, *fragments: str) -> None:
+    """A refused command: exit 1, one line on stderr starting with Error:, no traceback."""
+    assert result.exit_code == 1, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]
