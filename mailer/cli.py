@@ -415,6 +415,60 @@ def units_show(state: State, unit: str) -> None:
     _members_table(state, members, title=f"{len(members)} subscriptions")
 
 
+@units.command("unsubscribe")
+@click.argument("unit")
+@click.option("--list", "list_slug", required=True, metavar="LIST", help="Usually send-to.")
+@click.option("--reason", help="Why, for the audit trail (e.g. the unit's letter).")
+@pass_state
+def units_unsubscribe(state: State, unit: str, list_slug: str, reason: str | None) -> None:
+    """Stop sending to every address of a unit on a list (staff opt-out)
+
+    Example:
+
+    \b
+        mailer units unsubscribe 老板集团 --list send-to --reason "单位来函"
+    """
+    with state.store() as store:
+        changed = store.unsubscribe_unit(
+            unit, list_slug, source="staff", reason=clean_text(reason, "reason")
+        )
+    if not changed:
+        raise InvalidInput(f"{unit} has no active address on {list_slug}; nothing changed")
+    click.echo(f"unsubscribed {len(changed)} address(es) of {unit} from {list_slug}: "
+               + ", ".join(changed))
+
+
+@cli.command()
+@click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%d %H:%M"]),
+              help="Only from this local date/time on.")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@pass_state
+def unsubscribes(state: State, since: dt.datetime | None, as_json: bool) -> None:
+    """Who unsubscribed, when, and how (one-click, page, unit, staff)
+
+    Example:
+
+    \b
+        mailer unsubscribes --since 2015-11-01
+    """
+    stamp = None
+    if since is not None:
+        local = since.replace(tzinfo=zoneinfo.ZoneInfo(state.config.timezone))
+        stamp = local.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with state.store() as store:
+        events = store.unsubscribes(stamp)
+    if as_json:
+        print_json([asdict(e) for e in events])
+        return
+    table = Table(title=f"{len(events)} unsubscribes", title_justify="left")
+    for col in ("At", "Address", "Unit", "List", "Source", "By"):
+        table.add_column(col, overflow="fold")
+    for e in events:
+        table.add_row(state.local_time(e.at), e.subject, e.unit or "", e.list or "",
+                      str(e.detail.get("source", "")), e.actor)
+    console().print(table)
+
+
 # --- history ------------------------------------------------------------------
 
 

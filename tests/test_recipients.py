@@ -402,3 +402,22 @@ def test_groups_sort_by_their_number() -> None:
     groups = ["第七片组", None, "第十二片组", "第二片组", "第十片组", "第一片组", "3组"]
     ordered = sorted(groups, key=group_order)
     assert ordered == ["第一片组", "第二片组", "3组", "第七片组", "第十片组", "第十二片组", None]
+
+
+def test_unit_unsubscribe_and_unsubscribes_report(run: Run, initialised: Path) -> None:
+    run("recipients", "import", str(REPO / "recipients" / "send-to.csv"), "--list", "send-to")
+    out = run("units", "unsubscribe", "西子集团", "--list", "send-to",
+              "--reason", "单位来函").stdout
+    assert "unsubscribed 2 address(es) of 西子集团" in out
+    rows = members(run, "--unit", "西子集团")
+    assert {r["status"] for r in rows} == {"unsubscribed"}
+    before = snapshot(initialised)
+    assert_one_line_error(run("units", "unsubscribe", "西子集团", "--list", "send-to", ok=False),
+                          "no active address")
+    assert snapshot(initialised) == before
+    report = json.loads(run("unsubscribes", "--json").stdout)
+    assert sorted(e["subject"] for e in report) == [
+        "dangwei@xizi.example.org", "gonghui@xizi.example.org"]
+    assert {e["detail"]["source"] for e in report} == {"staff"}
+    assert json.loads(run("unsubscribes", "--since", "2999-01-01", "--json").stdout) == []
+    assert "dangwei@xizi.example.org" in run("unsubscribes").stdout

@@ -1,152 +1,16 @@
-"""The SQLite store: every table and every SQL statement of mailer lives here.
-
-Concurrency model: WAL (readers never block the writer), a busy timeout of several
-seconds, and ``BEGIN IMMEDIATE`` for every transaction that writes. A plain
-``BEGIN`` takes the write lock only at the first write, and a transaction that read
-first and then finds another writer fails at once with "database is locked",
-whatever the timeout; IMMEDIATE waits for the lock up front instead. The
-connection runs in autocommit mode so that no statement opens a transaction
-behind our back; sqlite-utils' own ``atomic()`` blocks nest inside ours as
-savepoints.
-
-Rows are never deleted: a subscription's status says why mail stops.
-"""
+"""Units, recipients and their subscriptions to lists: staff's side of the store."""
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
-import getpass
 import json
-import os
-import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+import secrets
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from sqlite_utils import Database, Migrations
-
-from .config import ListConfig
-from .errors import (
-    InvalidInput,
-    NotInitialised,
-    StoreError,
-    UnknownList,
-    UnknownRecipient,
-    UnknownUnit,
-)
-from .models import Event, MailingList, Member, Role, Status, Unit, UnitKind
-from .validate import Address, normalise_email
-
-BUSY_TIMEOUT_S = 10.0
-Clock = Callable[[], dt.datetime]
-
-MIGRATIONS = Migrations("mailer")
-
-
-@MIGRATIONS()
-def m001_recipients(db: Database) -> None:
-    db.table("units").create(
-        {"id": int, "name": str, "kind": str, "group_name": str, "created_at": str},
-        pk="id",
-        not_null={"name", "kind", "created_at"},
-    )
-    db.table("units").create_index(["name"], unique=True)
-    db.table("recipients").create(
-        {
-            "id": int,
-            "email": str,
-            "email_ascii": str,
-            "name": str,
-            "unit_id": int,
-            "created_at": str,
-        },
-        pk="id",
-        not_null={"email", "unit_id", "created_at"},
-        foreign_keys=[("unit_id", "units", "id")],
-    )
-    db.table("recipients").create_index(["email"], unique=True)
-    db.table("recipients").create_index(["unit_id"])
-    db.table("lists").create(
-        {
-            "id": int,
-            "slug": str,
-            "role": str,
-            "title": str,
-            "footer_label": str,
-            "allow_unsubscribe": int,
-            "collective_label": str,
-        },
-        pk="id",
-        not_null={"slug", "role", "title", "footer_label", "allow_unsubscribe"},
-    )
-    db.table("lists").create_index(["slug"], unique=True)
-    db.table("subscriptions").create(
-        {
-            "recipient_id": int,
-            "list_id": int,
-            "status": str,
-            "changed_at": str,
-            "source": str,
-        },
-        pk=("recipient_id", "list_id"),
-        not_null={"status", "changed_at", "source"},
-        foreign_keys=[("recipient_id", "recipients", "id"), ("list_id", "lists", "id")],
-    )
-    db.table("subscriptions").create_index(["list_id", "status"])
-    db.table("events").create(
-        {
-            "id": int,
-            "at": str,
-            "actor": str,
-            "kind": str,
-            "subject": str,
-            "unit": str,
-            "list": str,
-            "detail": str,
-        },
-        pk="id",
-        not_null={"at", "actor", "kind", "subject"},
-    )
-    db.table("events").create_index(["subject"])
-    db.table("events").create_index(["unit"])
-
-
-def default_actor() -> str:
-    """Who is at the keyboard, for the audit trail."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid:{os.getuid()}"
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _stamp(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _create_private_file(path: Path) -> None:
-    # Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
-    # database file's permissions, so addresses are never world-readable.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    os.close(fd)
-
-
-def _connect(path: Path) -> Database:
-    try:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA synchronous = NORMAL")
-    except sqlite3.DatabaseError as e:
-        raise StoreError(f"{path}: cannot open the database: {e}") from None
-    return Database(conn)
+from ..errors import InvalidInput, UnknownRecipient, UnknownUnit
+from ..models import Event, MailingList, Member, Role, Status, Unit, UnitKind
+from ..validate import Address, normalise_email
+from .base import StoreBase
 
 
 @dataclass
@@ -169,178 +33,25 @@ class ImportReport:
     dry_run: bool = False
 
 
-class Store:
-    """A handle on one mailer database. Use ``Store.open`` or ``Store.init``."""
+@dataclass(frozen=True)
+class Subscriber:
+    """One address on one list, as an unsubscribe token names it."""
 
-    def __init__(self, db: Database, path: Path, *, clock: Clock = utc_now, actor: str) -> None:
-        self.db = db
-        self.path = path
-        self.clock = clock
-        self.actor = actor
+    recipient_id: int
+    uid: str
+    email: str
+    name: str | None
+    unit_id: int
+    unit: str
+    list_slug: str
+    role: Role
+    allow_unsubscribe: bool
+    status: Status
+    other_active_in_unit: int  # other active addresses of the same unit on this list
 
-    # --- opening --------------------------------------------------------------
 
-    @classmethod
-    def open(cls, path: Path, *, clock: Clock = utc_now, actor: str | None = None) -> Store:
-        """Open an initialised database; brings its schema up to date."""
-        if not path.exists():
-            raise NotInitialised(
-                f"{path}: no database here; run `mailer init` to create it "
-                "(or check database.path in the config)"
-            )
-        store = cls(_connect(path), path, clock=clock, actor=actor or default_actor())
-        store._migrate()
-        if not store.db["lists"].exists():
-            raise NotInitialised(f"{path}: the database has no lists; run `mailer init`")
-        return store
-
-    @classmethod
-    def init(
-        cls,
-        path: Path,
-        lists: Iterable[ListConfig],
-        *,
-        clock: Clock = utc_now,
-        actor: str | None = None,
-    ) -> Store:
-        """Create the database if needed (mode 0600) and make its lists match the config."""
-        if not path.exists():
-            try:
-                _create_private_file(path)
-            except OSError as e:
-                raise StoreError(f"{path}: cannot create the database: {e.strerror}") from None
-        store = cls(_connect(path), path, clock=clock, actor=actor or default_actor())
-        store._migrate()
-        store.sync_lists(lists)
-        return store
-
-    def close(self) -> None:
-        self.db.close()
-
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _migrate(self) -> None:
-        try:
-            if not MIGRATIONS.pending(self.db):
-                return
-            with self.write():
-                MIGRATIONS.apply(self.db)
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"{self.path}: not a mailer database ({e})") from None
-
-    # --- transactions ---------------------------------------------------------
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[Database]:
-        """One writing transaction, started with BEGIN IMMEDIATE."""
-        conn = self.db.conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as e:
-            raise StoreError(
-                f"{self.path}: the database stayed busy for {BUSY_TIMEOUT_S:.0f} s "
-                f"(another mailer process is writing); try again ({e})"
-            ) from None
-        try:
-            yield self.db
-        except sqlite3.OperationalError as e:
-            # Disk full, I/O errors, a lock lost: nothing of the change is kept.
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise StoreError(f"{self.path}: could not save the change: {e}") from None
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.OperationalError as e:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise StoreError(f"{self.path}: could not save the change: {e}") from None
-
-    def _now(self) -> str:
-        return _stamp(self.clock())
-
-    def _event(
-        self,
-        kind: str,
-        subject: str,
-        *,
-        unit: str | None = None,
-        list_slug: str | None = None,
-        actor: str | None = None,
-        **detail: Any,
-    ) -> None:
-        self.db.execute(
-            "INSERT INTO events (at, actor, kind, subject, unit, list, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                self._now(),
-                actor or self.actor,
-                kind,
-                subject,
-                unit,
-                list_slug,
-                json.dumps(detail, ensure_ascii=False, sort_keys=True),
-            ],
-        )
-
-    # --- lists ----------------------------------------------------------------
-
-    def sync_lists(self, configured: Iterable[ListConfig]) -> None:
-        with self.write():
-            for lc in configured:
-                row = {
-                    "role": lc.role.value,
-                    "title": lc.title,
-                    "footer_label": lc.footer_label,
-                    "allow_unsubscribe": int(lc.allow_unsubscribe),
-                    "collective_label": lc.collective_label,
-                }
-                cur = self.db.execute(
-                    "SELECT role, title, footer_label, allow_unsubscribe, collective_label "
-                    "FROM lists WHERE slug = ?",
-                    [lc.slug],
-                ).fetchone()
-                if cur is None:
-                    self.db.execute(
-                        "INSERT INTO lists (slug, role, title, footer_label, allow_unsubscribe, "
-                        "collective_label) VALUES (?, ?, ?, ?, ?, ?)",
-                        [lc.slug, *row.values()],
-                    )
-                    self._event("list.created", lc.slug, list_slug=lc.slug, after=row)
-                elif tuple(cur) != tuple(row.values()):
-                    before = dict(zip(row, cur, strict=True))
-                    self.db.execute(
-                        "UPDATE lists SET role = ?, title = ?, footer_label = ?, "
-                        "allow_unsubscribe = ?, collective_label = ? WHERE slug = ?",
-                        [*row.values(), lc.slug],
-                    )
-                    self._event(
-                        "list.changed", lc.slug, list_slug=lc.slug, before=before, after=row
-                    )
-
-    def lists(self) -> list[MailingList]:
-        rows = self.db.execute(
-            "SELECT id, slug, role, title, footer_label, allow_unsubscribe FROM lists ORDER BY id"
-        ).fetchall()
-        return [
-            MailingList(id=r[0], slug=r[1], role=Role(r[2]), title=r[3], footer_label=r[4],
-                        allow_unsubscribe=bool(r[5]))
-            for r in rows
-        ]
-
-    def get_list(self, slug: str) -> MailingList:
-        known = self.lists()
-        for ml in known:
-            if ml.slug == slug:
-                return ml
-        raise UnknownList(slug, [ml.slug for ml in known])
+class RosterMixin(StoreBase):
+    """Who receives the bulletin, and why mail to them flows or stops."""
 
     # --- units ----------------------------------------------------------------
 
@@ -464,9 +175,9 @@ class Store:
         changed = False
         if r is None:
             cur = self.db.execute(
-                "INSERT INTO recipients (email, email_ascii, name, unit_id, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [email, address.ascii, name, unit.id, self._now()],
+                "INSERT INTO recipients (uid, email, email_ascii, name, unit_id, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [secrets.token_urlsafe(12), email, address.ascii, name, unit.id, self._now()],
             )
             rid = cur.lastrowid
             self._event("recipient.created", email, unit=unit.name, after={"name": name})
@@ -587,7 +298,7 @@ class Store:
             if list_slug is not None:
                 self.get_list(list_slug)
             subs = self.db.execute(
-                "SELECT l.id, l.slug, s.status FROM subscriptions s "
+                "SELECT l.slug, s.status FROM subscriptions s "
                 "JOIN lists l ON l.id = s.list_id WHERE s.recipient_id = ?"
                 + (" AND l.slug = ?" if list_slug else ""),
                 [rid, list_slug] if list_slug else [rid],
@@ -597,22 +308,97 @@ class Store:
                     f"{address.email} is not on the {list_slug or 'any'} list"
                 )
             changed = []
-            for lid, slug, status in subs:
+            for slug, status in subs:
                 if status == new.value or (only_from and Status(status) not in only_from):
                     continue
-                self.db.execute(
-                    "UPDATE subscriptions SET status = ?, changed_at = ?, source = ? "
-                    "WHERE recipient_id = ? AND list_id = ?",
-                    [new.value, self._now(), source, rid, lid],
-                )
-                self._event("subscription.status", address.email, unit=unit, list_slug=slug,
-                            actor=actor, before={"status": status},
-                            after={"status": new.value}, source=source, reason=reason)
+                self._change_status(rid, address.email, unit, slug, Status(status), new,
+                                    source=source, actor=actor, reason=reason)
                 changed.append(slug)
             if not changed:
-                states = ", ".join(f"{slug}: {st}" for _, slug, st in subs)
+                states = ", ".join(f"{slug}: {st}" for slug, st in subs)
                 raise InvalidInput(f"nothing to change for {address.email} ({states})")
             return changed
+
+    # --- unsubscribing --------------------------------------------------------
+
+    def find_subscription(self, uid: str, list_slug: str) -> Subscriber | None:
+        """The subscription an unsubscribe token names, or None if there is none."""
+        r = self.db.execute(
+            "SELECT r.id, r.uid, r.email, r.name, u.id, u.name, l.slug, l.role, "
+            "l.allow_unsubscribe, s.status, "
+            "(SELECT COUNT(*) FROM recipients r2 JOIN subscriptions s2 "
+            " ON s2.recipient_id = r2.id AND s2.list_id = l.id "
+            " WHERE r2.unit_id = u.id AND r2.id != r.id AND s2.status = 'active') "
+            "FROM recipients r JOIN units u ON u.id = r.unit_id "
+            "JOIN subscriptions s ON s.recipient_id = r.id "
+            "JOIN lists l ON l.id = s.list_id WHERE r.uid = ? AND l.slug = ?",
+            [uid, list_slug],
+        ).fetchone()
+        if r is None:
+            return None
+        return Subscriber(
+            recipient_id=r[0], uid=r[1], email=r[2], name=r[3], unit_id=r[4], unit=r[5],
+            list_slug=r[6], role=Role(r[7]), allow_unsubscribe=bool(r[8]), status=Status(r[9]),
+            other_active_in_unit=r[10],
+        )
+
+    def unsubscribe(self, uid: str, list_slug: str, *, source: str, actor: str) -> bool:
+        """A member's own unsubscribe (one-click or page). Idempotent: returns whether
+        anything changed. Lists that do not allow it are refused."""
+        with self.write():
+            sub = self.find_subscription(uid, list_slug)
+            if sub is None:
+                raise UnknownRecipient(uid)
+            if not sub.allow_unsubscribe:
+                raise InvalidInput(f"the {list_slug} list is changed by staff only")
+            if sub.status is not Status.ACTIVE:
+                return False
+            self._change_status(sub.recipient_id, sub.email, sub.unit, list_slug,
+                                sub.status, Status.UNSUBSCRIBED, source=source, actor=actor)
+            return True
+
+    def unsubscribe_unit(
+        self, unit: str, list_slug: str, *, source: str, actor: str | None = None,
+        reason: str | None = None,
+    ) -> list[str]:
+        """Stop every active address of a unit on a list; returns the addresses changed."""
+        with self.write():
+            ml = self.get_list(list_slug)
+            u = self.get_unit(unit)
+            rows = self.db.execute(
+                "SELECT r.id, r.email FROM recipients r JOIN subscriptions s "
+                "ON s.recipient_id = r.id AND s.list_id = ? "
+                "WHERE r.unit_id = ? AND s.status = 'active' ORDER BY r.email",
+                [ml.id, u.id],
+            ).fetchall()
+            for rid, email in rows:
+                self._change_status(rid, email, u.name, list_slug, Status.ACTIVE,
+                                    Status.UNSUBSCRIBED, source=source, actor=actor,
+                                    reason=reason)
+            return [email for _, email in rows]
+
+    def _change_status(
+        self, rid: int, email: str, unit: str, list_slug: str, old: Status, new: Status, *,
+        source: str, actor: str | None, reason: str | None = None,
+    ) -> None:
+        self.db.execute(
+            "UPDATE subscriptions SET status = ?, changed_at = ?, source = ? "
+            "WHERE recipient_id = ? AND list_id = (SELECT id FROM lists WHERE slug = ?)",
+            [new.value, self._now(), source, rid, list_slug],
+        )
+        self._event("subscription.status", email, unit=unit, list_slug=list_slug, actor=actor,
+                    before={"status": old.value}, after={"status": new.value}, source=source,
+                    reason=reason)
+
+    def unsubscribes(self, since: str | None = None) -> list[Event]:
+        """Every change to status unsubscribed, oldest first (``since``: a UTC stamp)."""
+        rows = self.db.execute(
+            "SELECT * FROM events WHERE kind = 'subscription.status' "
+            "AND json_extract(detail, '$.after.status') = 'unsubscribed' AND at >= ? "
+            "ORDER BY id",
+            [since or ""],
+        ).fetchall()
+        return [_event_from_row(r) for r in rows]
 
     # --- audit trail ----------------------------------------------------------
 
@@ -636,11 +422,7 @@ class Store:
             if not self.db.execute("SELECT 1 FROM recipients WHERE email = ?", [email]).fetchone():
                 raise UnknownRecipient(email)
         rows = self.db.execute(sql, params).fetchall()
-        return [
-            Event(id=r[0], at=r[1], actor=r[2], kind=r[3], subject=r[4], unit=r[5],
-                  list=r[6], detail=json.loads(r[7] or "{}"))
-            for r in reversed(rows)
-        ]
+        return [_event_from_row(r) for r in reversed(rows)]
 
 
 _CN_DIGITS = {ch: i for i, ch in enumerate("〇一二三四五六七八九")} | {"两": 2}
@@ -669,6 +451,11 @@ def group_order(group: str | None) -> tuple[int, int, str]:
         return (1, 0, "")
     n = _number_in(group)
     return (0, n if n is not None else 10**6, group)
+
+
+def _event_from_row(r: Any) -> Event:
+    return Event(id=r[0], at=r[1], actor=r[2], kind=r[3], subject=r[4], unit=r[5], list=r[6],
+                 detail=json.loads(r[7] or "{}"))
 
 
 class _DryRun(Exception):

@@ -1,0 +1,29 @@
+"""The SQLite store: every table and every SQL statement of mailer lives in this package.
+
+``Store`` is one handle on one database file; its methods are grouped by concern in
+the modules beside this one (``roster``: units, recipients, subscriptions).
+"""
+
+from __future__ import annotations
+
+from .base import BUSY_TIMEOUT_S, Clock, default_actor, utc_now
+from .roster import ImportReport, ImportRow, RosterMixin, Subscriber, group_order
+from .schema import MIGRATIONS
+
+
+class Store(RosterMixin):
+    """A handle on one mailer database. Use ``Store.open`` or ``Store.init``."""
+
+
+__all__ = [
+    "BUSY_TIMEOUT_S",
+    "MIGRATIONS",
+    "Clock",
+    "ImportReport",
+    "ImportRow",
+    "Store",
+    "Subscriber",
+    "default_actor",
+    "group_order",
+    "utc_now",
+]
