@@ -9,6 +9,7 @@ password comes only from ``MAILER_SMTP_PASSWORD``; the signing secret from
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import stat
 import tomllib
@@ -24,6 +25,7 @@ from .models import Role
 ENV_CONFIG = "MAILER_CONFIG"
 ENV_PASSWORD = "MAILER_SMTP_PASSWORD"
 ENV_SECRET = "MAILER_SECRET"
+ENV_PREVIOUS_SECRET = "MAILER_PREVIOUS_SECRET"
 TLS_MODES = ("starttls", "tls", "none")
 MIN_SECRET_BYTES = 16
 
@@ -61,11 +63,26 @@ class SMTPConfig:
 
 
 @dataclass(frozen=True)
+class SigningKey:
+    """One HMAC key for unsubscribe tokens; ``key_id`` travels in the token so a
+    rotated-out key can still be recognised until ``valid_until`` (a UTC instant)."""
+
+    key_id: str
+    secret: bytes = field(repr=False)
+    valid_until: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
 class WebConfig:
     base_url: str
     host: str
     port: int
     secret_file: Path | None
+    key_id: str = "k1"
+    previous_secret_file: Path | None = None
+    previous_key_id: str | None = None
+    previous_valid_until: dt.date | None = None
+    failed_checks_per_minute: int = 30
     inline_secret: str | None = field(default=None, repr=False)
 
 
@@ -86,8 +103,31 @@ class Config:
                 return lc
         raise UnknownList(slug, [lc.slug for lc in self.lists])
 
+    def signing_keys(self) -> tuple[SigningKey, ...]:
+        """The current token key first, then the previous one while it is still valid
+        (until the end of ``web.previous_valid_until`` in the configured time zone)."""
+        keys = [SigningKey(self.web.key_id, self.secret())]
+        w = self.web
+        if w.previous_key_id and w.previous_valid_until:
+            env = os.environ.get(ENV_PREVIOUS_SECRET)
+            if env:
+                old = env
+            elif w.previous_secret_file is not None:
+                old = _read_secret_file(w.previous_secret_file)
+            else:
+                raise ConfigError(
+                    f"{self.path.name}: web.previous_key_id is set but there is no previous "
+                    f"secret; set web.previous_secret_file or ${ENV_PREVIOUS_SECRET}"
+                )
+            end = dt.datetime.combine(
+                w.previous_valid_until + dt.timedelta(days=1), dt.time(),
+                zoneinfo.ZoneInfo(self.timezone),
+            ).astimezone(dt.UTC)
+            keys.append(SigningKey(w.previous_key_id, old.encode(), end))
+        return tuple(keys)
+
     def secret(self) -> bytes:
-        """The HMAC key for unsubscribe tokens: environment, else the secret file."""
+        """The current HMAC key for unsubscribe tokens: environment, else the secret file."""
         env = os.environ.get(ENV_SECRET)
         if env:
             value = env
@@ -189,6 +229,15 @@ class _Table:
             raise self.error(key, f"must be at least {low}, got {value}")
         return float(value)
 
+    def date(self, key: str) -> dt.date | None:
+        self.used.add(key)
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, dt.date) or isinstance(value, dt.datetime):
+            raise self.error(key, f"expected a date like 2027-01-31, got {_show(value)}")
+        return value
+
     def flag(self, key: str, default: bool) -> bool:
         value: bool = self._get(key, default, bool, "true or false")
         return value
@@ -271,14 +320,31 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
 
     wb = root.table("web")
     secret_file = wb.text("secret_file", None)
+    previous_file = wb.text("previous_secret_file", None)
     web = WebConfig(
         base_url=wb.text("base_url", "http://127.0.0.1:8025").rstrip("/"),
         host=wb.text("host", "127.0.0.1"),
         port=wb.integer("port", 8025, low=1, high=65535),
         secret_file=rel(secret_file) if secret_file else None,
+        key_id=wb.text("key_id", "k1"),
+        previous_secret_file=rel(previous_file) if previous_file else None,
+        previous_key_id=wb.text("previous_key_id", None),
+        previous_valid_until=wb.date("previous_valid_until"),
+        failed_checks_per_minute=wb.integer("failed_checks_per_minute", 30, low=1, high=10**6),
         inline_secret=wb.text("secret", None),
     )
     wb.no_unknown_keys()
+    for key in ("key_id", "previous_key_id"):
+        value = getattr(web, key)
+        if value is not None and not (value.isascii() and value.isalnum()):
+            raise wb.error(key, "use only ASCII letters and digits (it travels in links)")
+    if web.previous_key_id and web.previous_key_id == web.key_id:
+        raise wb.error("previous_key_id", "must differ from web.key_id")
+    if bool(web.previous_key_id) != bool(web.previous_valid_until):
+        raise wb.error(
+            "previous_valid_until" if web.previous_key_id else "previous_key_id",
+            "set both web.previous_key_id and web.previous_valid_until, or neither",
+        )
     if not web.base_url.startswith(("https://", "http://")):
         raise wb.error("base_url", f"expected an http(s) URL, got {_show(web.base_url)}")
 

@@ -135,3 +135,25 @@ def test_cli_reports_config_errors_in_one_line(run: Run, config_file: Path) -> N
     assert_one_line_error(run("init", ok=False), 'smtp.port: expected an integer, got "abc"')
     config_file.unlink()
     assert_one_line_error(run("recipients", "list", ok=False), "config file not found")
+
+
+def test_signing_keys_with_rotation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import datetime as dt
+
+    monkeypatch.setenv(config.ENV_SECRET, "n" * 32)
+    monkeypatch.delenv(config.ENV_PREVIOUS_SECRET, raising=False)
+    cfg = config.load(write(tmp_path, CONFIG))
+    assert [k.key_id for k in cfg.signing_keys()] == ["k1"]
+    old = tmp_path / "old.key"
+    old.write_text("o" * 32)
+    old.chmod(0o600)
+    text = CONFIG.replace("[web]", '[web]\nkey_id = "k2"\nprevious_key_id = "k1"\n'
+                          'previous_secret_file = "old.key"\nprevious_valid_until = 2027-01-31')
+    keys = config.load(write(tmp_path, text)).signing_keys()
+    assert [(k.key_id, k.secret) for k in keys] == [("k2", b"n" * 32), ("k1", b"o" * 32)]
+    # Valid through 31 January in Shanghai: until 2027-01-31 16:00 UTC.
+    assert keys[1].valid_until == dt.datetime(2027, 1, 31, 16, 0, tzinfo=dt.UTC)
+    with pytest.raises(ConfigError, match="set both"):
+        config.load(write(tmp_path, CONFIG.replace("[web]", '[web]\nprevious_key_id = "k0"')))
+    with pytest.raises(ConfigError, match=r"web\.key_id: use only ASCII"):
+        config.load(write(tmp_path, CONFIG.replace("[web]", '[web]\nkey_id = "k.1"')))
