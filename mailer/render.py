@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import cssutils
 import jinja2
+import markupsafe
 import premailer
 
 from mailer.models import Block, EndBlock, Issue, Masthead, Role, Span
@@ -41,6 +42,12 @@ contain spaces.
 TEMPLATES_DIR = Path(__file__).parent.parent / "templates"
 TEXT_WIDTH = 72
 """Display columns of the plain-text part: 36 full-width characters."""
+
+HTML_LINE_LIMIT = 900
+"""Bytes (UTF-8) per line of ``Rendered.html``: SMTP allows 998 in an 8bit body, and
+``message`` still adds CRLF and dot-stuffing."""
+
+_RUN = 200  # characters of text between two tags, so that long paragraphs can be folded
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,7 @@ def render_issue(issue: Issue, audience: Audience, *, end: EndBlock | None = Non
     contact otherwise.
     """
     context = _context(issue, audience, issue.end if end is None else end)
-    html = inline_css(_ENV.get_template("bulletin.html").render(context))
+    html = fold_lines(inline_css(_ENV.get_template("bulletin.html").render(context)))
     text = _tidy_text(_ENV.get_template("bulletin.txt").render(context))
     return Rendered(subject=issue.subject_label, html=html, text=text)
 
@@ -97,6 +104,67 @@ def inline_css(html: str) -> str:
     out = inliner.transform(pretty_print=False)
     assert isinstance(out, str)
     return out
+
+
+def fold_lines(html: str, limit: int = HTML_LINE_LIMIT) -> str:
+    """Break lines longer than ``limit`` bytes where a newline cannot show.
+
+    The newline goes inside a tag, just before its closing ``>`` (``</span\n>``), which
+    HTML ignores; a newline between two tags or inside CJK text could render as a space.
+    Long paragraphs are written as runs of at most ``_RUN`` characters in ``<span>``s
+    (see the ``runs`` filter), so every line gets such a place.
+    """
+    out: list[str] = []
+    for line in html.split("\n"):
+        if len(line.encode("utf-8")) <= limit:
+            out.append(line)
+            continue
+        cuts = [m.end() - 1 for m in _TAG.finditer(line)]  # positions of tag-closing ">"
+        start, size, last_cut = 0, 0, None
+        pos = 0
+        for cut in [*cuts, len(line)]:
+            piece = len(line[pos:cut].encode("utf-8"))
+            if size + piece > limit and last_cut is not None:
+                out.append(line[start:last_cut])
+                start, size = last_cut, len(line[last_cut:pos].encode("utf-8"))
+                last_cut = None
+            size += piece
+            pos = cut
+            if cut < len(line):
+                last_cut = cut
+        out.append(line[start:])
+    return "\n".join(out)
+
+
+_TAG = re.compile(r"<[A-Za-z/][^<>\"']*(?:(?:\"[^\"]*\"|'[^']*')[^<>\"']*)*>")
+
+
+def _runs_filter(text: str) -> markupsafe.Markup:
+    """Escape ``text``; a long one as ``<span>`` runs, giving :func:`fold_lines` room.
+
+    Runs end only between two ideographs, where a line may break anyway, so the spans
+    change nothing on screen.
+    """
+    if len(text) <= _RUN:
+        return markupsafe.escape(text)
+    runs: list[str] = []
+    start = 0
+    while len(text) - start > _RUN:
+        cut = start + _RUN
+        while cut > start + _RUN // 2 and not (_ideograph(text[cut - 1]) and _ideograph(text[cut])):
+            cut -= 1
+        if cut == start + _RUN // 2:  # no safe place: keep going until one turns up
+            cut = start + _RUN
+            while cut < len(text) and not (_ideograph(text[cut - 1]) and _ideograph(text[cut])):
+                cut += 1
+        runs.append(text[start:cut])
+        start = cut
+    runs.append(text[start:])
+    return markupsafe.Markup("").join(markupsafe.Markup("<span>{}</span>").format(r) for r in runs)
+
+
+def _ideograph(c: str) -> bool:
+    return unicodedata.category(c) == "Lo" and unicodedata.east_asian_width(c) == "W"
 
 
 # --- links --------------------------------------------------------------------
@@ -214,9 +282,7 @@ def _fill_filter(text: str, first: str = "", rest: str = "") -> str:
 
 
 def _center_filter(text: str) -> str:
-    return "\n".join(
-        " " * max(0, (TEXT_WIDTH - display_width(ln)) // 2) + ln for ln in fill(text)
-    )
+    return "\n".join(" " * max(0, (TEXT_WIDTH - display_width(ln)) // 2) + ln for ln in fill(text))
 
 
 def _right_filter(text: str) -> str:
@@ -313,8 +379,7 @@ def _footer_view(audience: Audience) -> _FooterView:
         reason = f"此简报按本会{audience.list_title}（{audience.footer_label}）报送贵单位。"
     else:
         reason = (
-            f"您收到此简报，是因为贵单位在本会{audience.list_title}"
-            f"（{audience.footer_label}）中。"
+            f"您收到此简报，是因为贵单位在本会{audience.list_title}（{audience.footer_label}）中。"
         )
     # Report-to bodies are official recipients, changed only by staff (DESIGN.md).
     may_unsubscribe = audience.allow_unsubscribe and audience.role is not Role.REPORT_TO
@@ -347,8 +412,7 @@ def _context(issue: Issue, audience: Audience, end: EndBlock) -> dict[str, objec
             for a in issue.articles
         ),
         "end_lines": tuple(
-            _EndLineView(label=ln.label, text=ln.text or "、".join(ln.names))
-            for ln in end.lines
+            _EndLineView(label=ln.label, text=ln.text or "、".join(ln.names)) for ln in end.lines
         ),
         "copies": end.copies,
         "footer": _footer_view(audience),
@@ -365,6 +429,7 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    env.filters["runs"] = _runs_filter
     env.filters["fill"] = _fill_filter
     env.filters["center"] = _center_filter
     env.filters["right"] = _right_filter

@@ -144,4 +144,3 @@ def test_fits_the_screen_and_shows_the_bulletin(
     assert isinstance(height, int)
     shot = tmp_path / f"bulletin-{width}.png"
     screenshot(rendered.html, width, height, shot, tmp_path)
-

@@ -11,11 +11,13 @@ from sample_issue import sample_issue
 
 from mailer.models import Article, Block, BlockKind, EndBlock, EndLine, Issue, Role, Span
 from mailer.render import (
+    HTML_LINE_LIMIT,
     UNSUBSCRIBE_PLACEHOLDER,
     Audience,
     Rendered,
     display_width,
     fill,
+    fold_lines,
     inline_css,
     render_issue,
     safe_href,
@@ -98,9 +100,7 @@ def report_to(issue: Issue) -> Rendered:
 def with_paragraph(issue: Issue, *spans: Span) -> Issue:
     """The issue with one more paragraph at the end of its first article."""
     first = issue.articles[0]
-    changed = dataclasses.replace(
-        first, blocks=(*first.blocks, Block(BlockKind.PARAGRAPH, spans))
-    )
+    changed = dataclasses.replace(first, blocks=(*first.blocks, Block(BlockKind.PARAGRAPH, spans)))
     return dataclasses.replace(issue, articles=(changed, *issue.articles[1:]))
 
 
@@ -172,8 +172,11 @@ def test_outlook_gets_a_fixed_width_wrapper(send_to: Rendered) -> None:
 
 
 def test_preheader_is_hidden_and_previews_the_contents(send_to: Rendered, issue: Issue) -> None:
-    hidden = [a for t, a in Page(send_to.html).elements if t == "div" and "display:none" in
-              a.get("style", "")]
+    hidden = [
+        a
+        for t, a in Page(send_to.html).elements
+        if t == "div" and "display:none" in a.get("style", "")
+    ]
     assert hidden
     body = send_to.html.split("<body", 1)[1]
     first_div = body.split("<div", 1)[1].split("</div>", 1)[0]
@@ -369,3 +372,27 @@ def test_display_width_counts_east_asian_width() -> None:
     assert display_width("简报") == 4
     assert display_width("，") == 2
     assert display_width("“") == 2  # ambiguous: drawn full width by CJK fonts
+
+
+def test_html_lines_fit_an_8bit_smtp_body(send_to: Rendered) -> None:
+    longest = max(len(line.encode("utf-8")) for line in send_to.html.split("\n"))
+    assert longest <= HTML_LINE_LIMIT < 998
+
+
+def test_fold_lines_breaks_only_inside_tags() -> None:
+    text = "字" * 1000
+    line = '<p class="p">' + "".join(
+        f"<span>{text[i : i + 100]}</span>" for i in range(0, 1000, 100)
+    )
+    folded = fold_lines(line + "</p>", limit=400)
+    assert folded.replace("\n>", ">") == line + "</p>"
+    assert all(len(ln.encode()) <= 400 for ln in folded.split("\n"))
+    assert Page(folded).text == text
+
+
+def test_long_paragraphs_are_written_as_runs_between_ideographs(send_to: Rendered) -> None:
+    longest = max((b for a in sample_issue().articles for b in a.blocks), key=lambda b: len(b.text))
+    assert len(longest.text) > 500
+    page = Page(send_to.html)
+    assert longest.text in page.text
+    assert "</span><span>" in send_to.html
