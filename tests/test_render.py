@@ -168,7 +168,8 @@ def test_outlook_gets_a_fixed_width_wrapper(send_to: Rendered) -> None:
     comments = Page(send_to.html).comments
     assert any(c.startswith("[if mso]><table") and 'width="640"' in c for c in comments)
     assert any(c.startswith("[if mso]></td></tr></table>") for c in comments)
-    assert 'style="max-width:640px' in send_to.html or "max-width:640px" in send_to.html
+    (paper,) = Page(send_to.html).find("table", "paper")
+    assert "max-width:640px" in paper["style"] and paper["width"] == "100%"
 
 
 def test_preheader_is_hidden_and_previews_the_contents(send_to: Rendered, issue: Issue) -> None:
