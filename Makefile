@@ -19,12 +19,16 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
-# Debian's chromium for the real-browser rendering test.
+# Debian's chromium for the real-browser rendering test, and CJK fonts so its
+# screenshots show the bulletin's text rather than empty boxes.
+SYSTEM_PACKAGES := chromium fonts-noto-cjk
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Debian's chromium for the browser test"; \
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for the browser test:" $$missing; \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check mailer tests bench

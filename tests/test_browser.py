@@ -16,10 +16,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from sample_issue import sample_issue
 
 from mailer.models import Role
 from mailer.render import Audience, Rendered, render_issue
+
+from .sample_issue import sample_issue
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(

@@ -7,7 +7,6 @@ import re
 from html.parser import HTMLParser
 
 import pytest
-from sample_issue import sample_issue
 
 from mailer.models import Article, Block, BlockKind, EndBlock, EndLine, Issue, Role, Span
 from mailer.render import (
@@ -22,6 +21,8 @@ from mailer.render import (
     render_issue,
     safe_href,
 )
+
+from .sample_issue import sample_issue
 
 CONTACT = "协会秘书处 0571-00000000 secretariat@example.org"
 SEND_TO = Audience(
