@@ -67,5 +67,21 @@ class ImportRejected(MailerError):
         )
 
 
+class AlreadySent(MailerError):
+    """The issue already went (or is going) to one of these lists."""
+
+
+class UnknownCampaign(MailerError):
+    """A campaign number that is not in the database."""
+
+    def __init__(self, campaign_id: int) -> None:
+        self.campaign_id = campaign_id
+        super().__init__(f"no campaign {campaign_id}; see `mailer log` for the campaigns")
+
+
+class SendError(MailerError):
+    """The relay cannot be used at all (unreachable, login refused, TLS failed)."""
+
+
 class IssueError(MailerError):
     """An issue file cannot be read or parsed."""

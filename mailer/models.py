@@ -180,3 +180,63 @@ class Event:
     unit: str | None
     list: str | None
     detail: dict[str, object]  # before/after values, source, reason
+
+
+# --- campaigns and deliveries ---------------------------------------------------
+
+
+class CampaignStatus(enum.StrEnum):
+    PENDING = "pending"  # scheduled, waiting for its time (or for approval)
+    SENDING = "sending"
+    PAUSED = "paused"  # by staff; a quota pause keeps SENDING with a resume time
+    SENT = "sent"  # nothing left to try (some deliveries may have failed)
+    MISSED = "missed"  # its time passed beyond the late limit while nothing ran
+    CANCELLED = "cancelled"
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"  # claimed by a sender, reply not yet recorded
+    SENT = "sent"  # the server answered 250 to DATA
+    DEFERRED = "deferred"  # 4xx, 552, dropped or timed out: retried later
+    FAILED = "failed"  # permanent refusal, or retries ran out
+    UNSUBSCRIBED = "unsubscribed"  # the subscription stopped before it was sent
+
+
+@dataclass(frozen=True)
+class Campaign:
+    id: int
+    issue_id: int
+    issue_label: str  # 简报 2015年第9期（总第33期）
+    lists: tuple[str, ...]
+    status: CampaignStatus
+    scheduled_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    created_at: str
+    created_by: str
+    approved_by: str | None
+    source_path: str | None
+    resume_at: str | None  # a quota pause: when sending may continue
+    counts: dict[str, int] = field(default_factory=dict)  # delivery status -> rows
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One recipient of one campaign: the ledger row, joined with its unit."""
+
+    id: int
+    campaign_id: int
+    recipient_id: int
+    uid: str
+    email: str
+    name: str | None
+    unit: str
+    list_slug: str
+    status: DeliveryStatus
+    attempts: int
+    message_id: str | None
+    last_code: int | None
+    last_response: str | None
+    sent_at: str | None
+    updated_at: str | None

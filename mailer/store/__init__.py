@@ -1,17 +1,19 @@
 """The SQLite store: every table and every SQL statement of mailer lives in this package.
 
 ``Store`` is one handle on one database file; its methods are grouped by concern in
-the modules beside this one (``roster``: units, recipients, subscriptions).
+the modules beside this one (``roster``: units, recipients, subscriptions;
+``ledger``: issues, campaigns, deliveries).
 """
 
 from __future__ import annotations
 
 from .base import BUSY_TIMEOUT_S, Clock, default_actor, utc_now
+from .ledger import DeliveryResult, Job, LedgerMixin
 from .roster import ImportReport, ImportRow, RosterMixin, Subscriber, group_order
 from .schema import MIGRATIONS
 
 
-class Store(RosterMixin):
+class Store(RosterMixin, LedgerMixin):
     """A handle on one mailer database. Use ``Store.open`` or ``Store.init``."""
 
 
@@ -19,8 +21,10 @@ __all__ = [
     "BUSY_TIMEOUT_S",
     "MIGRATIONS",
     "Clock",
+    "DeliveryResult",
     "ImportReport",
     "ImportRow",
+    "Job",
     "Store",
     "Subscriber",
     "default_actor",

@@ -27,8 +27,8 @@ from typing import Any, Self
 from sqlite_utils import Database
 
 from ..config import ListConfig
-from ..errors import NotInitialised, StoreError, UnknownList
-from ..models import MailingList, Role
+from ..errors import NotInitialised, StoreError, UnknownList, UnknownUnit
+from ..models import MailingList, Role, Unit, UnitKind
 from .schema import MIGRATIONS
 
 BUSY_TIMEOUT_S = 10.0
@@ -242,3 +242,17 @@ class StoreBase:
             if ml.slug == slug:
                 return ml
         raise UnknownList(slug, [ml.slug for ml in known])
+
+    # --- units (looked up by every part of the store) --------------------------
+
+    def _unit_row(self, name: str) -> Unit | None:
+        r = self.db.execute(
+            "SELECT id, name, kind, group_name FROM units WHERE name = ?", [name]
+        ).fetchone()
+        return Unit(id=r[0], name=r[1], kind=UnitKind(r[2]), group=r[3]) if r else None
+
+    def get_unit(self, name: str) -> Unit:
+        unit = self._unit_row(name.strip())
+        if unit is None:
+            raise UnknownUnit(name)
+        return unit

@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidInput, UnknownRecipient, UnknownUnit
+from ..errors import InvalidInput, UnknownRecipient
 from ..models import Event, MailingList, Member, Role, Status, Unit, UnitKind
 from ..validate import Address, normalise_email
 from .base import StoreBase
@@ -54,18 +54,6 @@ class RosterMixin(StoreBase):
     """Who receives the bulletin, and why mail to them flows or stops."""
 
     # --- units ----------------------------------------------------------------
-
-    def _unit_row(self, name: str) -> Unit | None:
-        r = self.db.execute(
-            "SELECT id, name, kind, group_name FROM units WHERE name = ?", [name]
-        ).fetchone()
-        return Unit(id=r[0], name=r[1], kind=UnitKind(r[2]), group=r[3]) if r else None
-
-    def get_unit(self, name: str) -> Unit:
-        unit = self._unit_row(name.strip())
-        if unit is None:
-            raise UnknownUnit(name)
-        return unit
 
     def units(self) -> list[tuple[Unit, dict[str, int]]]:
         """Every unit with its count of active addresses per list slug."""

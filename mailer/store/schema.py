@@ -76,3 +76,95 @@ def m001_recipients(db: Database) -> None:
     )
     db.table("events").create_index(["subject"])
     db.table("events").create_index(["unit"])
+
+
+@MIGRATIONS()
+def m002_ledger(db: Database) -> None:
+    db.table("issues").create(
+        {
+            "id": int,
+            "year": int,
+            "number": int,
+            "total_number": int,
+            "date": str,
+            "label": str,  # 简报 2015年第9期（总第33期）
+            "source_sha256": str,
+            "created_at": str,
+        },
+        pk="id",
+        not_null={"year", "number", "label", "source_sha256", "created_at"},
+    )
+    db.table("issues").create_index(["year", "number"], unique=True)
+    db.table("campaigns").create(
+        {
+            "id": int,
+            "issue_id": int,
+            "lists": str,  # slugs joined by ","
+            "status": str,
+            "source_path": str,
+            "source_sha256": str,
+            "scheduled_at": str,
+            "approved_by": str,
+            "approved_at": str,
+            "started_at": str,
+            "finished_at": str,
+            "created_at": str,
+            "created_by": str,
+            # Which process is sending it, and until when that claim holds: a second
+            # sender (a CLI resume beside the daemon) must not send the same rows.
+            "lease_owner": str,
+            "lease_until": str,
+            "resume_at": str,  # paused by a quota until then
+        },
+        pk="id",
+        not_null={"issue_id", "lists", "status", "created_at", "created_by"},
+        foreign_keys=[("issue_id", "issues", "id")],
+    )
+    db.table("campaigns").create_index(["status"])
+    db.table("deliveries").create(
+        {
+            "id": int,
+            "campaign_id": int,
+            "recipient_id": int,
+            "list_id": int,
+            "email": str,
+            "status": str,
+            "attempts": int,
+            "first_attempt_at": str,
+            "next_attempt_at": str,
+            "last_code": int,
+            "last_response": str,
+            "message_id": str,
+            "sent_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+        not_null={"campaign_id", "recipient_id", "list_id", "email", "status", "attempts"},
+        defaults={"attempts": 0},
+        foreign_keys=[
+            ("campaign_id", "campaigns", "id"),
+            ("recipient_id", "recipients", "id"),
+            ("list_id", "lists", "id"),
+        ],
+    )
+    db.table("deliveries").create_index(["campaign_id", "recipient_id"], unique=True)
+    db.table("deliveries").create_index(["campaign_id", "status", "next_attempt_at"])
+    db.table("deliveries").create_index(["sent_at"])  # hourly/daily quotas
+    db.table("deliveries").create_index(["recipient_id"])
+    db.table("test_sends").create(
+        {
+            "id": int,
+            "issue_id": int,
+            "list_slug": str,
+            "email": str,
+            "at": str,
+            "actor": str,
+            "code": int,
+            "response": str,
+            "message_id": str,
+        },
+        pk="id",
+        not_null={"issue_id", "email", "at", "actor"},
+        foreign_keys=[("issue_id", "issues", "id")],
+    )
+    db.table("test_sends").create_index(["at"])

@@ -1,0 +1,448 @@
+"""The campaign ledger: issues, campaigns and one delivery row per recipient.
+
+Sending is restartable because the ledger, not the sender's memory, says what is
+left: starting a campaign writes every delivery row in one transaction; a sender
+claims rows (status ``sending``), and a row becomes ``sent`` only in the
+transaction that records the server's 250 reply. After a crash, rows left
+``sending`` go back to ``pending`` when a sender takes the campaign over, so the
+only mail that can go out twice is what was in flight at the crash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import AlreadySent, InvalidInput, UnknownCampaign
+from ..models import Campaign, CampaignStatus, Delivery, DeliveryStatus, Role, Status
+from .base import StoreBase, _stamp
+
+OPEN_STATUSES = (DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED)
+_OPEN_SQL = ", ".join(f"'{s.value}'" for s in OPEN_STATUSES)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A claimed delivery: what a sender needs to build and send one message."""
+
+    delivery_id: int
+    campaign_id: int
+    recipient_id: int
+    uid: str
+    email: str
+    email_ascii: str | None
+    name: str | None
+    list_slug: str
+    attempts: int  # including this one
+    first_attempt_at: str
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """What happened to one claimed delivery, to be recorded."""
+
+    delivery_id: int
+    status: DeliveryStatus  # SENT, DEFERRED or FAILED
+    code: int
+    response: str
+    message_id: str
+    next_attempt_at: dt.datetime | None = None  # for DEFERRED
+    bounce: bool = False  # a permanent refusal: stop mailing the address on that list
+
+
+class LedgerMixin(StoreBase):
+    """Issues, campaigns and deliveries."""
+
+    # --- issues and campaigns -------------------------------------------------
+
+    def record_issue(
+        self, *, year: int, number: int, total_number: int | None, date: str | None,
+        label: str, sha256: str,
+    ) -> int:
+        """The issue's row, created or brought up to date (issues are identified by
+        year and number: an edited file is the same issue)."""
+        with self.write():
+            row = self.db.execute(
+                "SELECT id, source_sha256 FROM issues WHERE year = ? AND number = ?",
+                [year, number],
+            ).fetchone()
+            if row is None:
+                cur = self.db.execute(
+                    "INSERT INTO issues (year, number, total_number, date, label, source_sha256, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [year, number, total_number, date, label, sha256, self._now()],
+                )
+                assert cur.lastrowid is not None
+                return cur.lastrowid
+            if row[1] != sha256:
+                self.db.execute(
+                    "UPDATE issues SET total_number = ?, date = ?, label = ?, source_sha256 = ? "
+                    "WHERE id = ?",
+                    [total_number, date, label, sha256, row[0]],
+                )
+            return int(row[0])
+
+    def create_campaign(
+        self,
+        issue_id: int,
+        lists: Sequence[str],
+        *,
+        source_path: str | None,
+        sha256: str,
+        again: bool = False,
+        scheduled_at: dt.datetime | None = None,
+    ) -> int:
+        """A new campaign. Without ``scheduled_at`` it starts at once (deliveries written
+        in the same transaction); with it, it waits as ``pending``."""
+        with self.write():
+            for slug in lists:
+                self.get_list(slug)
+            if not again:
+                self._refuse_repeat(issue_id, lists)
+            status = CampaignStatus.PENDING if scheduled_at else CampaignStatus.SENDING
+            cur = self.db.execute(
+                "INSERT INTO campaigns (issue_id, lists, status, source_path, source_sha256, "
+                "scheduled_at, created_at, created_by, started_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [issue_id, ",".join(lists), status.value, source_path, sha256,
+                 _stamp(scheduled_at) if scheduled_at else None, self._now(), self.actor,
+                 None if scheduled_at else self._now()],
+            )
+            campaign_id = cur.lastrowid
+            assert campaign_id is not None
+            self._event("campaign.created", f"campaign {campaign_id}", lists=list(lists),
+                        scheduled_at=_stamp(scheduled_at) if scheduled_at else None,
+                        again=again)
+            if not scheduled_at:
+                self._write_deliveries(campaign_id, lists)
+            return campaign_id
+
+    def _refuse_repeat(self, issue_id: int, lists: Sequence[str]) -> None:
+        rows = self.db.execute(
+            "SELECT c.id, c.lists, c.status, i.label FROM campaigns c "
+            "JOIN issues i ON i.id = c.issue_id WHERE c.issue_id = ? AND c.status NOT IN (?, ?)",
+            [issue_id, CampaignStatus.CANCELLED.value, CampaignStatus.MISSED.value],
+        ).fetchall()
+        for cid, slugs, status, label in rows:
+            overlap = sorted(set(slugs.split(",")) & set(lists))
+            if overlap:
+                raise AlreadySent(
+                    f"{label} already has campaign {cid} ({status}) to {', '.join(overlap)}; "
+                    "use --again to send it once more, or `mailer send --resume "
+                    f"{cid}` to finish that one"
+                )
+
+    def start_campaign(self, campaign_id: int) -> int:
+        """Move a pending campaign to sending and write its deliveries; returns their count."""
+        with self.write():
+            c = self.campaign(campaign_id)
+            if c.status is not CampaignStatus.PENDING:
+                raise InvalidInput(f"campaign {campaign_id} is {c.status.value}, not pending")
+            self.db.execute(
+                "UPDATE campaigns SET status = ?, started_at = ? WHERE id = ?",
+                [CampaignStatus.SENDING.value, self._now(), campaign_id],
+            )
+            return self._write_deliveries(campaign_id, c.lists)
+
+    def _write_deliveries(self, campaign_id: int, lists: Sequence[str]) -> int:
+        # One row per active subscriber, in SQL so a million rows never pass through
+        # Python. report-to lists first: an address on both lists gets one copy, as 报.
+        roles = {ml.slug: ml.role for ml in self.lists()}
+        ordered = sorted(lists, key=lambda s: roles[s] is not Role.REPORT_TO)
+        total = 0
+        for slug in ordered:
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO deliveries (campaign_id, recipient_id, list_id, email, "
+                "status, attempts, updated_at) "
+                "SELECT ?, r.id, l.id, r.email, 'pending', 0, ? FROM subscriptions s "
+                "JOIN recipients r ON r.id = s.recipient_id JOIN lists l ON l.id = s.list_id "
+                "WHERE l.slug = ? AND s.status = 'active'",
+                [campaign_id, self._now(), slug],
+            )
+            total += cur.rowcount
+        self._event("campaign.started", f"campaign {campaign_id}", deliveries=total)
+        return total
+
+    def audience(self, lists: Sequence[str]) -> dict[str, int]:
+        """How many distinct addresses each list would get now (report-to first)."""
+        seen: set[int] = set()
+        out: dict[str, int] = {}
+        roles = {ml.slug: ml.role for ml in self.lists()}
+        for slug in sorted(lists, key=lambda s: roles[s] is not Role.REPORT_TO):
+            ids = {r[0] for r in self.db.execute(
+                "SELECT s.recipient_id FROM subscriptions s JOIN lists l ON l.id = s.list_id "
+                "WHERE l.slug = ? AND s.status = 'active'", [slug])}
+            out[slug] = len(ids - seen)
+            seen |= ids
+        return out
+
+    def set_campaign_status(
+        self, campaign_id: int, status: CampaignStatus, *, allowed_from: Sequence[CampaignStatus],
+        resume_at: dt.datetime | None = None, **detail: Any,
+    ) -> None:
+        with self.write():
+            c = self.campaign(campaign_id)
+            if c.status not in allowed_from:
+                raise InvalidInput(
+                    f"campaign {campaign_id} is {c.status.value}; it cannot become {status.value}"
+                )
+            finished = self._now() if status in (CampaignStatus.SENT,) else None
+            self.db.execute(
+                "UPDATE campaigns SET status = ?, finished_at = COALESCE(?, finished_at), "
+                "resume_at = ? WHERE id = ?",
+                [status.value, finished, _stamp(resume_at) if resume_at else None, campaign_id],
+            )
+            self._event("campaign.status", f"campaign {campaign_id}",
+                        before={"status": c.status.value}, after={"status": status.value},
+                        **detail)
+
+    def set_resume_at(self, campaign_id: int, resume_at: dt.datetime | None) -> None:
+        """Record (or clear) a quota pause, so `mailer log` can show it."""
+        with self.write():
+            self.db.execute("UPDATE campaigns SET resume_at = ? WHERE id = ?",
+                            [_stamp(resume_at) if resume_at else None, campaign_id])
+
+    def finish_if_done(self, campaign_id: int) -> bool:
+        """Mark the campaign sent when no delivery is left to try."""
+        with self.write():
+            left = self.db.execute(
+                "SELECT COUNT(*) FROM deliveries WHERE campaign_id = ? "
+                f"AND status IN ({_OPEN_SQL})",
+                [campaign_id],
+            ).fetchone()[0]
+            if left:
+                return False
+            self.db.execute(
+                "UPDATE campaigns SET status = ?, finished_at = ?, resume_at = NULL, "
+                "lease_owner = NULL, lease_until = NULL WHERE id = ? AND status = ?",
+                [CampaignStatus.SENT.value, self._now(), campaign_id,
+                 CampaignStatus.SENDING.value],
+            )
+            self._event("campaign.finished", f"campaign {campaign_id}")
+            return True
+
+    # --- reading --------------------------------------------------------------
+
+    _CAMPAIGN_SQL = (
+        "SELECT c.id, c.issue_id, i.label, c.lists, c.status, c.scheduled_at, c.started_at, "
+        "c.finished_at, c.created_at, c.created_by, c.approved_by, c.source_path, c.resume_at "
+        "FROM campaigns c JOIN issues i ON i.id = c.issue_id"
+    )
+
+    def _campaign(self, r: Any, counts: dict[str, int]) -> Campaign:
+        return Campaign(
+            id=r[0], issue_id=r[1], issue_label=r[2], lists=tuple(r[3].split(",")),
+            status=CampaignStatus(r[4]), scheduled_at=r[5], started_at=r[6], finished_at=r[7],
+            created_at=r[8], created_by=r[9], approved_by=r[10], source_path=r[11],
+            resume_at=r[12], counts=counts,
+        )
+
+    def _counts(self, campaign_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        out: dict[int, dict[str, int]] = {cid: {} for cid in campaign_ids}
+        if not campaign_ids:
+            return out
+        marks = ",".join("?" * len(campaign_ids))
+        for cid, status, n in self.db.execute(
+            f"SELECT campaign_id, status, COUNT(*) FROM deliveries "
+            f"WHERE campaign_id IN ({marks}) GROUP BY campaign_id, status",
+            list(campaign_ids),
+        ):
+            out[cid][status] = n
+        return out
+
+    def campaign(self, campaign_id: int) -> Campaign:
+        r = self.db.execute(self._CAMPAIGN_SQL + " WHERE c.id = ?", [campaign_id]).fetchone()
+        if r is None:
+            raise UnknownCampaign(campaign_id)
+        return self._campaign(r, self._counts([campaign_id])[campaign_id])
+
+    def campaigns(self, *, statuses: Sequence[CampaignStatus] | None = None) -> list[Campaign]:
+        sql, params = self._CAMPAIGN_SQL, []
+        if statuses:
+            sql += f" WHERE c.status IN ({','.join('?' * len(statuses))})"
+            params = [s.value for s in statuses]
+        rows = self.db.execute(sql + " ORDER BY c.id", params).fetchall()
+        counts = self._counts([r[0] for r in rows])
+        return [self._campaign(r, counts[r[0]]) for r in rows]
+
+    def deliveries(self, campaign_id: int, *, unit: str | None = None) -> list[Delivery]:
+        self.campaign(campaign_id)
+        sql = (
+            "SELECT d.id, d.campaign_id, d.recipient_id, r.uid, d.email, r.name, u.name, l.slug, "
+            "d.status, d.attempts, d.message_id, d.last_code, d.last_response, d.sent_at, "
+            "d.updated_at FROM deliveries d JOIN recipients r ON r.id = d.recipient_id "
+            "JOIN units u ON u.id = r.unit_id JOIN lists l ON l.id = d.list_id "
+            "WHERE d.campaign_id = ?"
+        )
+        params: list[Any] = [campaign_id]
+        if unit is not None:
+            u = self.get_unit(unit)
+            sql += " AND u.id = ?"
+            params.append(u.id)
+        return [
+            Delivery(id=r[0], campaign_id=r[1], recipient_id=r[2], uid=r[3], email=r[4],
+                     name=r[5], unit=r[6], list_slug=r[7], status=DeliveryStatus(r[8]),
+                     attempts=r[9], message_id=r[10], last_code=r[11], last_response=r[12],
+                     sent_at=r[13], updated_at=r[14])
+            for r in self.db.execute(sql + " ORDER BY l.id, u.id, d.email", params)
+        ]
+
+    def sent_since(self, since: dt.datetime) -> int:
+        """Messages handed to the relay since then (campaigns and test sends): quotas."""
+        stamp = _stamp(since)
+        a = self.db.execute("SELECT COUNT(*) FROM deliveries WHERE sent_at >= ?",
+                            [stamp]).fetchone()[0]
+        b = self.db.execute("SELECT COUNT(*) FROM test_sends WHERE at >= ? AND code BETWEEN "
+                            "200 AND 299", [stamp]).fetchone()[0]
+        return int(a) + int(b)
+
+    def oldest_sent_since(self, since: dt.datetime) -> str | None:
+        """When the oldest message still counting against a quota window was sent."""
+        r = self.db.execute(
+            "SELECT MIN(sent_at) FROM deliveries WHERE sent_at >= ?", [_stamp(since)]
+        ).fetchone()
+        return r[0] if r else None
+
+    def next_attempt_at(self, campaign_id: int) -> str | None:
+        r = self.db.execute(
+            "SELECT MIN(COALESCE(next_attempt_at, '')) FROM deliveries "
+            "WHERE campaign_id = ? AND status IN ('pending', 'deferred')",
+            [campaign_id],
+        ).fetchone()
+        return r[0] if r and r[0] is not None else None
+
+    # --- sending --------------------------------------------------------------
+
+    def acquire_lease(self, campaign_id: int, owner: str, until: dt.datetime) -> bool:
+        """Become the campaign's only sender. Taking over from a dead sender puts the
+        rows it had in flight back to pending: they may have gone out (a bounded
+        duplicate), but none is lost."""
+        with self.write():
+            r = self.db.execute(
+                "SELECT status, lease_owner, lease_until FROM campaigns WHERE id = ?",
+                [campaign_id],
+            ).fetchone()
+            if r is None:
+                raise UnknownCampaign(campaign_id)
+            status, holder, held_until = r
+            if status != CampaignStatus.SENDING.value:
+                raise InvalidInput(f"campaign {campaign_id} is {status}, not sending")
+            if holder and holder != owner and held_until and held_until > self._now():
+                return False
+            self.db.execute(
+                "UPDATE campaigns SET lease_owner = ?, lease_until = ? WHERE id = ?",
+                [owner, _stamp(until), campaign_id],
+            )
+            if holder != owner:
+                self.db.execute(
+                    "UPDATE deliveries SET status = 'pending', updated_at = ? "
+                    "WHERE campaign_id = ? AND status = 'sending'",
+                    [self._now(), campaign_id],
+                )
+            return True
+
+    def release_lease(self, campaign_id: int, owner: str) -> None:
+        with self.write():
+            self.db.execute(
+                "UPDATE campaigns SET lease_owner = NULL, lease_until = NULL "
+                "WHERE id = ? AND lease_owner = ?",
+                [campaign_id, owner],
+            )
+
+    def claim(self, campaign_id: int, owner: str, limit: int, now: dt.datetime,
+              lease_until: dt.datetime) -> list[Job]:
+        """Take up to ``limit`` deliveries that are due, renewing the lease. Rows whose
+        subscription stopped meanwhile (an unsubscribe during the campaign) are marked
+        unsubscribed here instead of being sent."""
+        stamp = _stamp(now)
+        with self.write():
+            held = self.db.execute(
+                "UPDATE campaigns SET lease_until = ? WHERE id = ? AND lease_owner = ? "
+                "AND status = 'sending'",
+                [_stamp(lease_until), campaign_id, owner],
+            )
+            if held.rowcount != 1:
+                return []  # paused, cancelled, or taken over: stop claiming
+            rows = self.db.execute(
+                "SELECT d.id, d.recipient_id, r.uid, r.email, r.email_ascii, r.name, l.slug, "
+                "d.attempts, d.first_attempt_at, s.status FROM deliveries d "
+                "JOIN recipients r ON r.id = d.recipient_id JOIN lists l ON l.id = d.list_id "
+                "JOIN subscriptions s ON s.recipient_id = d.recipient_id AND s.list_id = d.list_id "
+                "WHERE d.campaign_id = ? AND d.status IN ('pending', 'deferred') "
+                "AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= ?) LIMIT ?",
+                [campaign_id, stamp, limit],
+            ).fetchall()
+            jobs = []
+            for (did, rid, uid, email, email_ascii, name, slug, attempts, first,
+                 sub_status) in rows:
+                if sub_status != Status.ACTIVE.value:
+                    self.db.execute(
+                        "UPDATE deliveries SET status = 'unsubscribed', last_response = ?, "
+                        "updated_at = ? WHERE id = ?",
+                        [f"not sent: subscription {sub_status}", stamp, did],
+                    )
+                    continue
+                self.db.execute(
+                    "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, "
+                    "first_attempt_at = COALESCE(first_attempt_at, ?), updated_at = ? "
+                    "WHERE id = ?",
+                    [stamp, stamp, did],
+                )
+                jobs.append(Job(delivery_id=did, campaign_id=campaign_id, recipient_id=rid,
+                                uid=uid, email=email, email_ascii=email_ascii, name=name,
+                                list_slug=slug, attempts=attempts + 1,
+                                first_attempt_at=first or stamp))
+            return jobs
+
+    def record_results(self, results: Sequence[DeliveryResult]) -> None:
+        """Record replies in one transaction (a group commit for many connections)."""
+        if not results:
+            return
+        now = self._now()
+        with self.write():
+            for res in results:
+                self.db.execute(
+                    "UPDATE deliveries SET status = ?, last_code = ?, last_response = ?, "
+                    "message_id = ?, next_attempt_at = ?, updated_at = ?, "
+                    "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END WHERE id = ?",
+                    [res.status.value, res.code, res.response[:500], res.message_id,
+                     _stamp(res.next_attempt_at) if res.next_attempt_at else None, now,
+                     res.status.value, now, res.delivery_id],
+                )
+                if res.bounce:
+                    self._bounce(res.delivery_id, res.code, res.response)
+
+    def _bounce(self, delivery_id: int, code: int, response: str) -> None:
+        r = self.db.execute(
+            "SELECT d.recipient_id, d.list_id, d.email, u.name, l.slug, s.status "
+            "FROM deliveries d JOIN recipients r ON r.id = d.recipient_id "
+            "JOIN units u ON u.id = r.unit_id JOIN lists l ON l.id = d.list_id "
+            "JOIN subscriptions s ON s.recipient_id = d.recipient_id AND s.list_id = d.list_id "
+            "WHERE d.id = ?",
+            [delivery_id],
+        ).fetchone()
+        if r is None or r[5] != Status.ACTIVE.value:
+            return
+        rid, lid, email, unit, slug, _ = r
+        self.db.execute(
+            "UPDATE subscriptions SET status = 'bounced', changed_at = ?, source = 'smtp' "
+            "WHERE recipient_id = ? AND list_id = ?",
+            [self._now(), rid, lid],
+        )
+        self._event("subscription.status", email, unit=unit, list_slug=slug, actor="smtp",
+                    before={"status": "active"}, after={"status": "bounced"}, source="smtp",
+                    reason=f"{code} {response}"[:300])
+
+    def record_test_send(
+        self, *, issue_id: int, list_slug: str, email: str, code: int, response: str,
+        message_id: str,
+    ) -> None:
+        with self.write():
+            self.db.execute(
+                "INSERT INTO test_sends (issue_id, list_slug, email, at, actor, code, response, "
+                "message_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [issue_id, list_slug, email, self._now(), self.actor, code, response[:500],
+                 message_id],
+            )
