@@ -346,6 +346,7 @@ class SMTPTransport:
         self._smtp: aiosmtplib.SMTP | None = None
         self._wire: _Wire | None = None
         self._eight_bit = False
+        self._size = False
         self.pipelining = False
 
     @property
@@ -362,7 +363,8 @@ class SMTPTransport:
         try:
             await self._connect()
         except _Unavailable as exc:
-            raise ConnectionError(exc.reply.text) from exc
+            r = exc.reply
+            raise ConnectionError(f"{r.code} {r.text}" if r.code else r.text) from exc
 
     async def _connect(self) -> None:
         await self._drop()
@@ -373,6 +375,7 @@ class SMTPTransport:
             raise _Unavailable(_lost("aiosmtplib gave no transport", "connect"))
         self._eight_bit = smtp.supports_extension("8bitmime")
         self.pipelining = smtp.supports_extension("pipelining")
+        self._size = smtp.supports_extension("size")
         # From here on the connection's bytes come to _Wire, not to aiosmtplib.
         wire = _Wire(transport)
         transport.set_protocol(wire)
@@ -401,9 +404,11 @@ class SMTPTransport:
 
     async def _transaction(self, wire: _Wire, env: Envelope) -> Reply:
         timeout = self.settings.timeout
-        body = b" BODY=8BITMIME" if self._eight_bit else b""
+        params = b" BODY=8BITMIME" if self._eight_bit else b""
+        if self._size:  # RFC 1870: lets the server refuse an oversized message early
+            params += b" SIZE=%d" % len(env.data)
         commands = [
-            ("mail", b"MAIL FROM:<" + env.sender.encode() + b">" + body + b"\r\n"),
+            ("mail", b"MAIL FROM:<" + env.sender.encode() + b">" + params + b"\r\n"),
             ("rcpt", b"RCPT TO:<" + env.recipient.encode() + b">\r\n"),
             ("data", b"DATA\r\n"),
         ]

@@ -53,9 +53,10 @@ class Received:
 
 
 class _Handler:
-    def __init__(self, behaviour: Behaviour, messages: list[Received]) -> None:
+    def __init__(self, behaviour: Behaviour, messages: list[Received], sessions: list[str]) -> None:
         self.b = behaviour
         self.messages = messages
+        self.sessions = sessions
         self.temp_left = behaviour.temp_failures
         self.drops_left = behaviour.drop_after_data
         self.count = 0
@@ -65,6 +66,7 @@ class _Handler:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
+        self.sessions.append(hostname)
         if self.b.pipelining:
             responses.insert(-1, "250-PIPELINING")
         return responses
@@ -156,7 +158,8 @@ class _RawServer:
 @dataclass
 class Server:
     port: int
-    messages: list[Received]
+    messages: list[Received]  # every message accepted, in order
+    sessions: list[str]  # one EHLO name per session (after STARTTLS: two)
     host: str = "127.0.0.1"
 
 
@@ -165,19 +168,20 @@ def smtp_server(behaviour: Behaviour | None = None) -> Iterator[Server]:
     """Run a test SMTP server on 127.0.0.1 for the duration of the ``with`` block."""
     b = behaviour or Behaviour()
     messages: list[Received] = []
+    sessions: list[str] = []
     if b.greeting_421 or b.silent:
         with _RawServer(b"421 4.3.2 Too busy, try later\r\n" if b.greeting_421 else None) as raw:
-            yield Server(raw.port, messages)
+            yield Server(raw.port, messages, sessions)
         return
     kwargs: dict[str, Any] = {}
     if b.starttls is not None:
         kwargs["tls_context"] = b.starttls
     controller = _Controller(
-        _Handler(b, messages), hostname="127.0.0.1", port=0, ready_timeout=5, **kwargs
+        _Handler(b, messages, sessions), hostname="127.0.0.1", port=0, ready_timeout=5, **kwargs
     )
     controller.start()
     try:
-        yield Server(controller.port, messages)
+        yield Server(controller.port, messages, sessions)
     finally:
         controller.stop()
 
