@@ -32,6 +32,7 @@ __all__ = [
     "MAX_URL_LENGTH",
     "MessageParts",
     "PreparedMessage",
+    "format_to",
     "make_message_id",
     "strip_controls",
 ]
@@ -353,8 +354,8 @@ _HTML_TOKEN = re.compile(
     r"|" + _URL_FILLER + r"|\s|.",
     re.S,
 )
-_RAW_TEXT = re.compile(r"<(style|script|title|textarea|pre)\b", re.I)
-_RAW_END = re.compile(r"</(style|script|title|textarea|pre)\b", re.I)
+# Elements whose text must not gain comments: only whitespace may break there.
+_RAW_TAG = re.compile(r"<(/?)(?:style|script|title|textarea|pre)\b", re.I)
 
 
 def _wrap_html(lines: list[str]) -> str:
@@ -363,8 +364,8 @@ def _wrap_html(lines: list[str]) -> str:
     for line in lines:
         if len(line.encode()) <= LINE_LIMIT:
             out.append(line)
-            for m in re.finditer(r"</?(?:style|script|title|textarea|pre)\b", line, re.I):
-                raw = not m.group().startswith("</")
+            for m in _RAW_TAG.finditer(line):
+                raw = not m.group(1)
             continue
         atoms: list[tuple[str, str | None]] = []
         for m in _HTML_TOKEN.finditer(line):
@@ -375,10 +376,9 @@ def _wrap_html(lines: list[str]) -> str:
                 cut = len(tok) - (2 if tok.endswith("/>") else 1)
                 atoms.append((tok[:cut], "\n"))
                 atoms.append((tok[cut:], None))
-                if _RAW_TEXT.match(tok):
-                    raw = True
-                elif _RAW_END.match(tok):
-                    raw = False
+                raw_tag = _RAW_TAG.match(tok)
+                if raw_tag:
+                    raw = not raw_tag.group(1)
             elif tok.isspace():
                 atoms.append((tok, "\n"))
             elif raw or tok[0] in "<&" or tok == _URL_FILLER:

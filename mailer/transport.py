@@ -42,7 +42,8 @@ from typing import Literal, Protocol
 
 import aiosmtplib
 
-from mailer.errors import MailerError
+from mailer.config import SMTPConfig
+from mailer.errors import ConfigError, MailerError
 
 __all__ = [
     "Envelope",
@@ -136,6 +137,23 @@ class SMTPSettings:
     timeout: float = 30.0
     local_hostname: str | None = None
     tls_context: ssl.SSLContext | None = None  # e.g. trusting a test certificate
+
+    @classmethod
+    def from_config(cls, smtp: SMTPConfig, *, local_hostname: str | None = None) -> SMTPSettings:
+        """The settings of the ``[smtp]`` table (password from the environment)."""
+        tls: Literal["starttls", "tls", "none"]
+        if smtp.tls == "starttls":
+            tls = "starttls"
+        elif smtp.tls == "tls":
+            tls = "tls"
+        elif smtp.tls == "none":
+            tls = "none"
+        else:
+            raise ConfigError(f"[smtp] tls = {smtp.tls!r}; use starttls, tls or none")
+        return cls(
+            host=smtp.host, port=smtp.port, tls=tls, username=smtp.username,
+            password=smtp.password, timeout=smtp.timeout, local_hostname=local_hostname,
+        )
 
 
 class _Unavailable(Exception):
@@ -242,11 +260,10 @@ class _Wire(asyncio.Protocol):
             raw = bytes(self._buffer[:end])
             del self._buffer[:end]
             lines = raw.split(b"\n")[:-1]
-            try:
-                code = int(lines[0][:3])
-            except ValueError:
+            if not lines[0][:3].isdigit():
                 self._fail(f"malformed reply {raw[:80]!r}")
                 return
+            code = int(lines[0][:3])
             text = "\n".join(ln[4:].strip().decode("utf-8", "replace") for ln in lines)
             self._replies.append((code, text))
         if len(self._buffer) > _MAX_REPLY:
@@ -393,11 +410,17 @@ class SMTPTransport:
             except _Unavailable as exc:
                 return exc.reply
         assert self._wire is not None
+        wire = self._wire
         try:
-            reply = await self._transaction(self._wire, envelope)
+            reply = await self._transaction(wire, envelope)
         except _ConnectionDead as exc:
             await self._drop()
             return _lost(str(exc))
+        except asyncio.CancelledError:
+            # Cancelled mid-transaction: replies may still be on the way, so this
+            # connection can never be trusted to pair them again.
+            wire.transport.abort()
+            raise
         if reply.code == 421:
             await self._drop()
         return reply

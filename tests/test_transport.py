@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import aiosmtplib
 import pytest
 
+from mailer.config import SMTPConfig
 from mailer.message import MessageParts, PreparedMessage, make_message_id
 from mailer.transport import (
     Envelope,
@@ -346,3 +347,81 @@ def test_throughput_sanity() -> None:
         f"\n{n} x {len(wire) // 1024} KB over 1 connection to aiosmtpd: "
         f"bulk path {n / t_bulk:.0f} msgs/s, aiosmtplib sendmail {n / t_plain:.0f} msgs/s"
     )
+
+
+def test_replies_arriving_together_are_all_read() -> None:
+    """Postfix answers a pipelined group in one write. aiosmtplib's own reader keeps
+    only the first reply of such a segment; the bulk path must pair all three."""
+    received: list[bytes] = []
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"220 scripted ESMTP\r\n")
+        await r.readline()  # EHLO
+        w.write(b"250-scripted\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+        for n in (1, 2):
+            for _ in range(3):  # MAIL, RCPT, DATA, pipelined
+                await r.readline()
+            w.write(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n")
+            received.append(await r.readuntil(b"\r\n.\r\n"))
+            w.write(b"250 2.0.0 Ok: queued as %d\r\n" % n)
+        if (await r.readline()).startswith(b"QUIT"):
+            w.write(b"221 2.0.0 Bye\r\n")
+        w.close()
+
+    async def go() -> list[Reply]:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await send_all(settings(Server(port, [], [])), [message()[0], message()[0]])
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    replies = run(go(), 10)
+    assert [(r.code, r.text) for r in replies] == [
+        (250, "2.0.0 Ok: queued as 1"), (250, "2.0.0 Ok: queued as 2")
+    ]
+    assert received[0] == message()[0].data + b".\r\n"
+
+
+def test_settings_from_config() -> None:
+    cfg = SMTPConfig(host="mail.example.org", port=587, tls="starttls", username="u",
+                     concurrency=4, timeout=12.0)
+    s = SMTPSettings.from_config(cfg, local_hostname="bulletin.example.org")
+    assert (s.host, s.port, s.tls, s.username, s.timeout) == (
+        "mail.example.org", 587, "starttls", "u", 12.0
+    )
+
+
+def test_server_that_goes_mute_mid_session() -> None:
+    """Greets, answers EHLO, then never answers again: the send gives up after the
+    timeout, and close() (whose QUIT gets no answer either) does not hang."""
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"220 mute ESMTP\r\n")
+        await r.readline()
+        w.write(b"250-mute\r\n250 PIPELINING\r\n")
+        while await r.read(65536):
+            pass
+        w.close()
+
+    async def go() -> tuple[Reply, Reply, float]:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        t = SMTPTransport(settings(Server(port, [], []), timeout=0.3))
+        try:
+            start = time.monotonic()
+            first = await t.send(message()[0])
+            await t.connect()
+            await t.close()
+            return first, await t.send(message()[0]), time.monotonic() - start
+        finally:
+            await t.close()
+            server.close()
+            await server.wait_closed()
+
+    first, again, took = run(go(), 10)
+    assert (first.code, first.outcome) == (0, Outcome.DEFERRED)
+    assert "no reply within 0.3 s" in first.text
+    assert again.outcome is Outcome.DEFERRED  # reconnected, timed out again
+    assert took < 3
