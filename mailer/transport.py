@@ -352,6 +352,7 @@ def _refusal(stage: str, code: int, text: str) -> Reply | None:
         return _reply(code, text, stage)
     raise _ConnectionDead(f"unexpected reply to {stage.upper()}: {code} {text}")
 
+
 _ADDR = re.compile(r"[!-;=?-~]+")  # printable ASCII without < > or spaces
 
 
