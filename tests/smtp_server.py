@@ -1,0 +1,193 @@
+"""Real SMTP servers on 127.0.0.1 for tests: aiosmtpd with selectable misbehaviour.
+
+    with smtp_server(Behaviour(pipelining=True, refuse={"x@example.org": 550})) as srv:
+        ... send to 127.0.0.1:srv.port ...
+        assert srv.messages[0].rcpt_tos == ["a@example.org"]
+
+``Behaviour`` picks what the server does; ``srv.messages`` records every message it
+accepted (envelope and the bytes as received, dot-unstuffed by aiosmtpd). Two
+behaviours need a server that is not SMTP at all: ``greeting_421`` (answers 421 and
+hangs up) and ``silent`` (accepts the connection and never answers); those run on a
+plain socket server. Everything is stopped, threads joined and sockets closed when
+the ``with`` block ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+@dataclass
+class Behaviour:
+    pipelining: bool = False  # advertise PIPELINING (aiosmtpd reads pipelined commands)
+    greeting_421: bool = False  # plain socket: "421" at connect, then hang up
+    silent: bool = False  # plain socket: accept, never answer
+    mail_421: bool = False  # 421 to MAIL FROM, then close
+    temp_failures: int = 0  # the first N RCPTs get temp_code
+    temp_code: int = 451
+    refuse: dict[str, int] = field(default_factory=dict)  # recipient -> 550/553/554
+    # A broken server that answers DATA with 354 even though every RCPT was refused.
+    data_after_refusal: bool = False
+    data_552: bool = False  # 552 at the end of DATA
+    drop_after_data: int = 0  # hang up without replying after the final "." this many times
+    starttls: ssl.SSLContext | None = None  # offer STARTTLS with this server context
+
+
+@dataclass(frozen=True)
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes  # as received, dot-unstuffed
+    mail_options: list[str]
+
+
+class _Handler:
+    def __init__(self, behaviour: Behaviour, messages: list[Received], sessions: list[str]) -> None:
+        self.b = behaviour
+        self.messages = messages
+        self.sessions = sessions
+        self.temp_left = behaviour.temp_failures
+        self.drops_left = behaviour.drop_after_data
+        self.count = 0
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        self.sessions.append(hostname)
+        if self.b.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        options: list[str],
+    ) -> str:
+        if self.b.mail_421:
+            asyncio.get_running_loop().call_soon(server.transport.close)
+            return "421 4.3.2 Service shutting down"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        options: list[str],
+    ) -> str:
+        if self.temp_left > 0:
+            self.temp_left -= 1
+            return f"{self.b.temp_code} 4.3.0 Try again later"
+        if address in self.b.refuse:
+            if self.b.data_after_refusal:
+                envelope.rcpt_tos.append(address)  # the bug: remembers it anyway
+            return f"{self.b.refuse[address]} 5.1.1 <{address}>: refused"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.drops_left > 0:
+            self.drops_left -= 1
+            server.transport.abort()  # no reply at all (abort drops the 250 too)
+            return "250 never sent"
+        if self.b.data_552:
+            return "552 5.3.4 Message too big"
+        self.count += 1
+        self.messages.append(Received(
+            envelope.mail_from or "", list(envelope.rcpt_tos),
+            bytes(envelope.original_content or b""), list(envelope.mail_options),
+        ))
+        return f"250 OK message {self.count} for {','.join(envelope.rcpt_tos)}"
+
+
+class _Controller(Controller):  # type: ignore[misc]
+    """aiosmtpd's Controller on port 0: learn the real port before it tests itself."""
+
+    def _trigger_server(self) -> None:
+        self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()
+
+
+class _RawServer:
+    """A socket server on its own thread: greets with ``greeting`` (or nothing) and
+    then only reads, until stopped."""
+
+    def __init__(self, greeting: bytes | None) -> None:
+        self.greeting = greeting
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.port = self.listener.getsockname()[1]
+        self.clients: list[socket.socket] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            self.clients.append(conn)
+            if self.greeting is not None:
+                conn.sendall(self.greeting)
+                conn.close()
+
+    def __enter__(self) -> _RawServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        for c in self.clients:
+            c.close()
+        self.listener.close()
+
+
+@dataclass
+class Server:
+    port: int
+    messages: list[Received]  # every message accepted, in order
+    sessions: list[str]  # one EHLO name per session (after STARTTLS: two)
+    host: str = "127.0.0.1"
+
+
+@contextmanager
+def smtp_server(behaviour: Behaviour | None = None) -> Iterator[Server]:
+    """Run a test SMTP server on 127.0.0.1 for the duration of the ``with`` block."""
+    b = behaviour or Behaviour()
+    messages: list[Received] = []
+    sessions: list[str] = []
+    if b.greeting_421 or b.silent:
+        with _RawServer(b"421 4.3.2 Too busy, try later\r\n" if b.greeting_421 else None) as raw:
+            yield Server(raw.port, messages, sessions)
+        return
+    kwargs: dict[str, Any] = {}
+    if b.starttls is not None:
+        kwargs["tls_context"] = b.starttls
+    controller = _Controller(
+        _Handler(b, messages, sessions), hostname="127.0.0.1", port=0, ready_timeout=5, **kwargs
+    )
+    controller.start()
+    try:
+        yield Server(controller.port, messages, sessions)
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def smtpd() -> Iterator[Server]:
+    """A well-behaved server (no PIPELINING) for tests that just need one."""
+    with smtp_server() as srv:
+        yield srv

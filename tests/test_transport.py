@@ -1,0 +1,427 @@
+"""SMTPTransport against real aiosmtpd servers that behave well and badly."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import shutil
+import ssl
+import subprocess
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosmtplib
+import pytest
+
+from mailer.config import SMTPConfig
+from mailer.message import MessageParts, PreparedMessage, make_message_id
+from mailer.transport import (
+    Envelope,
+    Outcome,
+    Reply,
+    SMTPSettings,
+    SMTPSetupError,
+    SMTPTransport,
+    classify,
+    send_one,
+)
+
+from .smtp_server import Behaviour, Server, smtp_server
+
+T = TypeVar("T")
+SENDER = "bulletin@example.org"
+GOOD = "zhang@example.org"
+BAD = "nobody@example.org"
+
+
+def run(coro: Coroutine[Any, Any, T], limit: float = 30.0) -> T:
+    """Run a coroutine with a hard limit, so a hung test fails instead of hanging."""
+    return asyncio.run(asyncio.wait_for(coro, limit))
+
+
+def settings(srv: Server, **changes: Any) -> SMTPSettings:
+    base: dict[str, Any] = {
+        "host": srv.host, "port": srv.port, "tls": "none", "username": None,
+        "password": None, "timeout": 5.0, "local_hostname": "client.test",
+    }
+    return SMTPSettings(**{**base, **changes})
+
+
+PREPARED = PreparedMessage.build(
+    MessageParts(
+        subject="简报 2015年第9期（总第33期）",
+        html="<p>作为新社会组织成员的民办院校</p>\n<p><a href=\"%U%\">退订</a></p>\n",
+        text=".第一行以点开头\n作为新社会组织成员的民办院校\n.\n退订：%U%\n",
+        from_name="杭州市新经济与新社会组织党务工作者协会",
+        from_address=SENDER,
+        reply_to=None,
+        list_id="简报发送名单 <send-to.bulletin.example.org>",
+        unsubscribe_mailto="mailto:unsubscribe@example.org",
+        html_placeholder="%U%",
+        date=dt.datetime(2015, 11, 24, 9, tzinfo=dt.UTC),
+    )
+)
+
+
+def message(to: str = GOOD, n: int = 1) -> tuple[Envelope, bytes]:
+    """An envelope (wire form) and the plain bytes the server should record."""
+    kw: dict[str, Any] = {
+        "to_name": "张三", "to_address": to,
+        "message_id": make_message_id(1, n, "example.org"),
+        "unsubscribe_url": f"https://bulletin.example.org/u/tok{n}",
+    }
+    return Envelope(SENDER, to, PREPARED.personalise(**kw)), PREPARED.as_message(**kw)
+
+
+async def send_all(s: SMTPSettings, envelopes: list[Envelope]) -> list[Reply]:
+    t = SMTPTransport(s)
+    try:
+        return [await t.send(e) for e in envelopes]
+    finally:
+        await t.close()
+
+
+def test_classify() -> None:
+    assert classify(250) is Outcome.SENT
+    assert classify(251) is Outcome.SENT
+    assert classify(421) is Outcome.DEFERRED
+    assert classify(451) is Outcome.DEFERRED
+    assert classify(552) is Outcome.DEFERRED
+    assert classify(550) is Outcome.FAILED
+    assert classify(554) is Outcome.FAILED
+    assert classify(0) is Outcome.DEFERRED
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_message_arrives_intact(pipelining: bool) -> None:
+    env, plain = message()
+    with smtp_server(Behaviour(pipelining=pipelining)) as srv:
+
+        async def go() -> tuple[Reply, bool, bool]:
+            t = SMTPTransport(settings(srv))
+            await t.connect()
+            try:
+                return await t.send(env), t.eight_bit, t.pipelining
+            finally:
+                await t.close()
+
+        reply, eight_bit, piped = run(go())
+    assert reply.outcome is Outcome.SENT and reply.code == 250, reply
+    assert (eight_bit, piped) == (True, pipelining)
+    [got] = srv.messages
+    assert got.mail_from == SENDER and got.rcpt_tos == [GOOD]
+    assert got.mail_options == ["BODY=8BITMIME", f"SIZE={len(env.data)}"]
+    assert got.data == plain  # dot-unstuffed by the server back to the original
+    assert b"\r\n.\xe7\xac\xac" in got.data or got.data.count(b"\r\n.") >= 2
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_several_messages_over_one_connection(pipelining: bool) -> None:
+    msgs = [message(f"r{i}@example.org", i) for i in range(20)]
+    with smtp_server(Behaviour(pipelining=pipelining)) as srv:
+        replies = run(send_all(settings(srv), [e for e, _ in msgs]))
+    assert [r.outcome for r in replies] == [Outcome.SENT] * 20
+    expected = [f"OK message {i + 1} for r{i}@example.org" for i in range(20)]
+    assert [r.text for r in replies] == expected  # each reply paired with its message
+    assert len(srv.sessions) == 1
+    assert [m.data for m in srv.messages] == [p for _, p in msgs]
+
+
+def test_421_on_connect() -> None:
+    with smtp_server(Behaviour(greeting_421=True)) as srv:
+        [reply] = run(send_all(settings(srv), [message()[0]]))
+
+        async def connect() -> None:
+            await SMTPTransport(settings(srv)).connect()
+
+        with pytest.raises(ConnectionError, match="421"):
+            run(connect())
+    assert (reply.code, reply.outcome, reply.stage) == (421, Outcome.DEFERRED, "connect")
+
+
+def test_connection_refused_is_deferred() -> None:
+    with smtp_server(Behaviour(silent=True)) as srv:
+        port = srv.port
+    srv_gone = Server(port, [], [])  # nothing listens there any more
+    [reply] = run(send_all(settings(srv_gone), [message()[0]]))
+    assert (reply.code, reply.outcome) == (0, Outcome.DEFERRED)
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_421_after_mail_reconnects(pipelining: bool) -> None:
+    with smtp_server(Behaviour(pipelining=pipelining, mail_421=True)) as srv:
+        replies = run(send_all(settings(srv), [message()[0], message()[0]]))
+    for r in replies:
+        assert (r.code, r.outcome, r.stage) == (421, Outcome.DEFERRED, "mail")
+    assert len(srv.sessions) == 2  # the second send opened a new connection
+    assert srv.messages == []
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+@pytest.mark.parametrize("code", [451, 452])
+def test_temporary_failure_then_success(pipelining: bool, code: int) -> None:
+    env, plain = message()
+    with smtp_server(Behaviour(pipelining=pipelining, temp_failures=1, temp_code=code)) as srv:
+        first, second = run(send_all(settings(srv), [env, env]))
+    assert (first.code, first.outcome, first.stage) == (code, Outcome.DEFERRED, "rcpt")
+    assert second.outcome is Outcome.SENT
+    assert len(srv.sessions) == 1  # RSET kept the connection usable
+    assert [m.data for m in srv.messages] == [plain]
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+@pytest.mark.parametrize("code", [550, 553, 554])
+def test_refused_recipient(pipelining: bool, code: int) -> None:
+    with smtp_server(Behaviour(pipelining=pipelining, refuse={BAD: code})) as srv:
+        bad, good = run(send_all(settings(srv), [message(BAD)[0], message(GOOD)[0]]))
+    assert (bad.code, bad.outcome, bad.stage) == (code, Outcome.FAILED, "rcpt")
+    assert BAD in bad.text
+    assert good.outcome is Outcome.SENT
+    assert [m.rcpt_tos for m in srv.messages] == [[GOOD]]
+
+
+@pytest.mark.parametrize("broken_server", [False, True])
+def test_refusal_in_the_middle_of_a_pipelined_run(broken_server: bool) -> None:
+    """A refused RCPT among pipelined transactions: no body goes to nobody, and each
+    later message gets its own reply, not a stale one. ``broken_server`` answers
+    DATA with 354 even though the only RCPT was refused."""
+    rcpts = ["a@example.org", BAD, "c@example.org", BAD, "e@example.org"]
+    msgs = [message(r, i) for i, r in enumerate(rcpts)]
+    b = Behaviour(pipelining=True, refuse={BAD: 550}, data_after_refusal=broken_server)
+    with smtp_server(b) as srv:
+        replies = run(send_all(settings(srv), [e for e, _ in msgs]))
+    assert [r.outcome for r in replies] == [
+        Outcome.SENT, Outcome.FAILED, Outcome.SENT, Outcome.FAILED, Outcome.SENT
+    ]
+    assert [r.code for r in replies] == [250, 550, 250, 550, 250]
+    delivered = [m for m in srv.messages if m.data]
+    assert [m.rcpt_tos for m in delivered] == [["a@example.org"], ["c@example.org"],
+                                               ["e@example.org"]]
+    assert [m.data for m in delivered] == [msgs[0][1], msgs[2][1], msgs[4][1]]
+    # The broken server got an empty message for the refused address, never the body.
+    assert all(m.data == b"" for m in srv.messages if BAD in m.rcpt_tos)
+    assert len(srv.messages) == (5 if broken_server else 3)
+    n = 5 if broken_server else 3
+    assert replies[4].text == f"OK message {n} for e@example.org"
+    assert len(srv.sessions) == 1
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_552_at_end_of_data_is_deferred(pipelining: bool) -> None:
+    with smtp_server(Behaviour(pipelining=pipelining, data_552=True)) as srv:
+        first, second = run(send_all(settings(srv), [message()[0], message()[0]]))
+    assert (first.code, first.outcome, first.stage) == (552, Outcome.DEFERRED, "")
+    assert second.code == 552  # same connection, still in step
+    assert len(srv.sessions) == 1
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_drop_after_data_then_reconnect(pipelining: bool) -> None:
+    env, plain = message()
+    with smtp_server(Behaviour(pipelining=pipelining, drop_after_data=1)) as srv:
+        first, second = run(send_all(settings(srv), [env, env]))
+    assert (first.code, first.outcome) == (0, Outcome.DEFERRED)
+    assert second.outcome is Outcome.SENT
+    assert len(srv.sessions) == 2
+    assert [m.data for m in srv.messages] == [plain]
+
+
+def test_silent_server_times_out() -> None:
+    with smtp_server(Behaviour(silent=True)) as srv:
+        start = time.monotonic()
+        [reply] = run(send_all(settings(srv, timeout=0.5), [message()[0]]))
+        took = time.monotonic() - start
+    assert (reply.code, reply.outcome, reply.stage) == (0, Outcome.DEFERRED, "connect")
+    assert "timed out" in reply.text.lower()
+    assert took < 3
+
+
+def test_starttls_required_but_not_offered() -> None:
+    with smtp_server() as srv:
+        s = settings(srv, tls="starttls")
+        with pytest.raises(SMTPSetupError, match=r"STARTTLS.*not fall back to plaintext"):
+            run(SMTPTransport(s).connect())
+        with pytest.raises(SMTPSetupError, match="STARTTLS"):
+            run(send_all(s, [message()[0]]))
+    assert srv.messages == []
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_starttls_then_bulk_path_over_tls(certificate: tuple[Path, Path], pipelining: bool) -> None:
+    cert, key = certificate
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    msgs = [message(f"r{i}@example.org", i) for i in range(3)]
+    with smtp_server(Behaviour(pipelining=pipelining, starttls=server_ctx)) as srv:
+        s = settings(srv, tls="starttls", tls_context=client_ctx)
+        replies = run(send_all(s, [e for e, _ in msgs]))
+    assert [r.outcome for r in replies] == [Outcome.SENT] * 3
+    assert len(srv.sessions) == 2  # EHLO before and after STARTTLS, one connection
+    assert [m.data for m in srv.messages] == [p for _, p in msgs]
+
+
+def test_send_one() -> None:
+    env, plain = message()
+    with smtp_server() as srv:
+        reply = run(send_one(settings(srv), env))
+        refused = run(send_one(settings(srv), message(BAD)[0]))
+    assert reply.outcome is Outcome.SENT
+    got = srv.messages[0]
+    assert got.data == plain and "BODY=8BITMIME" in got.mail_options
+    assert refused.outcome is Outcome.SENT  # this server refuses nobody
+    with smtp_server(Behaviour(refuse={BAD: 550})) as srv:
+        refused = run(send_one(settings(srv), message(BAD)[0]))
+    assert (refused.code, refused.outcome, refused.stage) == (550, Outcome.FAILED, "rcpt")
+    with smtp_server(Behaviour(silent=True)) as srv:
+        silent = run(send_one(settings(srv, timeout=0.5), env))
+    assert silent.outcome is Outcome.DEFERRED
+
+
+def test_unsendable_address_is_refused_locally() -> None:
+    with smtp_server() as srv:
+        [reply] = run(send_all(settings(srv), [Envelope(SENDER, "a@b.org>\r\nRSET", b"x\r\n")]))
+    assert reply.outcome is Outcome.FAILED and reply.text.startswith("local:")
+    assert srv.messages == []
+
+
+def test_throughput_sanity() -> None:
+    """Print only: 500 messages of ~100 KB over one connection to aiosmtpd, pipelined
+    bulk path vs aiosmtplib's sendmail. aiosmtpd itself is the bottleneck here; the
+    real throughput benchmark uses Postfix's smtp-sink."""
+    n = 500
+    body = ("<p>" + "党建工作责任制" * 16 + "</p>\n") * 150  # 2 x ~50 KB of UTF-8
+    pm = PreparedMessage.build(
+        MessageParts("简报", body, body, "协会", SENDER, None, "l <l.example.org>", None, "",
+                     dt.datetime(2015, 11, 24, tzinfo=dt.UTC))
+    )
+    kw: dict[str, Any] = {"to_name": "张三", "to_address": GOOD,
+                          "message_id": "<x@example.org>", "unsubscribe_url": None}
+    wire, plain = pm.personalise(**kw), pm.as_message(**kw)
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        s = settings(srv)
+
+        async def bulk() -> float:
+            t = SMTPTransport(s)
+            await t.connect()
+            start = time.perf_counter()
+            for i in range(n):
+                env = Envelope(SENDER, GOOD, pm.personalise(**{**kw, "message_id": f"<{i}@x>"}))
+                assert (await t.send(env)).outcome is Outcome.SENT
+            took = time.perf_counter() - start
+            await t.close()
+            return took
+
+        async def plain_sendmail() -> float:
+            smtp = aiosmtplib.SMTP(hostname=s.host, port=s.port, local_hostname="client.test",
+                                   start_tls=False)
+            await smtp.connect()
+            start = time.perf_counter()
+            for _ in range(n):
+                await smtp.sendmail(SENDER, [GOOD], plain, mail_options=["BODY=8BITMIME"])
+            took = time.perf_counter() - start
+            await smtp.quit()
+            return took
+
+        t_bulk = run(bulk(), 120)
+        t_plain = run(plain_sendmail(), 120)
+        srv.messages.clear()
+    print(
+        f"\n{n} x {len(wire) // 1024} KB over 1 connection to aiosmtpd: "
+        f"bulk path {n / t_bulk:.0f} msgs/s, aiosmtplib sendmail {n / t_plain:.0f} msgs/s"
+    )
+
+
+def test_replies_arriving_together_are_all_read() -> None:
+    """Postfix answers a pipelined group in one write. aiosmtplib's own reader keeps
+    only the first reply of such a segment; the bulk path must pair all three."""
+    received: list[bytes] = []
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"220 scripted ESMTP\r\n")
+        await r.readline()  # EHLO
+        w.write(b"250-scripted\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+        for n in (1, 2):
+            for _ in range(3):  # MAIL, RCPT, DATA, pipelined
+                await r.readline()
+            w.write(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n")
+            received.append(await r.readuntil(b"\r\n.\r\n"))
+            w.write(b"250 2.0.0 Ok: queued as %d\r\n" % n)
+        if (await r.readline()).startswith(b"QUIT"):
+            w.write(b"221 2.0.0 Bye\r\n")
+        w.close()
+
+    async def go() -> list[Reply]:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await send_all(settings(Server(port, [], [])), [message()[0], message()[0]])
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    replies = run(go(), 10)
+    assert [(r.code, r.text) for r in replies] == [
+        (250, "2.0.0 Ok: queued as 1"), (250, "2.0.0 Ok: queued as 2")
+    ]
+    assert received[0] == message()[0].data + b".\r\n"
+
+
+def test_settings_from_config() -> None:
+    cfg = SMTPConfig(host="mail.example.org", port=587, tls="starttls", username="u",
+                     concurrency=4, timeout=12.0)
+    s = SMTPSettings.from_config(cfg, local_hostname="bulletin.example.org")
+    assert (s.host, s.port, s.tls, s.username, s.timeout) == (
+        "mail.example.org", 587, "starttls", "u", 12.0
+    )
+
+
+def test_server_that_goes_mute_mid_session() -> None:
+    """Greets, answers EHLO, then never answers again: the send gives up after the
+    timeout, and close() (whose QUIT gets no answer either) does not hang."""
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"220 mute ESMTP\r\n")
+        await r.readline()
+        w.write(b"250-mute\r\n250 PIPELINING\r\n")
+        while await r.read(65536):
+            pass
+        w.close()
+
+    async def go() -> tuple[Reply, Reply, float]:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        t = SMTPTransport(settings(Server(port, [], []), timeout=0.3))
+        try:
+            start = time.monotonic()
+            first = await t.send(message()[0])
+            await t.connect()
+            await t.close()
+            return first, await t.send(message()[0]), time.monotonic() - start
+        finally:
+            await t.close()
+            server.close()
+            await server.wait_closed()
+
+    first, again, took = run(go(), 10)
+    assert (first.code, first.outcome) == (0, Outcome.DEFERRED)
+    assert "no reply within 0.3 s" in first.text
+    assert again.outcome is Outcome.DEFERRED  # reconnected, timed out again
+    assert took < 3
