@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import stat
+import string
 import tomllib
 import zoneinfo
 from collections.abc import Mapping
@@ -55,6 +56,8 @@ class SMTPConfig:
     username: str | None
     concurrency: int
     timeout: float
+    messages_per_connection: int = 0  # 0: keep a connection as long as it works
+    rate_limit: float = 0.0  # messages per second over all connections; 0: no limit
 
     @property
     def password(self) -> str | None:
@@ -87,6 +90,29 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class SendingConfig:
+    """How a campaign paces itself and retries."""
+
+    subject: str  # a template: {label} {title} {year} {number} {total_number} {organisation}
+    per_hour: int  # 0: no quota
+    per_day: int
+    first_retry: float  # seconds before the first retry; doubles each time
+    max_retry: float  # the longest wait between two tries
+    lifetime: float  # seconds after the first try when a deferred delivery fails
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    timezone: str
+    late_limit: float  # seconds: an overdue campaign older than this is marked missed
+    require_approval: bool
+    issues_dir: Path | None  # watched folder
+
+
+SUBJECT_FIELDS = ("label", "title", "year", "number", "total_number", "organisation")
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     database: Path
@@ -96,6 +122,8 @@ class Config:
     timezone: str
     contact: str
     lists: tuple[ListConfig, ...]
+    sending: SendingConfig
+    schedule: ScheduleConfig
 
     def list(self, slug: str) -> ListConfig:
         for lc in self.lists:
@@ -314,7 +342,9 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         tls=tls,
         username=sm.text("username", None),
         concurrency=sm.integer("concurrency", 4, low=1, high=64),
-        timeout=sm.number("timeout", 30.0, low=1.0),
+        timeout=sm.number("timeout", 30.0, low=0.1),
+        messages_per_connection=sm.integer("messages_per_connection", 0, low=0, high=10**9),
+        rate_limit=sm.number("rate_limit", 0.0, low=0.0),
     )
     sm.no_unknown_keys()
 
@@ -354,7 +384,29 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         zoneinfo.ZoneInfo(timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise sch.error("timezone", f"unknown time zone {_show(timezone)}") from None
+    issues_dir = sch.text("issues_dir", None)
+    schedule = ScheduleConfig(
+        timezone=timezone,
+        late_limit=sch.number("late_limit_hours", 24.0, low=0.0) * 3600,
+        require_approval=sch.flag("require_approval", False),
+        issues_dir=rel(issues_dir) if issues_dir else None,
+    )
     sch.no_unknown_keys()
+
+    snd2 = root.table("sending")
+    subject = snd2.text("subject", "{label}")
+    _check_template(snd2, "subject", subject)
+    retry = root.table("retry")
+    sending = SendingConfig(
+        subject=subject,
+        per_hour=snd2.integer("per_hour", 0, low=0, high=10**9),
+        per_day=snd2.integer("per_day", 0, low=0, high=10**9),
+        first_retry=retry.number("first_delay", 60.0, low=0.0),
+        max_retry=retry.number("max_delay", 3600.0, low=0.0),
+        lifetime=retry.number("lifetime_hours", 24.0, low=0.0) * 3600,
+    )
+    snd2.no_unknown_keys()
+    retry.no_unknown_keys()
 
     ct = root.table("contact")
     contact = ct.text("line", f"{sender.name} {sender.reply_to or sender.address}")
@@ -374,6 +426,8 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         timezone=timezone,
         contact=contact,
         lists=lists,
+        sending=sending,
+        schedule=schedule,
     )
 
 
@@ -406,6 +460,16 @@ def _parse_lists(tbl: _Table) -> tuple[ListConfig, ...]:
             raise tbl.error(slug, "a list name may use only ASCII letters, digits and '-'")
     tbl.no_unknown_keys()
     return tuple(out)
+
+
+def _check_template(tbl: _Table, key: str, value: str) -> None:
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+    except ValueError as e:
+        raise tbl.error(key, f"not a valid template ({e}); write fields as {{label}}") from None
+    for name in names:
+        if name not in SUBJECT_FIELDS:
+            raise tbl.error(key, f"unknown field {{{name}}}; use {', '.join(SUBJECT_FIELDS)}")
 
 
 def _check_address(tbl: _Table, key: str, value: str) -> None:

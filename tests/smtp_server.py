@@ -34,6 +34,7 @@ class Behaviour:
     greeting_421: bool = False  # plain socket: "421" at connect, then hang up
     silent: bool = False  # plain socket: accept, never answer
     mail_421: bool = False  # 421 to MAIL FROM, then close
+    refuse_sender: int = 0  # answer MAIL FROM with this 5xx code
     temp_failures: int = 0  # the first N RCPTs get temp_code
     temp_code: int = 451
     refuse: dict[str, int] = field(default_factory=dict)  # recipient -> 550/553/554
@@ -78,6 +79,8 @@ class _Handler:
         if self.b.mail_421:
             asyncio.get_running_loop().call_soon(server.transport.close)
             return "421 4.3.2 Service shutting down"
+        if self.b.refuse_sender:
+            return f"{self.b.refuse_sender} 5.7.1 <{address}>: sender not allowed"
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 OK"

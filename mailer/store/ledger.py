@@ -315,10 +315,16 @@ class LedgerMixin(StoreBase):
 
     # --- sending --------------------------------------------------------------
 
-    def acquire_lease(self, campaign_id: int, owner: str, until: dt.datetime) -> bool:
-        """Become the campaign's only sender. Taking over from a dead sender puts the
-        rows it had in flight back to pending: they may have gone out (a bounded
-        duplicate), but none is lost."""
+    def lease_owner(self, campaign_id: int) -> str | None:
+        r = self.db.execute("SELECT lease_owner FROM campaigns WHERE id = ?",
+                            [campaign_id]).fetchone()
+        return r[0] if r else None
+
+    def acquire_lease(self, campaign_id: int, owner: str, until: dt.datetime, *,
+                      force: bool = False) -> bool:
+        """Become the campaign's only sender (``force``: the holder is known dead).
+        Taking over puts the rows the previous sender had in flight back to pending:
+        they may have gone out (a bounded duplicate), but none is lost."""
         with self.write():
             r = self.db.execute(
                 "SELECT status, lease_owner, lease_until FROM campaigns WHERE id = ?",
@@ -329,7 +335,8 @@ class LedgerMixin(StoreBase):
             status, holder, held_until = r
             if status != CampaignStatus.SENDING.value:
                 raise InvalidInput(f"campaign {campaign_id} is {status}, not sending")
-            if holder and holder != owner and held_until and held_until > self._now():
+            if (holder and holder != owner and held_until and held_until > self._now()
+                    and not force):
                 return False
             self.db.execute(
                 "UPDATE campaigns SET lease_owner = ?, lease_until = ? WHERE id = ?",
@@ -395,6 +402,16 @@ class LedgerMixin(StoreBase):
                                 list_slug=slug, attempts=attempts + 1,
                                 first_attempt_at=first or stamp))
             return jobs
+
+    def unclaim(self, delivery_ids: Sequence[int]) -> None:
+        """Give back claimed rows that were never sent (a stop between claim and send)."""
+        with self.write():
+            for did in delivery_ids:
+                self.db.execute(
+                    "UPDATE deliveries SET status = 'pending', attempts = attempts - 1 "
+                    "WHERE id = ? AND status = 'sending'",
+                    [did],
+                )
 
     def record_results(self, results: Sequence[DeliveryResult]) -> None:
         """Record replies in one transaction (a group commit for many connections)."""

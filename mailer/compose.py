@@ -1,0 +1,174 @@
+"""From an issue to what a campaign sends: rendered once per list, prepared once per
+(list, 8BITMIME or not), personalised per recipient by the sender.
+
+The end block's 报：/发： lines are printed from the same list rows that are sent to
+(a list may print a collective label such as 协会会员 instead of every unit), and
+``warnings`` says where the issue's own lines name other bodies.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Config, SigningKey
+from .errors import IssueError
+from .message import MessageParts, PreparedMessage
+from .models import EndBlock, EndLine, Issue, MailingList, Role
+from .render import UNSUBSCRIBE_PLACEHOLDER, Audience, Rendered, render_issue
+from .store import Store
+from .tokens import make_token, unsubscribe_url
+
+ROLE_ORDER = {Role.REPORT_TO: 0, Role.COPY_TO: 1, Role.SEND_TO: 2}
+NAME_SEPARATOR = "，"  # not 、, which unit names such as 各区、县（市）委组织部 contain
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def end_block(store: Store, config: Config, issue: Issue) -> tuple[EndBlock, list[str]]:
+    """The end block printed from the lists, and how it differs from the issue's own."""
+    lines: list[EndLine] = []
+    warnings: list[str] = []
+    configured = {lc.slug: lc for lc in config.lists}
+    for ml in sorted(store.lists(), key=lambda m: ROLE_ORDER.get(m.role, 9)):
+        units = list(dict.fromkeys(
+            m.unit for m in store.members(list_slug=ml.slug) if m.status.value == "active"
+        ))
+        lc = configured.get(ml.slug)
+        collective = lc.collective_label if lc else None
+        names = (collective,) if collective else tuple(units)
+        if names:
+            lines.append(EndLine(ml.footer_label, NAME_SEPARATOR.join(names), names))
+        own = issue.end.line(ml.footer_label)
+        if own is not None and not collective and set(own.names) != set(units):
+            missing = [n for n in own.names if n not in units]
+            extra = [u for u in units if u not in own.names]
+            parts = []
+            if missing:
+                parts.append(f"names {'、'.join(missing)}, not on the {ml.slug} list")
+            if extra:
+                parts.append(f"leaves out {'、'.join(extra)}, which the list sends to")
+            warnings.append(f"the issue's {ml.footer_label}： line " + "; ".join(parts))
+        elif own is not None and collective and own.names != names:
+            warnings.append(
+                f"the issue's {ml.footer_label}： line reads {own.text!r}; the {ml.slug} list "
+                f"prints {collective!r}"
+            )
+    return EndBlock(tuple(lines), issue.end.copies), warnings
+
+
+@dataclass
+class Outbox:
+    """One issue, ready to send to some lists."""
+
+    issue: Issue
+    source: Path | None
+    sha256: str
+    lists: tuple[MailingList, ...]
+    end: EndBlock
+    warnings: list[str]
+    config: Config
+    date: dt.datetime
+    rendered: dict[str, Rendered] = field(default_factory=dict)
+    _prepared: dict[tuple[str, bool], PreparedMessage] = field(default_factory=dict)
+    _key: SigningKey | None = None
+
+    def render(self, slug: str) -> Rendered:
+        if slug not in self.rendered:
+            ml = self._list(slug)
+            audience = Audience(
+                role=ml.role, list_title=ml.title, footer_label=ml.footer_label,
+                allow_unsubscribe=ml.allow_unsubscribe, contact=self.config.contact,
+            )
+            self.rendered[slug] = render_issue(self.issue, audience, end=self.end)
+        return self.rendered[slug]
+
+    def parts(self, slug: str) -> MessageParts:
+        ml = self._list(slug)
+        r = self.render(slug)
+        sender = self.config.sender
+        domain = sender.address.rpartition("@")[2]
+        unsubscribe = ml.allow_unsubscribe and ml.role is not Role.REPORT_TO
+        return MessageParts(
+            subject=self.subject,
+            html=r.html,
+            text=r.text,
+            from_name=sender.name,
+            from_address=sender.address,
+            reply_to=sender.reply_to,
+            list_id=f"{ml.title} <{ml.slug}.{domain}>",
+            unsubscribe_mailto=(
+                f"mailto:{sender.reply_to or sender.address}?subject=unsubscribe"
+                if unsubscribe else None
+            ),
+            html_placeholder=UNSUBSCRIBE_PLACEHOLDER,
+            date=self.date,
+        )
+
+    @property
+    def subject(self) -> str:
+        m = self.issue.masthead
+        return self.config.sending.subject.format(
+            label=self.issue.subject_label, title=m.title.replace(" ", ""), year=m.year,
+            number=m.number, total_number=m.total_number or "", organisation=m.organisation,
+        )
+
+    def message(self, slug: str, eight_bit: bool) -> PreparedMessage:
+        """Built once per (list, 8BITMIME or not); the sender personalises it."""
+        key = (slug, eight_bit)
+        if key not in self._prepared:
+            self._prepared[key] = PreparedMessage.build(self.parts(slug), eight_bit=eight_bit)
+        return self._prepared[key]
+
+    def unsubscribe_url(self, uid: str, slug: str) -> str | None:
+        ml = self._list(slug)
+        if not ml.allow_unsubscribe or ml.role is Role.REPORT_TO:
+            return None
+        if self._key is None:
+            self._key = self.config.signing_keys()[0]
+        return unsubscribe_url(self.config.web.base_url, make_token(self._key, uid, slug))
+
+    @property
+    def msgid_domain(self) -> str:
+        return self.config.sender.address.rpartition("@")[2]
+
+    def record(self, store: Store) -> int:
+        """The issue's row in the ledger (created or brought up to date)."""
+        m = self.issue.masthead
+        return store.record_issue(
+            year=m.year, number=m.number, total_number=m.total_number,
+            date=m.date.isoformat() if m.date else None, label=self.issue.subject_label,
+            sha256=self.sha256,
+        )
+
+    def _list(self, slug: str) -> MailingList:
+        for ml in self.lists:
+            if ml.slug == slug:
+                return ml
+        raise IssueError(f"list {slug} is not part of this campaign")
+
+
+def compose(
+    issue: Issue,
+    *,
+    config: Config,
+    store: Store,
+    lists: Sequence[str],
+    source: Path | None = None,
+    sha256: str | None = None,
+    now: dt.datetime | None = None,
+) -> Outbox:
+    chosen = tuple(store.get_list(slug) for slug in lists)
+    end, warnings = end_block(store, config, issue)
+    if sha256 is None:
+        sha256 = (file_sha256(source) if source
+                  else hashlib.sha256(repr(issue).encode()).hexdigest())
+    return Outbox(
+        issue=issue, source=source, sha256=sha256, lists=chosen, end=end, warnings=warnings,
+        config=config, date=now or dt.datetime.now(dt.UTC),
+    )

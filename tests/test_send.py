@@ -1,0 +1,394 @@
+"""The sending engine against a real aiosmtpd server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email
+import email.policy
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailer import config as config_mod
+from mailer.compose import Outbox, compose
+from mailer.errors import SendError
+from mailer.send import Policy, Progress, Run
+from mailer.store import Store
+from mailer.transport import SMTPSettings, SMTPTransport
+
+from .conftest import REPO
+from .conftest import Run as CliRun
+from .sample_issue import sample_issue
+from .smtp_server import Behaviour, Received, smtp_server
+
+SECRET = "test-secret-0123456789abcdef"
+
+
+@dataclass
+class Setup:
+    db: Path
+    outbox: Outbox
+    campaign_id: int
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(config_mod.ENV_SECRET, SECRET)
+
+
+def prepare(run: CliRun, db: Path, config_file: Path, lists: tuple[str, ...] = ("send-to",),
+            *, extra: str | None = None, clock: Any = None) -> Setup:
+    for slug in ("report-to", "send-to"):
+        run("recipients", "import", str(REPO / "recipients" / f"{slug}.csv"), "--list", slug)
+    if extra:
+        path = config_file.parent / "extra.csv"
+        path.write_text(extra, encoding="utf-8")
+        run("recipients", "import", str(path), "--list", "send-to")
+    cfg = config_mod.load(config_file)
+    kw = {"clock": clock} if clock else {}
+    with Store.open(db, **kw) as store:
+        outbox = compose(sample_issue(), config=cfg, store=store, lists=lists)
+        issue_id = outbox.record(store)
+        cid = store.create_campaign(issue_id, lists, source_path=None, sha256=outbox.sha256)
+    return Setup(db, outbox, cid)
+
+
+def sender(s: Setup, port: int, **kw: Any) -> Run:
+    policy = kw.pop("policy", Policy(concurrency=2, first_retry=0.0, max_retry=0.0))
+    timeout = kw.pop("timeout", 5.0)
+    return Run(
+        database=s.db, campaign_id=s.campaign_id, messages=s.outbox.message,
+        unsubscribe_url=s.outbox.unsubscribe_url,
+        connect=lambda: SMTPTransport(
+            SMTPSettings("127.0.0.1", port, "none", None, None, timeout=timeout)),
+        sender="bulletin@example.org", msgid_domain="example.org", policy=policy, **kw,
+    )
+
+
+def ledger(db: Path) -> dict[str, dict[str, Any]]:
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    rows = {r["email"]: dict(r) for r in conn.execute("SELECT * FROM deliveries")}
+    conn.close()
+    return rows
+
+
+def parse(m: Received) -> EmailMessage:
+    msg = email.message_from_bytes(m.data, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def status_of(db: Path, email_addr: str, slug: str) -> str:
+    with Store.open(db) as store:
+        return next(m.status.value for m in store.members(list_slug=slug) if m.email == email_addr)
+
+
+# --- the normal path --------------------------------------------------------------
+
+
+def test_sends_every_recipient_once_with_personal_headers(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    s = prepare(run, initialised, config_file)
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        progress = asyncio.run(sender(s, srv.port).run())
+    assert progress.sent == 14 and progress.failed == 0
+    rows = ledger(initialised)
+    assert len(rows) == 14 and {r["status"] for r in rows.values()} == {"sent"}
+    assert sorted(m.rcpt_tos[0] for m in srv.messages) == sorted(rows)
+    urls = set()
+    for m in srv.messages:
+        msg = parse(m)
+        to = m.rcpt_tos[0]
+        assert msg["Message-ID"] == rows[to]["message_id"]
+        assert to in str(msg["To"])
+        assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        url = str(msg["List-Unsubscribe"]).split(">")[0].lstrip("<")
+        assert url.startswith("https://bulletin.example.org/u/v1.")
+        text = msg.get_body(("plain",))
+        html = msg.get_body(("html",))
+        assert text is not None and html is not None
+        assert url in text.get_content() and url in html.get_content()
+        assert "BODY=8BITMIME" in m.mail_options
+        urls.add(url)
+    assert len(urls) == 14  # one personal link each
+    with Store.open(initialised) as store:
+        c = store.campaign(s.campaign_id)
+    assert c.status.value == "sent" and c.counts == {"sent": 14}
+
+
+def test_an_address_on_both_lists_gets_one_copy_as_report_to(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    run("recipients", "import", str(REPO / "recipients" / "send-to.csv"), "--list", "send-to")
+    run("recipients", "add", "dangban@wanxiang.example.org", "--list", "report-to",
+        "--unit", "万向集团")
+    s = prepare(run, initialised, config_file, lists=("report-to", "send-to"))
+    with smtp_server() as srv:  # no PIPELINING: the one-command-at-a-time path
+        asyncio.run(sender(s, srv.port).run())
+    to = [m.rcpt_tos[0] for m in srv.messages]
+    assert len(to) == 14 + 7 and to.count("dangban@wanxiang.example.org") == 1
+    both = next(m for m in srv.messages if m.rcpt_tos == ["dangban@wanxiang.example.org"])
+    msg = parse(both)
+    assert msg["List-Unsubscribe"] is None  # report-to: official, no unsubscribe
+    assert ledger(initialised)["dangban@wanxiang.example.org"]["list_id"] == 1
+
+
+# --- replies ------------------------------------------------------------------------
+
+
+def test_permanent_refusal_fails_and_marks_bounced(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    s = prepare(run, initialised, config_file)
+    bad = {"dangwei@geely.example.org": 550, "dangban@robam.example.org": 553,
+           "dangwei@futong.example.org": 554}
+    with smtp_server(Behaviour(pipelining=True, refuse=bad)) as srv:
+        progress = asyncio.run(sender(s, srv.port).run())
+    assert progress.sent == 11 and progress.failed == 3
+    rows = ledger(initialised)
+    for addr, code in bad.items():
+        assert rows[addr]["status"] == "failed" and rows[addr]["last_code"] == code
+        assert rows[addr]["attempts"] == 1
+        assert status_of(initialised, addr, "send-to") == "bounced"
+    assert {m.rcpt_tos[0] for m in srv.messages}.isdisjoint(bad)
+    assert len(srv.messages) == 11
+
+
+def test_temporary_failures_are_retried_until_sent(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    s = prepare(run, initialised, config_file)
+    hourly = Policy(concurrency=2, first_retry=3600.0, max_retry=3600.0)
+    with smtp_server(Behaviour(pipelining=True, temp_failures=4, temp_code=451)) as srv:
+        first = asyncio.run(sender(s, srv.port, policy=hourly).run())
+        assert first.deferred == 4 and first.sent == 10
+        rows = ledger(initialised)
+        deferred = [a for a, r in rows.items() if r["status"] == "deferred"]
+        assert len(deferred) == 4 and all(rows[a]["last_code"] == 451 for a in deferred)
+        assert all(status_of(initialised, a, "send-to") == "active" for a in deferred)
+        asyncio.run(sender(s, srv.port, policy=hourly).run())  # not due yet: nothing sent
+        assert len(srv.messages) == 10
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+        asyncio.run(sender(s, srv.port, policy=hourly, clock=lambda: later).run())
+    rows = ledger(initialised)
+    assert {r["status"] for r in rows.values()} == {"sent"}
+    assert sorted(a for a, r in rows.items() if r["attempts"] == 2) == sorted(deferred)
+    assert sorted(m.rcpt_tos[0] for m in srv.messages) == sorted(rows)  # each exactly once
+
+
+@pytest.mark.parametrize("behaviour", [
+    Behaviour(data_552=True),
+    Behaviour(mail_421=True),
+    Behaviour(temp_failures=10**6, temp_code=452),
+])
+def test_deferrals_become_failures_after_the_lifetime(
+    run: CliRun, initialised: Path, config_file: Path, env: None, behaviour: Behaviour
+) -> None:
+    s = prepare(run, initialised, config_file)
+    policy = Policy(concurrency=2, first_retry=0.0, max_retry=0.0, lifetime=0.0)
+    with smtp_server(behaviour) as srv:
+        asyncio.run(sender(s, srv.port, policy=policy).run())
+    rows = ledger(initialised)
+    assert {r["status"] for r in rows.values()} == {"failed"}
+    assert all(r["last_response"].startswith("gave up after 1 tries") for r in rows.values())
+    assert srv.messages == []
+    # Temporary trouble never marks an address bounced.
+    assert status_of(initialised, "dangban@wanxiang.example.org", "send-to") == "active"
+
+
+def test_dropped_connection_after_data_is_retried(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    s = prepare(run, initialised, config_file)
+    with smtp_server(Behaviour(pipelining=True, drop_after_data=2)) as srv:
+        asyncio.run(sender(s, srv.port, wait_for_retries=True).run())
+    rows = ledger(initialised)
+    assert {r["status"] for r in rows.values()} == {"sent"}
+    assert sum(r["attempts"] == 2 for r in rows.values()) == 2
+    assert len(srv.messages) == 14
+
+
+def test_unreachable_relay_is_one_line_and_the_campaign_stays_resumable(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    s = prepare(run, initialised, config_file)
+    with (smtp_server(Behaviour(silent=True)) as silent,
+          pytest.raises(SendError, match="cannot reach the SMTP server") as e):
+        asyncio.run(sender(s, silent.port, timeout=0.5).run())
+    assert "\n" not in str(e.value) and "--resume" in str(e.value)
+    closed = _free_port()
+    with pytest.raises(SendError, match="cannot reach the SMTP server"):
+        asyncio.run(sender(s, closed).run())
+    rows = ledger(initialised)
+    assert {r["status"] for r in rows.values()} == {"pending"}
+    with smtp_server() as srv:
+        asyncio.run(sender(s, srv.port).run())
+    assert len(srv.messages) == 14
+
+
+def test_sender_address_refused_stops_without_bouncing_anyone(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    s = prepare(run, initialised, config_file)
+    with (smtp_server(Behaviour(pipelining=True, refuse_sender=550)) as srv,
+          pytest.raises(SendError, match="refuses the sender address") as e):
+        asyncio.run(sender(s, srv.port).run())
+    assert "[sender] address" in str(e.value)
+    rows = ledger(initialised)
+    assert {r["status"] for r in rows.values()} == {"pending"}  # all given back
+    assert all(r["attempts"] == 0 for r in rows.values())
+    with Store.open(initialised) as store:
+        assert {m.status.value for m in store.members()} == {"active"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- pacing ------------------------------------------------------------------------
+
+
+def many(n: int) -> str:
+    return "email,name,unit,group\n" + "".join(
+        f"m{i:04d}@bulk.example.org,联系人{i},批量单位{i % 10},第{i % 7 + 1}片组\n"
+        for i in range(n)
+    )
+
+
+def test_rate_limit_holds_within_ten_percent(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    s = prepare(run, initialised, config_file, extra=many(86))  # 100 recipients
+    rate = 40.0
+    stamps: list[float] = []
+
+    def seen(p: Progress) -> None:
+        stamps.append(time.monotonic())
+
+    policy = Policy(concurrency=4, rate=rate)
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        asyncio.run(sender(s, srv.port, policy=policy, on_progress=seen).run())
+    assert len(srv.messages) == 100
+    measured = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    assert rate * 0.9 <= measured <= rate * 1.1, measured
+
+
+class FakeClock:
+    """Time that moves only when the sender sleeps."""
+
+    def __init__(self, start: dt.datetime) -> None:
+        self.now = start
+        self.slept = 0.0
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=max(seconds, 0.001))
+        self.slept += seconds
+        await asyncio.sleep(0)
+
+
+def test_daily_quota_pauses_and_resumes(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    clock = FakeClock(dt.datetime(2015, 11, 24, 1, 0, tzinfo=dt.UTC))
+    s = prepare(run, initialised, config_file, clock=clock)
+    waits: list[dt.datetime] = []
+
+    def seen(p: Progress) -> None:
+        if p.waiting_until and (not waits or waits[-1] != p.waiting_until):
+            waits.append(p.waiting_until)
+
+    policy = Policy(concurrency=2, per_day=5)
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        asyncio.run(sender(s, srv.port, policy=policy, clock=clock, sleep=clock.sleep,
+                           on_progress=seen).run())
+    assert len(srv.messages) == 14
+    sent_at = sorted(r["sent_at"] for r in ledger(initialised).values())
+    days = [dt.datetime.strptime(t, "%Y-%m-%dT%H:%M:%SZ") for t in sent_at]
+    # Never more than 5 in any 24 hours, and it went on by itself: 5 + 5 + 4.
+    for i in range(len(days) - 5):
+        assert days[i + 5] - days[i] >= dt.timedelta(days=1)
+    assert len(waits) >= 2  # a rolling window frees its slots one by one
+    assert waits[0] - clock.now < dt.timedelta(0)
+    assert days[-1] - days[0] >= dt.timedelta(days=2)
+
+
+# --- unsubscribes and concurrent staff work ------------------------------------------
+
+
+def test_unsubscribe_during_a_running_campaign_skips_the_address(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    s = prepare(run, initialised, config_file)
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        asyncio.run(sender(s, srv.port, limit=4).run())
+        assert len(srv.messages) == 4
+        done = {m.rcpt_tos[0] for m in srv.messages}
+        target = next(a for a in ledger(initialised) if a not in done)
+        with Store.open(initialised) as store:
+            uid = store.db.execute("SELECT uid FROM recipients WHERE email = ?",
+                                   [target]).fetchone()[0]
+            assert store.unsubscribe(uid, "send-to", source="one-click", actor="web")
+        asyncio.run(sender(s, srv.port).run())
+    assert target not in {m.rcpt_tos[0] for m in srv.messages}
+    assert len(srv.messages) == 13
+    row = ledger(initialised)[target]
+    assert row["status"] == "unsubscribed" and "unsubscribed" in row["last_response"]
+    with Store.open(initialised) as store:
+        assert store.campaign(s.campaign_id).counts == {"sent": 13, "unsubscribed": 1}
+
+
+def test_staff_import_during_a_send_is_not_locked_out(
+    run: CliRun, initialised: Path, config_file: Path, env: None, tmp_path: Path
+) -> None:
+    s = prepare(run, initialised, config_file, extra=many(286))  # 300 recipients
+    errors: list[BaseException] = []
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        def send() -> None:
+            try:
+                asyncio.run(sender(s, srv.port, policy=Policy(concurrency=4, rate=150)).run())
+            except BaseException as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        t = threading.Thread(target=send)
+        t.start()
+        try:
+            imports = []
+            for i in range(5):
+                path = tmp_path / f"staff{i}.csv"
+                path.write_text(many(0) + f"staff{i}@new.example.org,新{i},新单位,\n",
+                                encoding="utf-8")
+                imports.append(run("recipients", "import", str(path), "--list", "send-to",
+                                   ok=False))
+                time.sleep(0.1)
+        finally:
+            t.join(60)
+    assert not errors
+    for r in imports:
+        assert r.exit_code == 0, r.output
+        assert "locked" not in r.output
+    assert len(srv.messages) == 300
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_threads() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield
+    for t in set(threading.enumerate()) - before:
+        t.join(5)
