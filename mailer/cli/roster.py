@@ -1,103 +1,25 @@
-"""The staff command line: parses arguments, calls the library, prints results.
-
-Any ``MailerError`` becomes one line on stderr and exit code 1: staff never see a
-traceback for a mistake they can fix.
-"""
+"""Staff commands for the recipient lists: init, recipients, units, unsubscribes, history."""
 
 from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 import os
 import sys
 import tempfile
 import zoneinfo
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from . import config as config_mod
-from . import recipients_file
-from .config import Config
-from .errors import ImportRejected, InvalidInput, MailerError
-from .models import Event, Member, Status
-from .store import Store
-from .validate import clean_text, normalise_email
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class MailerGroup(click.Group):
-    """Turns library errors into one clear line instead of a traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except MailerError as e:
-            raise click.ClickException(str(e)) from None
-
-
-class State:
-    """What every command may need, loaded only when it is needed."""
-
-    def __init__(self, config_path: str | None) -> None:
-        self.config_path = config_path
-        self._config: Config | None = None
-
-    @property
-    def config(self) -> Config:
-        if self._config is None:
-            self._config = config_mod.load(self.config_path)
-        return self._config
-
-    def store(self) -> Store:
-        return Store.open(self.config.database)
-
-    def local_time(self, stamp: str) -> str:
-        """A stored UTC stamp shown in the configured time zone."""
-        try:
-            t = dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-        except ValueError:
-            return stamp
-        return t.astimezone(zoneinfo.ZoneInfo(self.config.timezone)).strftime("%Y-%m-%d %H:%M")
-
-
-pass_state = click.make_pass_decorator(State)
-
-
-def console() -> Console:
-    # Wide when piped so tables of Chinese unit names are not cut with "…".
-    return Console(width=None if sys.stdout.isatty() else 160, highlight=False)
-
-
-def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, ensure_ascii=False, indent=2))
-
-
-@click.group(cls=MailerGroup)
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="Config file (default: $MAILER_CONFIG, else ./config.toml).",
-)
-@click.version_option(package_name="mailer")
-@click.pass_context
-def cli(ctx: click.Context, config_path: str | None) -> None:
-    """Render and send the bulletin (简报); manage its recipient lists.
-
-    Example:
-
-    \b
-        mailer --config /etc/mailer/config.toml recipients list --list send-to
-    """
-    ctx.obj = State(config_path)
+from .. import recipients_file
+from ..errors import ImportRejected, InvalidInput
+from ..models import Event, Member, Status
+from ..store import Store
+from ..validate import clean_text, normalise_email
+from .base import State, cli, console, pass_state, print_json
 
 
 @cli.command()
@@ -513,7 +435,3 @@ def _describe(e: Event) -> str:
         parts += [f"{k}: {v}" for k, v in after.items() if v is not None]
     parts += [f"{k}: {v}" for k, v in d.items() if v is not None]
     return "; ".join(parts)
-
-
-def main() -> None:
-    cli(prog_name="mailer")
