@@ -78,6 +78,10 @@ MAX_TRACKED_CLIENTS = 10_000
 
 T = TypeVar("T")
 
+# Whose token may stop every address of its unit: the page offers it after the
+# holder's own unsubscribe.
+_MAY_STOP_UNIT = (Status.ACTIVE, Status.UNSUBSCRIBED)
+
 
 # --- pieces that need no HTTP ----------------------------------------------------
 
@@ -217,6 +221,7 @@ class _Done:
     changed: bool = False
     stopped: tuple[str, ...] = ()
     refused: bool = False  # the list became staff-only meanwhile
+    unit_refused: bool = False  # this address may not stop its whole unit
 
 
 class _App:
@@ -287,6 +292,10 @@ class _App:
                     return _Done(None)
                 if not found.sub.allow_unsubscribe:
                     return _Done(found, refused=True)
+                if found.sub.status not in _MAY_STOP_UNIT:
+                    # An address staff removed (someone who left the unit) or one
+                    # that bounces keeps its old links; they do not speak for the unit.
+                    return _Done(found, unit_refused=True)
                 # unsubscribe_unit takes staff's word for the list; the check above is ours.
                 stopped = store.unsubscribe_unit(
                     found.sub.unit, list_slug, source=source, actor=ACTOR
@@ -316,7 +325,9 @@ class _App:
         if request.method in ("GET", "HEAD"):
             if found.sub.status is Status.ACTIVE:
                 return self._page("confirm.html", **self._who(found))
-            return self._done_page(found, changed=False, offer_unit=True)
+            return self._done_page(
+                found, changed=False, offer_unit=found.sub.status in _MAY_STOP_UNIT
+            )
 
         form = await _read_form(request)
         if form is None:
@@ -336,6 +347,8 @@ class _App:
             return self._not_found(request)
         if done.refused:
             return self._page("staff_only.html", 403, **self._who(done.found))
+        if done.unit_refused:
+            return self._done_page(done.found, changed=False, offer_unit=False)
         if source == "unit":
             return self._page(
                 "unit_done.html", **self._who(done.found),
