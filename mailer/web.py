@@ -21,7 +21,7 @@ between requests but the in-memory rate limiter, which lives on the event loop.
 
 Run it standalone with ``run_server(config)``, or inside an existing asyncio loop
 (the daemon) with ``server = build_server(config, handle_signals=False)``,
-``await server.serve()`` and ``server.should_exit = True`` to stop.
+``await serve(config, server=server)`` and ``server.should_exit = True`` to stop.
 """
 
 from __future__ import annotations
@@ -494,8 +494,10 @@ def build_server(
     handle_signals: bool = True,
     log_config: dict[str, Any] | None = None,
 ) -> uvicorn.Server:
-    """A uvicorn server for the app, not yet started: ``await server.serve()`` in a
-    running loop, ``server.should_exit = True`` to stop it. With
+    """A uvicorn server for the app, not yet started: ``await serve(config,
+    server=server)`` in a running loop (it binds first, so a taken port is a
+    MailerError rather than uvicorn's ``sys.exit``), ``server.should_exit = True``
+    to stop it. With
     ``handle_signals=False`` (for the daemon) uvicorn installs no SIGINT/SIGTERM
     handlers of its own. ``log_config=None`` leaves logging as the caller set it.
 
