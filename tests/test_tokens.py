@@ -83,9 +83,10 @@ def test_make_token_refuses_what_cannot_travel(uid: str, slug: str) -> None:
 def test_previous_key_accepted_until_valid_until() -> None:
     old = make_token(PREVIOUS, UID, "send-to")
     assert read_token(KEYS, old, now=NOW) == TokenClaims(UID, "send-to", "k1")
-    just_before = PREVIOUS.valid_until - dt.timedelta(seconds=1)  # type: ignore[operator]
-    assert read_token(KEYS, old, now=just_before) is not None
-    assert read_token(KEYS, old, now=PREVIOUS.valid_until) is None  # type: ignore[arg-type]
+    end = PREVIOUS.valid_until
+    assert end is not None
+    assert read_token(KEYS, old, now=end - dt.timedelta(seconds=1)) is not None
+    assert read_token(KEYS, old, now=end) is None
     assert read_token(KEYS, old, now=NOW + dt.timedelta(days=30)) is None
     # The current key has no end.
     assert read_token(KEYS, make_token(CURRENT, UID, "send-to"), now=NOW.replace(year=2099))
