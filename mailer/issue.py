@@ -412,8 +412,10 @@ def _plain_blocks(rows: list[tuple[int, str]], rep: _Problems) -> tuple[Block, .
             )
         paras.append(_Para(BlockKind.PARAGRAPH, [(line, s)]))
     for p in paras:
-        if p.kind is BlockKind.PARAGRAPH and not _ends_sentence(p.text) and not _heading_like(
-            p.text
+        if (
+            p.kind is BlockKind.PARAGRAPH
+            and not _ends_sentence(p.text)
+            and not _heading_like(p.text)
         ):
             rep.warning(p.rows[-1][0], f"paragraph {_q(p.text)} ends without punctuation")
     return tuple(Block(p.kind, _plain_spans(p.rows, rep), line=p.rows[0][0]) for p in paras)
