@@ -1,0 +1,649 @@
+"""Parsing issue sources: the real 2015-09 sample, small plain-text variants, Markdown."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from mailer.errors import IssueError
+from mailer.issue import (
+    ParseResult,
+    Problem,
+    is_safe_href,
+    parse_file,
+    parse_markdown,
+    parse_text,
+    split_names,
+    to_markdown,
+)
+from mailer.models import Article, Block, BlockKind, EndBlock, EndLine, Issue, Masthead, Span
+
+DATA = Path(__file__).parent / "data"
+SAMPLE = DATA / "bulletin-2015-09.txt"  # a copy of samples/bulletin-2015-09.txt
+
+
+@pytest.fixture(scope="module")
+def sample() -> ParseResult:
+    return parse_file(SAMPLE)
+
+
+def paragraphs(issue: Issue) -> list[Block]:
+    return [b for a in issue.articles for b in a.blocks if b.kind is BlockKind.PARAGRAPH]
+
+
+def block_starting(issue: Issue, start: str) -> Block:
+    found = [b for a in issue.articles for b in a.blocks if b.text.startswith(start)]
+    assert len(found) == 1, f"{len(found)} blocks start with {start!r}"
+    return found[0]
+
+
+def plain(
+    *,
+    issue_line: str = "2015 年第 9 期 总第 33 期",
+    date: str = "2015 年 11 月 24 日",
+    header: str = "【本期导读】",
+    contents: str = "- 1、第一篇文章。",
+    body: str = "☆第一篇文章。\n\n正文第一段。",
+    end: str = "报：市委组织部\n\n发：协会会员",
+) -> str:
+    """A small plain-text issue laid out like the sample (line numbers matter)."""
+    return (
+        "内部刊物\n注意保存\n\n杭州市新经济与新社会组织党务工作者协会\n\n简 报\n\n"  # lines 1-7
+        f"{issue_line}\n\n杭州市“两新”党务工作者协会编印\n\n{date}\n\n"  # lines 8-12
+        f"{header}\n\n{contents}\n\n{body}\n\n{end}\n"  # header: line 14, contents: 16
+    )
+
+
+# --- the real sample ------------------------------------------------------------
+
+
+def test_sample_parses_without_any_problem(sample: ParseResult) -> None:
+    assert sample.problems == ()
+    assert sample.ok
+
+
+def test_sample_masthead(sample: ParseResult) -> None:
+    assert sample.issue.masthead == Masthead(
+        notice="内部刊物 注意保存",
+        organisation="杭州市新经济与新社会组织党务工作者协会",
+        title="简 报",
+        year=2015,
+        number=9,
+        total_number=33,
+        publisher="杭州市“两新”党务工作者协会编印",
+        date=dt.date(2015, 11, 24),
+    )
+    assert sample.issue.send_at is None
+
+
+def test_sample_has_five_articles_matching_the_contents(sample: ParseResult) -> None:
+    issue = sample.issue
+    assert issue.contents == (
+        "万向职院落实党建工作责任制,发挥政治核心作用。",
+        "新世纪经贸学院党建工作:全覆盖、常态化、接地气。",
+        "西子集团党建:以干部党员为带头先锋,搭建党员先锋智库平台。",
+        "协会动态之一:协会组织开展 2015 年课题调研。",
+        "协会动态之二:“小创意发挥大作用”两新组织党建案例大赛顺利举办。",
+    )
+    # Titles are kept as written (full-width ：， where the article has them).
+    assert [a.title for a in issue.articles] == [
+        "万向职院落实党建工作责任制,发挥政治核心作用。",
+        "新世纪经贸学院党建工作：全覆盖、常态化、接地气。",
+        "西子集团党建：以干部党员为带头先锋，搭建党员先锋智库平台。",
+        "协会动态之一：协会组织开展 2015 年课题调研。",
+        "协会动态之二：“小创意发挥大作用”两新组织党建案例大赛顺利举办。",
+    ]
+    assert [a.line for a in issue.articles] == [24, 54, 70, 96, 104]
+
+
+JOINS = [
+    ("《学生党员目标管理责任书》,新", "发展的党员根据发展时间"),
+    ("重新进行整", "合，分成“新环境新起点"),
+    ("凝聚力和向心力进一步", "增强，真正起到了领导核心作用"),
+    ("容易产生心理异", "常，导致思想情绪波动"),
+    ("理论探索经验，市两", "新组织党务工作者协会在前期"),
+    ("市两新组织党务工作者", "协会承办。"),
+]
+
+
+@pytest.mark.parametrize(("before", "after"), JOINS)
+def test_sample_page_break_cuts_are_joined(sample: ParseResult, before: str, after: str) -> None:
+    texts = [b.text for b in paragraphs(sample.issue)]
+    assert sum(before + after in t for t in texts) == 1
+    assert not any(t.startswith(after) for t in texts)
+
+
+def test_sample_has_exactly_six_joins(sample: ParseResult) -> None:
+    paras = paragraphs(sample.issue)
+    # 31 paragraph lines in the source, six of them second halves of a cut.
+    assert len(paras) == 25
+    assert sum(len(a.blocks) for a in sample.issue.articles) == 35
+    assert [a.section_count for a in sample.issue.articles] == [4, 3, 3, 0, 0]
+    assert [b.line for b in paras if "2.加强学生党员" in b.text] == [32]
+    lines = {b.line for b in paras}
+    assert not lines & {34, 52, 78, 92, 100, 108}  # where the second halves start
+
+
+def test_sample_headings_without_punctuation_stay_headings(sample: ParseResult) -> None:
+    blocks = sample.issue.articles[0].blocks
+    assert blocks[1] == Block(BlockKind.SECTION, (Span("一、以目标管理为手段,落实党建工作责任制"),))
+    assert blocks[2].text.startswith("1.明确党群工作年度工作目标。")
+    article2 = sample.issue.articles[1].blocks
+    assert [b.text for b in article2 if b.kind is BlockKind.SECTION] == [
+        "一、力求“全覆盖”",
+        "二、突出“常态化”",
+        "三、重在“接地气”",
+    ]
+    assert article2[2].text.startswith("“全覆盖”是指")
+
+
+def test_sample_paragraphs_that_are_not_cut_stay_apart(sample: ParseResult) -> None:
+    issue = sample.issue
+    assert block_starting(issue, "坚持“走出去、请进来”").line == 84
+    assert block_starting(issue, "1、成立党员先锋智库").text.endswith("几十种型号非标装置。")
+    assert block_starting(issue, "2、建立“党群聊吧”阵地").text.endswith("工作效率提高了。")
+    assert block_starting(issue, "3、组织党员开展系列活动").line == 94
+    assert block_starting(issue, "1. 创新党建载体").kind is BlockKind.PARAGRAPH
+
+
+def test_sample_bold_runs(sample: ParseResult) -> None:
+    block = block_starting(sample.issue, "以“四好领导班子”建设为目标")
+    assert Span("三是", bold=True) in block.spans
+    assert Span("四是", bold=True) in block.spans
+    assert block.spans[0] == Span(block.spans[0].text)
+    assert "增强，真正起到了领导核心作用" in block.spans[0].text
+    assert not any("*" in b.text for b in paragraphs(sample.issue))
+    bold = [s.text for b in paragraphs(sample.issue) for s in b.spans if s.bold]
+    assert bold == ["三是", "四是", "一是", "二是", "三是"]
+
+
+def test_sample_end_block(sample: ParseResult) -> None:
+    end = sample.issue.end
+    report = end.line("报")
+    assert report is not None
+    assert report.names == (
+        "省委组织部",
+        "省委“两新”工委",
+        "市委组织部",
+        "市委“两新”工委",
+        "各区、县（市）委组织部",
+        "各区、县（市）委“两新”工委",
+        "张仲灿",
+    )
+    assert report.text.startswith("省委组织部、省委“两新”工委，")
+    assert end.line("发") == EndLine("发", "协会会员", ("协会会员",))
+    assert [ln.label for ln in end.lines] == ["报", "发"]
+    assert end.copies is None
+    # The end block is not article text.
+    assert not any("协会会员" in b.text for b in sample.issue.articles[-1].blocks)
+
+
+def test_sample_block_lines(sample: ParseResult) -> None:
+    blocks = sample.issue.articles[2].blocks
+    assert [b.line for b in blocks] == [72, 74, 76, 80, 82, 84, 86, 88, 90, 94]
+
+
+# --- plain-text variants --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("issue_line", "year", "number", "total"),
+    [
+        ("2015 年第 9 期 总第 33 期", 2015, 9, 33),
+        ("2015年第9期总第33期", 2015, 9, 33),
+        ("2015年第9期（总第33期）", 2015, 9, 33),
+        ("2015年第9期(总第33期)", 2015, 9, 33),
+        ("2016 年第 12 期 （总第 100 期）", 2016, 12, 100),
+        ("2015年第9期", 2015, 9, None),
+        ("２０１５年第９期", 2015, 9, None),
+    ],
+)
+def test_issue_line_variants(issue_line: str, year: int, number: int, total: int | None) -> None:
+    result = parse_text(plain(issue_line=issue_line))
+    m = result.issue.masthead
+    assert (m.year, m.number, m.total_number) == (year, number, total)
+    assert result.problems == ()
+
+
+def test_date_without_spaces() -> None:
+    assert parse_text(plain(date="2016年1月5日")).issue.masthead.date == dt.date(2016, 1, 5)
+
+
+def test_missing_date_is_an_error() -> None:
+    result = parse_text(plain(date=""))
+    assert result.issue.masthead.date is None
+    assert not result.ok
+    assert [p.severity for p in result.problems] == ["error"]
+    assert "date" in result.problems[0].message
+
+
+def test_impossible_date_is_an_error_on_its_line() -> None:
+    result = parse_text(plain(date="2015 年 2 月 30 日"))
+    assert result.errors == (Problem(12, "'2015 年 2 月 30 日' is not a valid date", "error"),)
+
+
+def test_no_issue_line_raises() -> None:
+    with pytest.raises(IssueError, match="no issue line"):
+        parse_text("内部刊物\n\n简 报\n\n☆文章\n\n正文。\n")
+
+
+def test_other_contents_header_and_black_star() -> None:
+    result = parse_text(plain(header="【本期要目】", body="★第一篇文章。\n\n正文第一段。"))
+    assert result.problems == ()
+    assert result.issue.contents == ("第一篇文章。",)
+    assert [a.title for a in result.issue.articles] == ["第一篇文章。"]
+
+
+def test_full_width_indentation_is_stripped() -> None:
+    body = "☆第一篇文章。\n\n\u3000\u3000正文第一段，　全角空格留在中间。\n\n\u3000\u3000一、标题"
+    result = parse_text(plain(body=body))
+    blocks = result.issue.articles[0].blocks
+    assert blocks[0].text == "正文第一段，　全角空格留在中间。"
+    assert blocks[1] == Block(BlockKind.SECTION, (Span("一、标题"),))
+
+
+def test_punctuation_is_kept_as_written() -> None:
+    body = "☆第一篇文章。\n\n半角,逗号与全角，逗号:都保留。"
+    text = parse_text(plain(body=body)).issue.articles[0].blocks[0].text
+    assert text == "半角,逗号与全角，逗号:都保留。"
+
+
+def test_contents_entry_without_article_is_an_error_with_its_line() -> None:
+    contents = "- 1、第一篇文章。\n- 2、不存在的文章。"
+    result = parse_text(plain(contents=contents))
+    assert result.errors == (
+        Problem(17, "contents entry 2 '不存在的文章。' matches no article", "error"),
+    )
+
+
+def test_article_missing_from_contents_is_a_warning() -> None:
+    body = "☆第一篇文章。\n\n正文。\n\n☆第二篇文章\n\n正文。"
+    result = parse_text(plain(body=body))
+    assert result.ok
+    assert result.warnings == (
+        Problem(22, "article '第二篇文章' is not in the contents (本期导读)", "warning"),
+    )
+
+
+def test_contents_match_ignores_punctuation_width_and_spaces() -> None:
+    contents = "- 1、协会动态：协会组织开展2015年课题调研\n- 2、西子集团党建,搭建平台。"
+    body = (
+        "☆协会动态:协会组织开展 2015 年课题调研。\n\n正文。\n\n☆西子集团党建，搭建平台。\n\n正文。"
+    )
+    assert parse_text(plain(contents=contents, body=body)).problems == ()
+
+
+def test_links_only_https_and_mailto_are_kept() -> None:
+    body = (
+        "☆第一篇文章。\n\n"
+        "见[官网](https://example.org/a)和[邮件](mailto:a@example.org)。\n\n"
+        "点[这里](javascript:alert(1))或[那里](http://example.org/)。"
+    )
+    result = parse_text(plain(body=body))
+    first, second = result.issue.articles[0].blocks
+    assert first.spans == (
+        Span("见"),
+        Span("官网", href="https://example.org/a"),
+        Span("和"),
+        Span("邮件", href="mailto:a@example.org"),
+        Span("。"),
+    )
+    assert second.spans == (Span("点这里或那里。"),)
+    assert [(p.line, p.severity) for p in result.problems] == [(22, "warning"), (22, "warning")]
+    assert "javascript:alert(1)" in result.problems[0].message
+    assert "http://example.org/" in result.problems[1].message
+
+
+def test_script_tag_stays_text() -> None:
+    body = "☆第一篇文章。\n\n正文<script>alert(1)</script>结束。"
+    result = parse_text(plain(body=body))
+    assert result.issue.articles[0].blocks[0].spans == (
+        Span("正文<script>alert(1)</script>结束。"),
+    )
+
+
+def test_unknown_heading_like_line_is_a_warning_and_not_joined() -> None:
+    body = "☆第一篇文章。\n\n典型经验\n\n某公司建立了制度。"
+    result = parse_text(plain(body=body))
+    assert [b.text for b in result.issue.articles[0].blocks] == ["典型经验", "某公司建立了制度。"]
+    assert [(p.line, p.severity) for p in result.problems] == [(20, "warning")]
+    assert "'典型经验'" in result.problems[0].message
+
+
+def test_numbered_heading_like_line_is_not_joined() -> None:
+    body = (
+        "☆第一篇文章。\n\n1.加强组织建设\n\n"
+        "以“四好领导班子”建设为目标，从班子建设、理论学习等方面多管齐下。"
+    )
+    result = parse_text(plain(body=body))
+    texts = [b.text for b in result.issue.articles[0].blocks]
+    assert texts == [
+        "1.加强组织建设",
+        "以“四好领导班子”建设为目标，从班子建设、理论学习等方面多管齐下。",
+    ]
+    assert result.problems == ()
+
+
+def test_cut_before_punctuation_is_joined_even_after_a_short_line() -> None:
+    body = "☆第一篇文章。\n\n根据工作要求\n\n，协会开展了调研。"
+    blocks = parse_text(plain(body=body)).issue.articles[0].blocks
+    assert [b.text for b in blocks] == ["根据工作要求，协会开展了调研。"]
+
+
+def test_bold_across_a_page_break_and_line_numbers_of_joined_paragraphs() -> None:
+    body = (
+        "☆第一篇文章。\n\n"
+        "党委和支部两级班子的凝聚力和向心力进一步增强，真正起到了领导核心作用**三\n\n"
+        "是**加强学习。"
+    )
+    block = parse_text(plain(body=body)).issue.articles[0].blocks[0]
+    assert block.line == 20
+    assert block.spans[1:] == (Span("三是", bold=True), Span("加强学习。"))
+
+
+def test_run_in_section_is_kept_as_paragraph_with_warning() -> None:
+    body = "☆第一篇文章。\n\n（一）加强组织建设。以目标为抓手，全面加强组织建设。"
+    result = parse_text(plain(body=body))
+    assert result.issue.articles[0].blocks[0].kind is BlockKind.PARAGRAPH
+    assert [(p.line, p.severity) for p in result.problems] == [(20, "warning")]
+
+
+def test_subsection() -> None:
+    body = "☆第一篇文章。\n\n一、标题\n\n（一）小标题\n\n正文。"
+    kinds = [b.kind for b in parse_text(plain(body=body)).issue.articles[0].blocks]
+    assert kinds == [BlockKind.SECTION, BlockKind.SUBSECTION, BlockKind.PARAGRAPH]
+
+
+def test_end_block_variants() -> None:
+    end = "报：省委组织部，市委组织部\n送:市委宣传部\n抄送：各片组\n发：协会会员    共印 50 份"
+    result = parse_text(plain(end=end))
+    assert result.issue.end == EndBlock(
+        (
+            EndLine("报", "省委组织部，市委组织部", ("省委组织部", "市委组织部")),
+            EndLine("送", "市委宣传部", ("市委宣传部",)),
+            EndLine("抄送", "各片组", ("各片组",)),
+            EndLine("发", "协会会员", ("协会会员",)),
+        ),
+        copies=50,
+    )
+    assert result.problems == ()
+
+
+def test_wrapped_end_line_and_separate_copies_line() -> None:
+    end = "报：省委组织部、市委组织部、\n各区、县（市）委组织部\n\n发：协会会员\n\n（共印 40 份）"
+    result = parse_text(plain(end=end))
+    report = result.issue.end.line("报")
+    assert report is not None
+    assert report.names == ("省委组织部", "市委组织部", "各区、县（市）委组织部")
+    assert result.issue.end.copies == 40
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("各区、县（市）、乡镇党委，市委组织部", ("各区、县（市）、乡镇党委", "市委组织部")),
+        ("市、区两级组织部；张三", ("市、区两级组织部", "张三")),
+        ("省委“两新、非公”工委、余杭区委组织部", ("省委“两新、非公”工委", "余杭区委组织部")),
+        ("协会会员。", ("协会会员",)),
+        ("甲单位　乙单位", ("甲单位", "乙单位")),
+    ],
+)
+def test_split_names(text: str, names: tuple[str, ...]) -> None:
+    assert split_names(text) == names
+
+
+# --- links ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "safe"),
+    [
+        ("https://example.org/x?a=1", True),
+        ("HTTPS://example.org", True),
+        ("mailto:office@example.org", True),
+        ("http://example.org", False),
+        ("javascript:alert(1)", False),
+        ("JavaScript:alert(1)", False),
+        ("data:text/html,<script>", False),
+        ("https://", False),
+        ("mailto:", False),
+        (" https://example.org", False),
+        ("https://exa mple.org", False),
+        ("//example.org", False),
+        ("", False),
+    ],
+)
+def test_is_safe_href(url: str, safe: bool) -> None:
+    assert is_safe_href(url) is safe
+
+
+# --- Markdown -------------------------------------------------------------------
+
+
+def test_sample_markdown_round_trip(sample: ParseResult) -> None:
+    md = to_markdown(sample.issue)
+    back = parse_markdown(md)
+    assert back.problems == ()
+    assert back.issue == sample.issue
+    assert "\n### 一、以目标管理为手段,落实党建工作责任制\n" in md
+    assert "\n1. 创新党建载体，服务教书育人。" in md  # no backslash for staff to stumble on
+    assert "**三是**" in md
+    assert md.endswith(
+        "---\n\n报：省委组织部、省委“两新”工委，市委组织部、市委“两新”工委，"
+        "各区、县（市）委组织部、各区、县（市）委“两新”工委、张仲灿\n\n发：协会会员\n"
+    )
+
+
+def test_handwritten_markdown() -> None:
+    result = parse_file(DATA / "handwritten.md")
+    assert result.problems == ()
+    issue = result.issue
+    assert issue.masthead.year == 2016 and issue.masthead.total_number == 34
+    assert issue.masthead.date == dt.date(2016, 1, 20)
+    assert issue.send_at == dt.datetime(2016, 1, 21, 1, 30, tzinfo=dt.UTC)
+    assert issue.contents == ("协会召开年会。", "会员单位“党群聊吧”经验交流")
+    first, second = issue.articles
+    assert (first.title, first.line, second.line) == ("协会召开年会", 21, 34)
+    assert first.blocks[0].spans == (
+        Span("1月15日，协会召开"),
+        Span("2016 年年会", bold=True),
+        Span("，会长作工作报告。详见"),
+        Span("协会网站", href="https://example.org/news/2016(1)"),
+        Span("。"),
+    )
+    assert [(b.kind, b.text, b.line) for b in first.blocks[1:5]] == [
+        (BlockKind.SECTION, "一、回顾 2015 年工作", 25),
+        (BlockKind.PARAGRAPH, "1. 课题调研完成 8 篇文章。", 27),
+        (BlockKind.PARAGRAPH, "2. 党建案例大赛共收到 106 个案例。", 28),
+        (BlockKind.SUBSECTION, "（一）存在的不足", 30),
+    ]
+    # **“…”** next to Chinese text is bold here, although CommonMark alone would not
+    # open it; a soft line break inside Chinese text joins without a space.
+    assert second.blocks[0].spans == (
+        Span("西子集团介绍了"),
+        Span("“党群聊吧”", bold=True),
+        Span("阵地建设的做法，与会人员进行了交流。"),
+    )
+    # report_to / send_to in the front matter replace the 报/发 lines of the body.
+    assert issue.end == EndBlock(
+        (
+            EndLine("报", "省委组织部、市委组织部", ("省委组织部", "市委组织部")),
+            EndLine("发", "各会员单位", ("各会员单位",)),
+        ),
+        copies=60,
+    )
+    assert parse_markdown(to_markdown(issue)).issue == issue
+
+
+def test_markdown_local_send_at_and_no_total() -> None:
+    issue = Issue(
+        Masthead("", "协会", "简 报", 2020, 3, None, "协会编印", dt.date(2020, 3, 1)),
+        (),
+        (Article("文章", (Block(BlockKind.PARAGRAPH, (Span("正文。"),)),)),),
+        EndBlock(),
+        send_at=dt.datetime(2020, 3, 2, 8, 0),
+    )
+    md = to_markdown(issue)
+    assert "total_number" not in md and "send_at = 2020-03-02T08:00:00\n" in md
+    assert parse_markdown(md).issue == issue
+
+
+def test_markdown_round_trip_of_awkward_text() -> None:
+    spans = (
+        Span("a*b_c [x](y) <b>&amp; \\ `code` "),
+        Span("“两新”", bold=True),
+        Span("后"),
+        Span("链接（一）", href="https://example.org/a_(b)?q=1&r=2"),
+        Span("#1", bold=True),
+    )
+    blocks = tuple(
+        Block(BlockKind.PARAGRAPH, (Span(t),))
+        for t in (
+            "1. 以数字开头",
+            "1) 也是",
+            "- 横线",
+            "# 井号",
+            "> 引号",
+            "+ 加号",
+            "---",
+            "2015.",
+        )
+    )
+    issue = Issue(
+        Masthead('带"引号"\\和\t制表', "协会", "简 报", 2020, 3, 7, "协会编印", None),
+        ("1. 目录里的数字", "*星号*"),
+        (
+            Article("标题 #1 *星*", (Block(BlockKind.PARAGRAPH, spans), *blocks)),
+            Article("1. 数字标题", (Block(BlockKind.SECTION, (Span("一、**不是粗体**"),)),)),
+        ),
+        EndBlock((EndLine("报", "a*b、各区、县（市）委", ("a*b", "各区、县（市）委")),), 5),
+    )
+    back = parse_markdown(to_markdown(issue))
+    assert back.issue == issue
+    assert [p.message for p in back.errors if "front matter" in p.message] == [
+        "front matter has no 'date' (add a line such as date = 2015-11-24)"
+    ]
+
+
+def test_markdown_links_and_script() -> None:
+    md = (
+        '+++\nnotice = ""\norganisation = "协会"\ntitle = "简 报"\nyear = 2020\n'
+        'number = 1\npublisher = "协会编印"\ndate = 2020-01-01\n+++\n\n'  # body from line 10
+        "## 文章\n\n"
+        "[坏](javascript:alert(1))、[旧](http://example.org)、[好](https://example.org)\n"
+        "<script>alert(1)</script>\n"
+    )
+    result = parse_markdown(md)
+    block = result.issue.articles[0].blocks[0]
+    assert block.spans == (
+        Span("坏、旧、"),
+        Span("好", href="https://example.org"),
+        Span("<script>alert(1)</script>"),
+    )
+    assert [(p.line, p.severity) for p in result.warnings if "link" in p.message] == [
+        (13, "warning"),
+        (13, "warning"),
+    ]
+
+
+def test_markdown_text_outside_articles_and_stray_end_lines() -> None:
+    md = (
+        '+++\nnotice = ""\norganisation = "协会"\ntitle = "简 报"\nyear = 2020\n'
+        'number = 1\npublisher = "协会编印"\ndate = 2020-01-01\n+++\n'
+        "开头的话。\n\n## 文章\n\n正文。\n\n报：市委组织部\n"
+    )
+    result = parse_markdown(md)
+    assert result.errors[0].line == 10
+    assert any(p.line == 16 and "end-block" in p.message for p in result.warnings)
+    assert result.issue.end == EndBlock()
+
+
+FRONT = (
+    'notice = ""\norganisation = "协会"\ntitle = "简 报"\nyear = 2020\nnumber = 1\n'
+    'publisher = "协会编印"\ndate = 2020-01-01\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("front", "line", "message"),
+    [
+        (FRONT.replace("year = 2020\n", ""), 0, "front matter has no 'year'"),
+        (FRONT.replace("year = 2020", 'year = "2020"'), 5, "'year' must be a whole number"),
+        (
+            FRONT.replace("date = 2020-01-01", "date = 2020-01-01T08:00:00"),
+            8,
+            "'date' must be a date",
+        ),
+        (FRONT + 'send_at = "tomorrow"\n', 9, "'send_at' must be a date and time"),
+        (FRONT + "report_to = 3\n", 9, "'report_to' must be a string"),
+    ],
+)
+def test_front_matter_errors_name_the_key(front: str, line: int, message: str) -> None:
+    result = parse_markdown(f"+++\n{front}+++\n\n## 文章\n\n正文。\n")
+    assert not result.ok
+    assert [(p.line, message in p.message) for p in result.errors] == [(line, True)]
+
+
+def test_front_matter_unknown_key_is_a_warning() -> None:
+    result = parse_markdown(f"+++\n{FRONT}totalnumber = 3\n+++\n\n## 文章\n\n正文。\n")
+    assert result.ok
+    assert any(
+        "'totalnumber'" in p.message and "total_number" in p.message for p in result.warnings
+    )
+
+
+def test_front_matter_bad_toml_or_missing_raises() -> None:
+    with pytest.raises(IssueError, match=r"not valid TOML.*line 3"):
+        parse_markdown('+++\nnotice = ""\nyear 2020\n+++\n')
+    with pytest.raises(IssueError, match="no front matter"):
+        parse_markdown("## 文章\n\n正文。\n")
+    with pytest.raises(IssueError, match="no closing"):
+        parse_markdown("+++\nyear = 2020\n\n## 文章\n")
+
+
+# --- files ----------------------------------------------------------------------
+
+
+def test_gb18030_file_decodes(sample: ParseResult, tmp_path: Path) -> None:
+    path = tmp_path / "issue.txt"
+    path.write_bytes(SAMPLE.read_text(encoding="utf-8").encode("gb18030"))
+    assert parse_file(path).issue == sample.issue
+
+
+def test_bom_is_tolerated(sample: ParseResult, tmp_path: Path) -> None:
+    path = tmp_path / "issue.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + SAMPLE.read_bytes())
+    result = parse_file(path)
+    assert result.issue == sample.issue
+    assert result.issue.articles[0].line == 24
+
+
+def test_markdown_file_with_bom(sample: ParseResult, tmp_path: Path) -> None:
+    path = tmp_path / "issue.md"
+    path.write_text("\ufeff" + to_markdown(sample.issue), encoding="utf-8")
+    assert parse_file(path).issue == sample.issue
+
+
+def test_unknown_suffix_raises(tmp_path: Path) -> None:
+    path = tmp_path / "issue.docx"
+    path.write_bytes(SAMPLE.read_bytes())
+    with pytest.raises(IssueError, match=r"issue\.docx: unknown kind of issue file '\.docx'"):
+        parse_file(path)
+
+
+def test_unreadable_and_undecodable_files_raise(tmp_path: Path) -> None:
+    with pytest.raises(IssueError, match=r"missing\.txt: cannot read"):
+        parse_file(tmp_path / "missing.txt")
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"\xff\xff\xff")
+    with pytest.raises(IssueError, match=r"bad\.txt: neither UTF-8 nor GB18030"):
+        parse_file(path)
+
+
+def test_file_without_issue_line_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("随便写的笔记。\n", encoding="utf-8")
+    with pytest.raises(IssueError, match=r"notes\.txt: no issue line"):
+        parse_file(path)
