@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config, SigningKey
 from .errors import IssueError
+from .issue import parse_file
 from .message import MessageParts, PreparedMessage
-from .models import EndBlock, EndLine, Issue, MailingList, Role
+from .models import Campaign, EndBlock, EndLine, Issue, MailingList, Role
 from .render import UNSUBSCRIBE_PLACEHOLDER, Audience, Rendered, render_issue
 from .store import Store
 from .tokens import make_token, unsubscribe_url
@@ -28,6 +29,28 @@ NAME_SEPARATOR = "，"  # not 、, which unit names such as 各区、县（市�
 
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_issue(path: Path) -> tuple[Issue, str]:
+    """Parse an issue file that must be fit to send: any error refuses it."""
+    result = parse_file(path)
+    errors = [p for p in result.problems if p.severity == "error"]
+    if errors:
+        first = errors[0]
+        where = f"line {first.line}: " if first.line else ""
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise IssueError(
+            f"{path.name}: {where}{first.message}{more}; see `mailer issue check {path}`"
+        )
+    return result.issue, file_sha256(path)
+
+
+def record_issue(store: Store, issue: Issue, sha256: str) -> int:
+    m = issue.masthead
+    return store.record_issue(
+        year=m.year, number=m.number, total_number=m.total_number,
+        date=m.date.isoformat() if m.date else None, label=issue.subject_label, sha256=sha256,
+    )
 
 
 def end_block(store: Store, config: Config, issue: Issue) -> tuple[EndBlock, list[str]]:
@@ -139,12 +162,7 @@ class Outbox:
 
     def record(self, store: Store) -> int:
         """The issue's row in the ledger (created or brought up to date)."""
-        m = self.issue.masthead
-        return store.record_issue(
-            year=m.year, number=m.number, total_number=m.total_number,
-            date=m.date.isoformat() if m.date else None, label=self.issue.subject_label,
-            sha256=self.sha256,
-        )
+        return record_issue(store, self.issue, self.sha256)
 
     def _list(self, slug: str) -> MailingList:
         for ml in self.lists:
@@ -172,3 +190,23 @@ def compose(
         issue=issue, source=source, sha256=sha256, lists=chosen, end=end, warnings=warnings,
         config=config, date=now or dt.datetime.now(dt.UTC),
     )
+
+
+def campaign_outbox(config: Config, store: Store, campaign: Campaign, *,
+                    warn: Callable[[str], None] = lambda w: None) -> Outbox:
+    """The outbox a campaign started (or was scheduled) with: its file must still be
+    there and unchanged, so a resumed campaign sends the same message."""
+    path = Path(campaign.source_path or "")
+    hint = (f"put the original back, or start anew with `mailer send FILE --again` "
+            f"(campaign {campaign.id} keeps its record)")
+    if not campaign.source_path or not path.is_file():
+        raise IssueError(f"campaign {campaign.id}: its issue file {path} is gone; {hint}")
+    issue, sha = load_issue(path)
+    if sha != campaign.source_sha256:
+        raise IssueError(f"campaign {campaign.id}: {path.name} changed since it was "
+                         f"scheduled or started; {hint}")
+    outbox = compose(issue, config=config, store=store, lists=campaign.lists, source=path,
+                     sha256=sha)
+    for w in outbox.warnings:
+        warn(w)
+    return outbox

@@ -217,6 +217,7 @@ class Campaign:
     created_by: str
     approved_by: str | None
     source_path: str | None
+    source_sha256: str | None
     resume_at: str | None  # a quota pause: when sending may continue
     counts: dict[str, int] = field(default_factory=dict)  # delivery status -> rows
 

@@ -32,13 +32,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .compose import Outbox
 from .config import Config
 from .errors import SendError
 from .message import PreparedMessage, make_message_id
 from .models import DeliveryStatus
 from .store import DeliveryResult, Job, Store
 from .store.base import utc_now
-from .transport import Envelope, Outcome, Reply, SMTPSetupError, Transport
+from .transport import (
+    Envelope,
+    Outcome,
+    Reply,
+    SMTPSettings,
+    SMTPSetupError,
+    SMTPTransport,
+    Transport,
+)
 
 T = TypeVar("T")
 Clock = Callable[[], dt.datetime]
@@ -299,6 +308,10 @@ class Run:
             now = self.clock()
             jobs = await db.call(Store.claim, self.campaign_id, self.owner, want, now,
                                  now + dt.timedelta(seconds=LEASE_SECONDS))
+            if jobs is None:
+                # Paused or taken over: what is queued goes back, in flight finishes.
+                self.stop.set()
+                return
             if not jobs:
                 if not await self._more_to_come(db):
                     return
@@ -448,6 +461,17 @@ class Run:
         else:
             p.deferred += 1
         self.on_progress(p)
+
+
+def run_for(config: Config, outbox: Outbox, campaign_id: int, **options: Any) -> Run:
+    """A run of ``campaign_id`` with the config's relay, pacing and sender."""
+    settings = SMTPSettings.from_config(config.smtp)
+    return Run(
+        database=config.database, campaign_id=campaign_id, messages=outbox.message,
+        unsubscribe_url=outbox.unsubscribe_url, connect=lambda: SMTPTransport(settings),
+        sender=config.sender.address, msgid_domain=outbox.msgid_domain,
+        policy=Policy.from_config(config), **options,
+    )
 
 
 async def _put_unless_dead(queue: asyncio.Queue[T], item: T,

@@ -6,7 +6,9 @@ traceback for a mistake they can fix. Commands live in modules by concern.
 
 from __future__ import annotations
 
+from . import issues as issues
 from . import roster as roster  # registers the commands
+from . import sending as sending
 from .base import cli
 
 __all__ = ["cli", "main"]

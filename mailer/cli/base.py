@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
 import sys
 import zoneinfo
 from collections.abc import Callable
@@ -32,6 +33,12 @@ class MailerGroup(click.Group):
             return super().invoke(ctx)
         except MailerError as e:
             raise click.ClickException(str(e)) from None
+        except sqlite3.DatabaseError as e:
+            # Not expected from a database mailer made: say so in one line.
+            raise click.ClickException(
+                f"database error: {e}; is the database from this version of mailer? "
+                "(`mailer init` brings its schema up to date)"
+            ) from None
 
 
 class State:

@@ -100,7 +100,7 @@ class LedgerMixin(StoreBase):
             for slug in lists:
                 self.get_list(slug)
             if not again:
-                self._refuse_repeat(issue_id, lists)
+                self.check_repeat(issue_id, lists)
             status = CampaignStatus.PENDING if scheduled_at else CampaignStatus.SENDING
             cur = self.db.execute(
                 "INSERT INTO campaigns (issue_id, lists, status, source_path, source_sha256, "
@@ -119,7 +119,13 @@ class LedgerMixin(StoreBase):
                 self._write_deliveries(campaign_id, lists)
             return campaign_id
 
-    def _refuse_repeat(self, issue_id: int, lists: Sequence[str]) -> None:
+    def find_issue(self, year: int, number: int) -> int | None:
+        r = self.db.execute("SELECT id FROM issues WHERE year = ? AND number = ?",
+                            [year, number]).fetchone()
+        return int(r[0]) if r else None
+
+    def check_repeat(self, issue_id: int, lists: Sequence[str]) -> None:
+        """Refuse a second campaign of the same issue to the same list."""
         rows = self.db.execute(
             "SELECT c.id, c.lists, c.status, i.label FROM campaigns c "
             "JOIN issues i ON i.id = c.issue_id WHERE c.issue_id = ? AND c.status NOT IN (?, ?)",
@@ -128,10 +134,11 @@ class LedgerMixin(StoreBase):
         for cid, slugs, status, label in rows:
             overlap = sorted(set(slugs.split(",")) & set(lists))
             if overlap:
+                finish = (f", or `mailer send --resume {cid}` to finish that one"
+                          if status == CampaignStatus.SENDING.value else "")
                 raise AlreadySent(
                     f"{label} already has campaign {cid} ({status}) to {', '.join(overlap)}; "
-                    "use --again to send it once more, or `mailer send --resume "
-                    f"{cid}` to finish that one"
+                    f"use --again to send it once more{finish}"
                 )
 
     def start_campaign(self, campaign_id: int) -> int:
@@ -198,6 +205,42 @@ class LedgerMixin(StoreBase):
                         before={"status": c.status.value}, after={"status": status.value},
                         **detail)
 
+    def approve(self, campaign_id: int) -> None:
+        """Record who approved a scheduled campaign (schedule.require_approval)."""
+        with self.write():
+            c = self.campaign(campaign_id)
+            if c.status is not CampaignStatus.PENDING:
+                raise InvalidInput(f"campaign {campaign_id} is {c.status.value}; only a pending "
+                                   "campaign is approved")
+            if c.approved_by:
+                raise InvalidInput(f"campaign {campaign_id} was already approved by "
+                                   f"{c.approved_by}")
+            self.db.execute("UPDATE campaigns SET approved_by = ?, approved_at = ? WHERE id = ?",
+                            [self.actor, self._now(), campaign_id])
+            self._event("campaign.approved", f"campaign {campaign_id}")
+
+    def reschedule(self, campaign_id: int, when: dt.datetime, *, sha256: str,
+                   source_path: str) -> None:
+        """A pending campaign's file was edited: new time and content; approval again."""
+        with self.write():
+            c = self.campaign(campaign_id)
+            if c.status is not CampaignStatus.PENDING:
+                raise InvalidInput(f"campaign {campaign_id} is {c.status.value}, not pending")
+            self.db.execute(
+                "UPDATE campaigns SET scheduled_at = ?, source_sha256 = ?, source_path = ?, "
+                "approved_by = NULL, approved_at = NULL WHERE id = ?",
+                [_stamp(when), sha256, source_path, campaign_id],
+            )
+            self._event("campaign.rescheduled", f"campaign {campaign_id}",
+                        before={"scheduled_at": c.scheduled_at}, after={"scheduled_at":
+                                                                        _stamp(when)})
+
+    def campaign_for_source(self, source_path: str) -> Campaign | None:
+        """The newest campaign made from this file (the watched folder's memory)."""
+        r = self.db.execute(self._CAMPAIGN_SQL + " WHERE c.source_path = ? ORDER BY c.id DESC "
+                            "LIMIT 1", [source_path]).fetchone()
+        return self._campaign(r, self._counts([r[0]])[r[0]]) if r else None
+
     def set_resume_at(self, campaign_id: int, resume_at: dt.datetime | None) -> None:
         """Record (or clear) a quota pause, so `mailer log` can show it."""
         with self.write():
@@ -227,7 +270,8 @@ class LedgerMixin(StoreBase):
 
     _CAMPAIGN_SQL = (
         "SELECT c.id, c.issue_id, i.label, c.lists, c.status, c.scheduled_at, c.started_at, "
-        "c.finished_at, c.created_at, c.created_by, c.approved_by, c.source_path, c.resume_at "
+        "c.finished_at, c.created_at, c.created_by, c.approved_by, c.source_path, c.resume_at, "
+        "c.source_sha256 "
         "FROM campaigns c JOIN issues i ON i.id = c.issue_id"
     )
 
@@ -236,7 +280,7 @@ class LedgerMixin(StoreBase):
             id=r[0], issue_id=r[1], issue_label=r[2], lists=tuple(r[3].split(",")),
             status=CampaignStatus(r[4]), scheduled_at=r[5], started_at=r[6], finished_at=r[7],
             created_at=r[8], created_by=r[9], approved_by=r[10], source_path=r[11],
-            resume_at=r[12], counts=counts,
+            resume_at=r[12], source_sha256=r[13], counts=counts,
         )
 
     def _counts(self, campaign_ids: Sequence[int]) -> dict[int, dict[str, int]]:
@@ -359,10 +403,11 @@ class LedgerMixin(StoreBase):
             )
 
     def claim(self, campaign_id: int, owner: str, limit: int, now: dt.datetime,
-              lease_until: dt.datetime) -> list[Job]:
-        """Take up to ``limit`` deliveries that are due, renewing the lease. Rows whose
-        subscription stopped meanwhile (an unsubscribe during the campaign) are marked
-        unsubscribed here instead of being sent."""
+              lease_until: dt.datetime) -> list[Job] | None:
+        """Take up to ``limit`` deliveries that are due, renewing the lease; None when
+        the campaign is no longer ours to send (paused, cancelled, taken over). Rows
+        whose subscription stopped meanwhile (an unsubscribe during the campaign) are
+        marked unsubscribed here instead of being sent."""
         stamp = _stamp(now)
         with self.write():
             held = self.db.execute(
@@ -371,7 +416,7 @@ class LedgerMixin(StoreBase):
                 [_stamp(lease_until), campaign_id, owner],
             )
             if held.rowcount != 1:
-                return []  # paused, cancelled, or taken over: stop claiming
+                return None
             rows = self.db.execute(
                 "SELECT d.id, d.recipient_id, r.uid, r.email, r.email_ascii, r.name, l.slug, "
                 "d.attempts, d.first_attempt_at, s.status FROM deliveries d "
@@ -451,6 +496,11 @@ class LedgerMixin(StoreBase):
         self._event("subscription.status", email, unit=unit, list_slug=slug, actor="smtp",
                     before={"status": "active"}, after={"status": "bounced"}, source="smtp",
                     reason=f"{code} {response}"[:300])
+
+    def test_sends(self) -> list[list[object]]:
+        """Test copies: at, email, list, code, response, message id (oldest first)."""
+        return [list(r) for r in self.db.execute(
+            "SELECT at, email, list_slug, code, response, message_id FROM test_sends ORDER BY id")]
 
     def record_test_send(
         self, *, issue_id: int, list_slug: str, email: str, code: int, response: str,

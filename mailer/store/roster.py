@@ -307,6 +307,10 @@ class RosterMixin(StoreBase):
                 raise InvalidInput(f"nothing to change for {address.email} ({states})")
             return changed
 
+    def uid_of(self, email: str) -> str | None:
+        r = self.db.execute("SELECT uid FROM recipients WHERE email = ?", [email]).fetchone()
+        return r[0] if r else None
+
     # --- unsubscribing --------------------------------------------------------
 
     def find_subscription(self, uid: str, list_slug: str) -> Subscriber | None:

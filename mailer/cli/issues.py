@@ -1,0 +1,152 @@
+"""Issue commands: check, convert, render."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import click
+
+from ..compose import compose, load_issue
+from ..errors import InvalidInput, IssueError
+from ..issue import parse_file, to_markdown
+from ..message import PreparedMessage, make_message_id
+from ..render import UNSUBSCRIBE_PLACEHOLDER
+from .base import State, cli, pass_state
+
+
+@cli.group()
+def issue() -> None:
+    """Check an issue file, or convert it to Markdown
+
+    Example:
+
+    \b
+        mailer issue check issues/2015-09.txt
+    """
+
+
+@issue.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def issue_check(file: Path) -> None:
+    """Show how an issue file parses, and every problem with its line number
+
+    Exits 1 when there is an error (a contents entry with no article, no date,
+    no articles…); warnings alone exit 0.
+
+    Example:
+
+    \b
+        mailer issue check issues/2015-09.txt
+    """
+    result = parse_file(file)
+    i, m = result.issue, result.issue.masthead
+    click.echo(f"{file.name}: {i.subject_label}")
+    click.echo(f"  notice:        {m.notice}")
+    click.echo(f"  organisation:  {m.organisation}")
+    click.echo(f"  title:         {m.title}")
+    click.echo(f"  issue:         {m.year} 年第 {m.number} 期"
+               + (f" 总第 {m.total_number} 期" if m.total_number is not None else ""))
+    click.echo(f"  publisher:     {m.publisher}")
+    click.echo(f"  date:          {m.date.isoformat() if m.date else '(none)'}")
+    if i.send_at:
+        click.echo(f"  send at:       {i.send_at.isoformat(sep=' ')}")
+    click.echo(f"  contents:      {len(i.contents)} entries")
+    click.echo(f"  articles:      {len(i.articles)}")
+    for n, a in enumerate(i.articles, 1):
+        click.echo(f"    {n}. {a.title}  ({a.section_count} sections, "
+                   f"{len(a.blocks)} blocks)")
+    for line in i.end.lines:
+        click.echo(f"  {line.label}：{line.text}")
+    if i.end.copies is not None:
+        click.echo(f"  共印 {i.end.copies} 份")
+    for p in result.problems:
+        click.secho(f"{file.name}: {p}", fg="red" if p.severity == "error" else "yellow",
+                    err=True)
+    if not result.ok:
+        raise click.exceptions.Exit(1)
+    click.echo("ok" + (f" ({len(result.warnings)} warnings)" if result.warnings else ""))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write beside the target and rename: never half a file where a good one was."""
+    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@issue.command("convert")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write (default: the same name with .md).")
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+def issue_convert(file: Path, output: Path | None, force: bool) -> None:
+    """Write the Markdown form of a plain-text issue, ready to edit
+
+    The Markdown file parses back to the same issue.
+
+    Example:
+
+    \b
+        mailer issue convert issues/2015-09.txt -o issues/2015-09.md
+    """
+    result = parse_file(file)
+    if not result.ok:
+        raise IssueError(f"{file.name} has errors; see `mailer issue check {file}`")
+    target = output or file.with_suffix(".md")
+    if target.resolve() == file.resolve():
+        raise InvalidInput(f"{target} is the input file; choose another --output")
+    if target.exists() and not force:
+        raise InvalidInput(f"{target} exists; add --force to replace it")
+    write_atomic(target, to_markdown(result.issue).encode("utf-8"))
+    click.echo(f"wrote {target}")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--list", "list_slug", default="send-to", show_default=True, metavar="LIST",
+              help="Which list's version to render.")
+@click.option("--out", "out_dir", required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for issue.html, issue.txt and issue.eml.")
+@pass_state
+def render(state: State, file: Path, list_slug: str, out_dir: Path) -> None:
+    """Render an issue as its recipients on a list will see it
+
+    Writes issue.html (inline-styled), issue.txt (the text part) and issue.eml
+    (the complete message, to open in a mail client).
+
+    Example:
+
+    \b
+        mailer render issues/2015-09.txt --list send-to --out preview/
+    """
+    issue_obj, sha = load_issue(file)
+    with state.store() as store:
+        outbox = compose(issue_obj, config=state.config, store=store, lists=(list_slug,),
+                         source=file, sha256=sha)
+    for w in outbox.warnings:
+        click.secho(f"warning: {w}", fg="yellow", err=True)
+    rendered = outbox.render(list_slug)
+    parts = outbox.parts(list_slug)
+    url = (f"{state.config.web.base_url}/u/preview"
+           if parts.unsubscribe_mailto is not None else None)
+    eml = PreparedMessage.build(parts).as_message(
+        to_name="预览", to_address=state.config.sender.reply_to or state.config.sender.address,
+        message_id=make_message_id(0, 0, outbox.msgid_domain), unsubscribe_url=url,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html = rendered.html.replace(UNSUBSCRIBE_PLACEHOLDER, url or "")
+    text = rendered.text.replace(UNSUBSCRIBE_PLACEHOLDER, url or "")
+    write_atomic(out_dir / "issue.html", html.encode("utf-8"))
+    write_atomic(out_dir / "issue.txt", text.encode("utf-8"))
+    write_atomic(out_dir / "issue.eml", eml)
+    size = len(html.encode("utf-8"))
+    click.echo(f"{outbox.subject} ({list_slug}): {out_dir / 'issue.html'} "
+               f"({size / 1024:.1f} KB), issue.txt, issue.eml")
