@@ -64,6 +64,8 @@ def setup_logging() -> None:
     """Plain lines on stderr, as journald wants them."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S")
+    # APScheduler narrates every job at INFO; our own lines say what matters.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager
@@ -129,6 +131,9 @@ class Daemon:
             event(logging.INFO, "daemon.started", database=self.config.database,
                   pid=os.getpid())
             try:
+                await self.sync()
+                event(logging.INFO, "synced", jobs=len(self.scheduler.get_jobs()),
+                      sending=len(self.running))
                 while not self.stopping.is_set():
                     await self.sync()
                     await self.scan_folder()
@@ -211,6 +216,7 @@ class Daemon:
         self.jobs.pop(cid, None)
         c = await self.db.call(Store.campaign, cid)
         if c.status is not CampaignStatus.PENDING:
+            event(logging.INFO, "skipped", cid, status=c.status.value)
             return
         when = parse_stamp(c.scheduled_at) if c.scheduled_at else self.clock()
         if self.clock() - when > dt.timedelta(seconds=self.config.schedule.late_limit):

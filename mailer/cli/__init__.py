@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import issues as issues
 from . import roster as roster  # registers the commands
+from . import schedule as schedule
 from . import sending as sending
 from .base import cli
 

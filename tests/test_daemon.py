@@ -1,0 +1,374 @@
+"""The daemon as staff run it: real `mailer run` processes, a real SMTP server, real HTTP."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import CONFIG, REPO, SAMPLE_ISSUE, Run
+from .smtp_server import Behaviour, Server, smtp_server
+
+SECRET = "daemon-secret-0123456789abcdef"
+ZONE = dt.timezone(dt.timedelta(hours=8))  # Asia/Shanghai, the config's default
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll until check() is truthy; bounded in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def at(seconds: float) -> tuple[str, dt.datetime]:
+    """A local time string at least `seconds` from now, rounded up to a whole second (the
+    CLI's resolution), and the instant it means."""
+    exact = dt.datetime.now(ZONE) + dt.timedelta(seconds=seconds)
+    when = exact.replace(microsecond=0) + dt.timedelta(seconds=1 if exact.microsecond else 0)
+    return when.strftime("%Y-%m-%d %H:%M:%S"), when
+
+
+class Daemon:
+    """`mailer run` in a subprocess, its log in a file."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        env = {**os.environ, "MAILER_SECRET": SECRET, "PYTHONPATH": str(REPO)}
+        before = self.text().count("event=synced")
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mailer", "--config", str(self.config), "run"],
+                stdout=out, stderr=out, env=env,
+            )
+        wait_for(lambda: self.text().count("event=synced") > before, 20, "the daemon to start")
+        return self
+
+    def text(self) -> str:
+        return self.log.read_text(encoding="utf-8") if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(20)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def daemon_env(tmp_path: Path, run: Run, config_file: Path,
+               monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., tuple[Daemon, Path]]]:
+    """A config whose relay is a test server; yields a factory for daemons."""
+    monkeypatch.setenv("MAILER_SECRET", SECRET)
+    started: list[Daemon] = []
+    web_port = free_port()
+
+    def make(server: Server, *, extra: str = "", rate: float = 0,
+             recipients: int = 0) -> tuple[Daemon, Path]:
+        text = CONFIG.replace("port = 2525", f"port = {server.port}\nconcurrency = 4\n"
+                              f"rate_limit = {rate}\ntimeout = 5")
+        text = text.replace('[web]\n', f'[web]\nport = {web_port}\n')
+        config_file.write_text(text + extra, encoding="utf-8")
+        run("init")
+        run("recipients", "import", str(REPO / "recipients" / "send-to.csv"), "--list", "send-to")
+        if recipients:
+            bulk = tmp_path / "bulk.csv"
+            bulk.write_text("email,name,unit,group\n" + "".join(
+                f"m{i:04d}@bulk.example.org,联系人{i},批量单位{i % 10},\n"
+                for i in range(recipients)), encoding="utf-8")
+            run("recipients", "import", str(bulk), "--list", "send-to")
+        issue = tmp_path / "bulletin.txt"
+        if not issue.exists():
+            issue.write_bytes(SAMPLE_ISSUE.read_bytes())
+        d = Daemon(config_file, tmp_path / f"daemon{len(started)}.log")
+        started.append(d)
+        return d, issue
+
+    yield make
+    for d in started:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop(signal.SIGKILL)
+
+
+def campaigns(run: Run) -> list[dict[str, object]]:
+    data: list[dict[str, object]] = json.loads(run("schedule", "list", "--json").stdout)
+    return data
+
+
+def by_recipient(server: Server) -> Counter[str]:
+    return Counter(m.rcpt_tos[0] for m in server.messages)
+
+
+# --- timing -----------------------------------------------------------------------
+
+
+def test_scheduled_two_seconds_ahead_arrives_on_time(daemon_env: Callable[..., tuple[Daemon, Path]],
+                                                      run: Run) -> None:
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        d, issue = daemon_env(srv)
+        d.start()
+        text, when = at(2)
+        run("schedule", str(issue), "--at", text, "--list", "send-to")
+        wait_for(lambda: srv.messages, 15, "the first message")
+        first = dt.datetime.now(ZONE)
+        wait_for(lambda: len(srv.messages) == 14, 15, "all 14 messages")
+        assert d.stop() == 0
+    lag = (first - when).total_seconds()
+    assert -0.5 <= lag <= 2.0, f"first message {lag:.2f} s after its time"
+    assert "event=started" in d.text() and "event=finished" in d.text()
+    assert campaigns(run)[0]["status"] == "sent"
+
+
+def test_down_across_the_send_time_then_restarted_within_the_late_limit(
+        daemon_env: Callable[..., tuple[Daemon, Path]], run: Run) -> None:
+    with smtp_server() as srv:
+        d, issue = daemon_env(srv)
+        text, when = at(1)
+        run("schedule", str(issue), "--at", text, "--list", "send-to")
+        wait_for(lambda: dt.datetime.now(ZONE) > when + dt.timedelta(seconds=1), 10, "the time")
+        d.start()
+        wait_for(lambda: len(srv.messages) == 14, 20, "the late campaign")
+        d.stop()
+        d.start()  # a second start must not send it again
+        time.sleep(1.5)
+        assert d.stop() == 0
+    assert set(by_recipient(srv).values()) == {1}
+    assert len(srv.messages) == 14
+
+
+def test_restarted_past_the_late_limit_marks_it_missed(
+        daemon_env: Callable[..., tuple[Daemon, Path]], run: Run) -> None:
+    with smtp_server() as srv:
+        # 0.0005 h = 1.8 s
+        d, issue = daemon_env(srv, extra="\n[schedule]\nlate_limit_hours = 0.0005\n")
+        text, when = at(1)
+        run("schedule", str(issue), "--at", text, "--list", "send-to")
+        wait_for(lambda: dt.datetime.now(ZONE) > when + dt.timedelta(seconds=3), 10, "lateness")
+        d.start()
+        wait_for(lambda: "event=missed" in d.text(), 10, "the missed line")
+        time.sleep(0.5)
+        assert d.stop() == 0
+    assert srv.messages == []
+    assert campaigns(run)[0]["status"] == "missed"
+    assert "missed" in run("schedule", "list").stdout
+
+
+def test_five_restarts_keep_one_job_per_pending_campaign(
+        daemon_env: Callable[..., tuple[Daemon, Path]], run: Run, tmp_path: Path) -> None:
+    with smtp_server() as srv:
+        d, issue = daemon_env(srv)
+        for n, slug in enumerate(("send-to", "report-to")):
+            run("schedule", str(issue), "--at", at(3600 * (n + 1))[0], "--list", slug)
+        for _ in range(5):
+            d.start()
+            assert d.stop() == 0
+    synced = [ln for ln in d.text().splitlines() if "event=synced" in ln]
+    assert len(synced) == 5 and all("jobs=2" in ln for ln in synced)
+    assert [c["status"] for c in campaigns(run)] == ["pending", "pending"]
+    assert srv.messages == []
+
+
+def test_a_second_daemon_is_refused(daemon_env: Callable[..., tuple[Daemon, Path]],
+                                    run: Run, config_file: Path) -> None:
+    with smtp_server() as srv:
+        d, _ = daemon_env(srv)
+        d.start()
+        env = {**os.environ, "MAILER_SECRET": SECRET, "PYTHONPATH": str(REPO)}
+        second = subprocess.run(
+            [sys.executable, "-m", "mailer", "--config", str(config_file), "run"],
+            capture_output=True, text=True, env=env, timeout=30,
+        )
+        assert d.stop() == 0
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines() == [
+        next(ln for ln in second.stderr.splitlines() if ln.startswith("Error: "))]
+    assert "already running" in second.stderr and "Traceback" not in second.stderr
+
+
+# --- stopping, pausing, cancelling ----------------------------------------------------
+
+
+def test_sigterm_mid_campaign_then_restart_misses_nobody(
+        daemon_env: Callable[..., tuple[Daemon, Path]], run: Run) -> None:
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        d, issue = daemon_env(srv, rate=40, recipients=86)  # 100 recipients, ~2.5 s
+        d.start()
+        run("schedule", str(issue), "--at", at(1)[0], "--list", "send-to")
+        wait_for(lambda: len(srv.messages) >= 20, 20, "sending to begin")
+        assert d.stop(signal.SIGTERM) == 0  # finishes what is in flight, exits 0
+        stopped_at = len(srv.messages)
+        assert stopped_at < 100
+        assert campaigns(run)[0]["status"] == "sending"
+        d.start()
+        wait_for(lambda: len(by_recipient(srv)) == 100, 30, "the rest after restart")
+        assert d.stop() == 0
+    counts = by_recipient(srv)
+    assert len(counts) == 100  # nobody missed
+    assert sum(n - 1 for n in counts.values()) <= 4  # at most one per connection
+    assert "event=resumed" in d.text()
+
+
+def test_pause_stops_smtp_traffic_within_a_second(
+        daemon_env: Callable[..., tuple[Daemon, Path]], run: Run) -> None:
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        d, issue = daemon_env(srv, rate=30, recipients=86)
+        d.start()
+        run("schedule", str(issue), "--at", at(1)[0], "--list", "send-to")
+        wait_for(lambda: len(srv.messages) >= 10, 20, "sending to begin")
+        run("pause", "1")
+        time.sleep(1.0)
+        after_a_second = len(srv.messages)
+        time.sleep(2.0)
+        assert len(srv.messages) == after_a_second  # nothing more while paused
+        assert campaigns(run)[0]["status"] == "paused"
+        run("resume", "1")
+        wait_for(lambda: len(by_recipient(srv)) == 100, 30, "the rest after resume")
+        assert d.stop() == 0
+    assert len(srv.messages) == 100
+
+
+def test_cancel_before_the_time_sends_nothing(
+        daemon_env: Callable[..., tuple[Daemon, Path]], run: Run) -> None:
+    with smtp_server() as srv:
+        d, issue = daemon_env(srv)
+        d.start()
+        text, when = at(4)
+        run("schedule", str(issue), "--at", text, "--list", "send-to")
+        wait_for(lambda: "event=scheduled" in d.text(), 5, "the job")
+        run("schedule", "cancel", "1")
+        wait_for(lambda: "event=unscheduled" in d.text(), 5, "the job to go")
+        wait_for(lambda: dt.datetime.now(ZONE) > when + dt.timedelta(seconds=2), 10, "the time")
+        assert d.stop() == 0
+    assert srv.messages == []
+    assert campaigns(run)[0]["status"] == "cancelled"
+    assert "event=unscheduled" in d.text()
+
+
+def test_schedule_refuses_the_past_and_a_failing_issue(
+        daemon_env: Callable[..., tuple[Daemon, Path]], run: Run, tmp_path: Path) -> None:
+    with smtp_server() as srv:
+        _, issue = daemon_env(srv)
+    past = run("schedule", str(issue), "--at", at(-60)[0], ok=False)
+    assert past.exit_code == 1 and "is in the past" in past.stderr
+    broken = tmp_path / "broken.txt"
+    broken.write_text(SAMPLE_ISSUE.read_text(encoding="utf-8").replace(
+        "2015 年 11 月 24 日", ""), encoding="utf-8")
+    bad = run("schedule", str(broken), "--at", at(3600)[0], ok=False)
+    assert bad.exit_code == 1 and "mailer issue check" in bad.stderr
+    assert campaigns(run) == []
+
+
+def test_approval_is_required_when_configured(
+        daemon_env: Callable[..., tuple[Daemon, Path]], run: Run) -> None:
+    with smtp_server() as srv:
+        d, issue = daemon_env(srv, extra="\n[schedule]\nrequire_approval = true\n")
+        d.start()
+        text, when = at(1)
+        out = run("schedule", str(issue), "--at", text, "--list", "send-to").stdout
+        assert "mailer approve 1" in out
+        wait_for(lambda: dt.datetime.now(ZONE) > when + dt.timedelta(seconds=1.5), 10, "time")
+        assert srv.messages == []  # not approved: not sent
+        run("approve", "1")
+        wait_for(lambda: len(srv.messages) == 14, 20, "the approved campaign")
+        assert d.stop() == 0
+    assert campaigns(run)[0]["approved_by"]
+    events = json.loads(run("history", "--json").stdout)
+    assert any(e["kind"] == "campaign.approved" for e in events)
+
+
+# --- the watched folder ---------------------------------------------------------------
+
+
+def markdown_issue(tmp_path: Path, run: Run, send_at: str) -> str:
+    """The sample converted to Markdown, with send_at in its front matter."""
+    md = tmp_path / "sample.md"
+    run("issue", "convert", str(tmp_path / "bulletin.txt"), "-o", str(md), "--force")
+    return md.read_text(encoding="utf-8").replace("+++\n", f"+++\nsend_at = {send_at}\n", 1)
+
+
+def test_watched_folder_schedules_reschedules_and_refuses(
+        daemon_env: Callable[..., tuple[Daemon, Path]], run: Run, tmp_path: Path) -> None:
+    folder = tmp_path / "issues"
+    folder.mkdir()
+    with smtp_server() as srv:
+        d, _ = daemon_env(srv, extra=f'\n[schedule]\nissues_dir = "{folder}"\n')
+        d.start()
+        later = at(3600)[1].strftime("%Y-%m-%dT%H:%M:%S")
+        target = folder / "2015-09.md"
+        target.write_text(markdown_issue(tmp_path, run, later), encoding="utf-8")
+        wait_for(lambda: "event=issue.scheduled" in d.text(), 10, "the file to be scheduled")
+        # Edited before its time: rescheduled to 2 s from now.
+        _, soon = at(2)
+        target.write_text(markdown_issue(tmp_path, run, soon.strftime("%Y-%m-%dT%H:%M:%S")),
+                          encoding="utf-8")
+        wait_for(lambda: "event=issue.rescheduled" in d.text(), 10, "the reschedule")
+        wait_for(lambda: len(srv.messages) == 14, 20, "the rescheduled campaign")
+        # Edited after sending: refused, logged, not sent again.
+        edited = markdown_issue(tmp_path, run, soon.strftime("%Y-%m-%dT%H:%M:%S"))
+        target.write_text(edited.replace("协会承办。", "协会承办！"), encoding="utf-8")
+        wait_for(lambda: "event=issue.not_scheduled" in d.text(), 10, "the refusal")
+        # A file that fails the check is reported and not scheduled.
+        (folder / "broken.md").write_text("+++\ntitle = 1\n+++\n", encoding="utf-8")
+        wait_for(lambda: "broken.md" in d.text(), 10, "the broken file report")
+        time.sleep(1.5)
+        assert d.stop() == 0
+    assert len(srv.messages) == 14
+    rows = campaigns(run)
+    assert len(rows) == 1 and rows[0]["status"] == "sent"
+    assert "already sent" in d.text() or "is already sent" in d.text()
+    assert "event=issue.rejected" in d.text() or "event=issue.unreadable" in d.text()
+
+
+# --- the web app runs inside the daemon ------------------------------------------------
+
+
+def test_daemon_serves_one_click_unsubscribe(
+        daemon_env: Callable[..., tuple[Daemon, Path]], run: Run, config_file: Path) -> None:
+    import email
+    import email.policy
+
+    with smtp_server() as srv:
+        d, issue = daemon_env(srv)
+        d.start()
+        run("schedule", str(issue), "--at", at(1)[0], "--list", "send-to")
+        wait_for(lambda: len(srv.messages) == 14, 20, "the campaign")
+        msg = email.message_from_bytes(srv.messages[0].data, policy=email.policy.default)
+        url = str(msg["List-Unsubscribe"]).split(">")[0].lstrip("<")
+        port = int(config_file.read_text().split("[web]\nport = ")[1].split("\n")[0])
+        local = f"http://127.0.0.1:{port}{url[url.index('/u/'):]}"
+        r = httpx.post(local, content=b"List-Unsubscribe=One-Click",
+                       headers={"content-type": "application/x-www-form-urlencoded"},
+                       timeout=10)
+        assert r.status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        assert d.stop() == 0
+    who = srv.messages[0].rcpt_tos[0]
+    history = run("history", who).stdout
+    assert "unsubscribed" in history and "web" in history
