@@ -87,6 +87,10 @@ class _Problems:
     def warning(self, line: int, message: str) -> None:
         self.items.append(Problem(line, message, "warning"))
 
+    def sorted(self) -> tuple[Problem, ...]:
+        """In source order; problems of the whole file (line 0) first."""
+        return tuple(sorted(self.items, key=lambda p: p.line))
+
 
 def _q(text: str, width: int = 24) -> str:
     """Quote a piece of source text for a message, shortened."""
@@ -260,7 +264,8 @@ def parse_text(text: str) -> ParseResult:
     first article; everything else is reported as a ``Problem``.
     """
     rep = _Problems()
-    lines = [ln.strip() for ln in text.lstrip("\ufeff").replace("\r\n", "\n").split("\n")]
+    text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    lines = [ln.strip() for ln in text.split("\n")]
     rows = [(i + 1, s) for i, s in enumerate(lines) if s]  # (1-based line, text)
 
     first_article = next((k for k, (_, s) in enumerate(rows) if s.startswith(_STARS)), len(rows))
@@ -301,7 +306,7 @@ def parse_text(text: str) -> ParseResult:
     if contents_at is not None:
         _check_contents(contents, articles, rep)
     issue = Issue(masthead, tuple(e for _, e in contents), tuple(articles), end)
-    return ParseResult(issue, tuple(rep.items))
+    return ParseResult(issue, rep.sorted())
 
 
 def _plain_masthead(rows: list[tuple[int, str]], rep: _Problems) -> Masthead:
@@ -673,7 +678,7 @@ def parse_markdown(text: str) -> ParseResult:
         end,
         send_at=send_at,
     )
-    return ParseResult(issue, tuple(rep.items))
+    return ParseResult(issue, rep.sorted())
 
 
 def _kind(value: object) -> str:

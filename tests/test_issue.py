@@ -666,5 +666,6 @@ def test_markdown_article_called_like_the_contents_round_trips() -> None:
 
 
 def test_markdown_full_width_indentation_is_stripped() -> None:
-    md = f"+++\n{FRONT}+++\n\n## 文章\n\n\u3000\u3000从 Word 粘贴的段落。\n"
-    assert parse_markdown(md).issue.articles[0].blocks[0].spans == (Span("从 Word 粘贴的段落。"),)
+    md = f"+++\n{FRONT}+++\n\n## 文章\n\n\u3000\u3000从 Word 粘贴的段落。\n\n\u3000\n"
+    blocks = parse_markdown(md).issue.articles[0].blocks
+    assert blocks == (Block(BlockKind.PARAGRAPH, (Span("从 Word 粘贴的段落。"),)),)
