@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import itertools
 import json
 import re
 import tomllib
@@ -85,6 +86,10 @@ class _Problems:
 
     def warning(self, line: int, message: str) -> None:
         self.items.append(Problem(line, message, "warning"))
+
+    def sorted(self) -> tuple[Problem, ...]:
+        """In source order; problems of the whole file (line 0) first."""
+        return tuple(sorted(self.items, key=lambda p: p.line))
 
 
 def _q(text: str, width: int = 24) -> str:
@@ -259,7 +264,8 @@ def parse_text(text: str) -> ParseResult:
     first article; everything else is reported as a ``Problem``.
     """
     rep = _Problems()
-    lines = [ln.strip() for ln in text.lstrip("\ufeff").replace("\r\n", "\n").split("\n")]
+    text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    lines = [ln.strip() for ln in text.split("\n")]
     rows = [(i + 1, s) for i, s in enumerate(lines) if s]  # (1-based line, text)
 
     first_article = next((k for k, (_, s) in enumerate(rows) if s.startswith(_STARS)), len(rows))
@@ -300,7 +306,7 @@ def parse_text(text: str) -> ParseResult:
     if contents_at is not None:
         _check_contents(contents, articles, rep)
     issue = Issue(masthead, tuple(e for _, e in contents), tuple(articles), end)
-    return ParseResult(issue, tuple(rep.items))
+    return ParseResult(issue, rep.sorted())
 
 
 def _plain_masthead(rows: list[tuple[int, str]], rep: _Problems) -> Masthead:
@@ -616,6 +622,10 @@ _FRONT_OVERRIDES = {"report_to": "报", "send_to": "发"}
 _CONTENTS_TITLES = {"本期导读", "本期要目", "本期目录", "目录"}
 
 
+def _is_contents_title(text: str) -> bool:
+    return re.sub(r"[\s【】\[\]]", "", text) in _CONTENTS_TITLES
+
+
 def parse_markdown(text: str) -> ParseResult:
     """Parse Markdown with TOML front matter between ``+++`` lines (see ``to_markdown``).
 
@@ -668,7 +678,7 @@ def parse_markdown(text: str) -> ParseResult:
         end,
         send_at=send_at,
     )
-    return ParseResult(issue, tuple(rep.items))
+    return ParseResult(issue, rep.sorted())
 
 
 def _kind(value: object) -> str:
@@ -789,8 +799,8 @@ class _MarkdownBody:
                 self._item_prefix.pop()
             elif t in ("fence", "code_block"):
                 self._once(tok, "code blocks are kept as plain paragraphs")
-                chars = [(c, False, None) for c in tok.content.strip()]
-                self._add(BlockKind.PARAGRAPH, _group(_join_breaks(chars)), tok)
+                chars: list[_Char] = [(c, False, None) for c in tok.content.strip()]
+                self._add(BlockKind.PARAGRAPH, chars, tok)
             elif t == "blockquote_open":
                 self._once(tok, "quote markers (>) are ignored")
             elif t == "hr":
@@ -805,10 +815,11 @@ class _MarkdownBody:
             self.rep.warning(self.line(tok), message)
 
     def _heading(self, tok: Token, inline: Token) -> None:
-        text = "".join(c for c, _, _ in _join_breaks(self._chars(inline, self.line(tok))))
+        text = "".join(c for c, _, _ in _join_breaks(self._chars(inline, self.line(tok)))).strip()
         level = int(tok.tag[1])
         self._in_contents = False
-        if level == 2 and re.sub(r"[\s【】\[\]]", "", text) in _CONTENTS_TITLES:
+        first = not (self.articles or self._title or self.contents_line)
+        if level == 2 and first and _is_contents_title(text):
             self._finish_article()
             self._in_contents = True
             self.contents_line = self.line(tok)
@@ -823,7 +834,7 @@ class _MarkdownBody:
             if level > 4:
                 self._once(tok, "'##### ' headings and deeper are kept as subsections")
             kind = BlockKind.SECTION if level == 3 else BlockKind.SUBSECTION
-            self._add(kind, _group(_join_breaks(self._chars(inline, self.line(tok)))), tok)
+            self._add(kind, self._chars(inline, self.line(tok)), tok)
 
     def _paragraph(self, tok: Token, inline: Token, lists: list[str]) -> None:
         line = self.line(tok)
@@ -848,16 +859,24 @@ class _MarkdownBody:
                 f"{_q(text)} looks like an end-block line but is not after the final '---' "
                 "line; kept as article text",
             )
-        self._add(BlockKind.PARAGRAPH, _group(_join_breaks(chars)), tok)
+        self._add(BlockKind.PARAGRAPH, chars, tok)
 
-    def _add(self, kind: BlockKind, spans: tuple[Span, ...], tok: Token) -> None:
+    def _add(self, kind: BlockKind, chars: list[_Char], tok: Token) -> None:
+        chars = _join_breaks(chars)
+        # Full-width spaces pasted from Word are indentation here too, as in plain text.
+        while chars and chars[0][0].isspace():
+            del chars[0]
+        while chars and chars[-1][0].isspace():
+            del chars[-1]
+        if not chars:
+            return
         if self._title is None:
             self.rep.error(
                 self.line(tok),
                 "text before the first article; start an article with a '## title' line",
             )
             return
-        self._blocks.append(Block(kind, spans, line=self.line(tok)))
+        self._blocks.append(Block(kind, _group(chars), line=self.line(tok)))
 
     def _finish_article(self) -> None:
         if self._title is not None:
@@ -928,7 +947,7 @@ class _MarkdownBody:
 
 # --- writing Markdown -----------------------------------------------------------
 
-_MD_ESCAPE = set("\\`*_[]<&")
+_MD_ESCAPE = set("\\`*_[]<&!")
 
 
 def _md_inline(text: str, *, heading: bool = False) -> str:
@@ -951,15 +970,17 @@ def _md_block_start(text: str, *, numbered: bool = True) -> str:
 
 
 def _md_spans(spans: Sequence[Span], *, heading: bool = False) -> str:
+    """Inline Markdown for spans; a bold run around links is one ``**…**``."""
     parts: list[str] = []
-    for span in spans:
-        s = _md_inline(span.text, heading=heading)
-        if span.bold:
-            s = f"**{s}**"
-        if span.href is not None:
-            url = "".join("\\" + c if c in "\\()&<>" else c for c in span.href)
-            s = f"[{s}]({url})"
-        parts.append(s)
+    for bold, run in itertools.groupby(spans, key=lambda sp: sp.bold):
+        inner = ""
+        for span in run:
+            s = _md_inline(span.text, heading=heading)
+            if span.href is not None:
+                url = "".join("\\" + c if c in "\\()&<>" else c for c in span.href)
+                s = f"[{s}]({url})"
+            inner += s
+        parts.append(f"**{inner}**" if bold else inner)
     return "".join(parts)
 
 
@@ -989,7 +1010,10 @@ def to_markdown(issue: Issue) -> str:
     else:
         out.append("# send_at = 2015-11-25T09:00:00+08:00  # when to send (optional)")
     out += ["+++", ""]
-    if issue.contents:
+    # Only the first '## ' heading can open the contents, so an article that happens
+    # to be called 本期导读 needs a contents heading (maybe empty) in front of it.
+    first_title = issue.articles[0].title if issue.articles else ""
+    if issue.contents or _is_contents_title(first_title):
         out += ["## 本期导读", ""]
         out += [
             f"{n}. {_md_block_start(_md_inline(e), numbered=False)}"

@@ -497,6 +497,11 @@ def test_markdown_round_trip_of_awkward_text() -> None:
         Span("后"),
         Span("链接（一）", href="https://example.org/a_(b)?q=1&r=2"),
         Span("#1", bold=True),
+        Span("感叹!"),  # not an image: ![…](…)
+        Span("链", href="mailto:a@example.org"),
+        Span("粗", bold=True),
+        Span("粗链", bold=True, href="https://example.org"),
+        Span(" 仍粗", bold=True),
     )
     blocks = tuple(
         Block(BlockKind.PARAGRAPH, (Span(t),))
@@ -647,3 +652,20 @@ def test_file_without_issue_line_names_the_file(tmp_path: Path) -> None:
     path.write_text("随便写的笔记。\n", encoding="utf-8")
     with pytest.raises(IssueError, match=r"notes\.txt: no issue line"):
         parse_file(path)
+
+
+def test_markdown_article_called_like_the_contents_round_trips() -> None:
+    article = Article("【本期导读】", (Block(BlockKind.PARAGRAPH, (Span("正文。"),)),))
+    issue = Issue(
+        Masthead("", "协会", "简 报", 2020, 3, None, "协会编印", dt.date(2020, 3, 1)),
+        (),
+        (article,),
+        EndBlock(),
+    )
+    assert parse_markdown(to_markdown(issue)).issue == issue
+
+
+def test_markdown_full_width_indentation_is_stripped() -> None:
+    md = f"+++\n{FRONT}+++\n\n## 文章\n\n\u3000\u3000从 Word 粘贴的段落。\n\n\u3000\n"
+    blocks = parse_markdown(md).issue.articles[0].blocks
+    assert blocks == (Block(BlockKind.PARAGRAPH, (Span("从 Word 粘贴的段落。"),)),)
