@@ -669,3 +669,20 @@ def test_markdown_full_width_indentation_is_stripped() -> None:
     md = f"+++\n{FRONT}+++\n\n## 文章\n\n\u3000\u3000从 Word 粘贴的段落。\n\n\u3000\n"
     blocks = parse_markdown(md).issue.articles[0].blocks
     assert blocks == (Block(BlockKind.PARAGRAPH, (Span("从 Word 粘贴的段落。"),)),)
+
+
+def test_the_render_fixture_is_the_parsed_sample() -> None:
+    """The hand-built Issue the render tests use is exactly what the parser makes."""
+    from mailer.issue import parse_file
+
+    from .sample_issue import sample_issue
+
+    assert parse_file(SAMPLE).issue == sample_issue()
+
+
+def test_the_copied_sample_is_the_one_staff_have() -> None:
+    from .conftest import SAMPLE_ISSUE
+
+    if not SAMPLE_ISSUE.exists():
+        pytest.skip(f"{SAMPLE_ISSUE} is not beside this checkout")
+    assert SAMPLE.read_bytes() == SAMPLE_ISSUE.read_bytes()
