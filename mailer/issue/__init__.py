@@ -1,0 +1,85 @@
+"""Parse an issue source (plain bulletin text or Markdown) into an ``Issue``.
+
+Two sources give the same ``Issue``: the plain text staff take out of the printed
+PDF (``samples/bulletin-2015-09.txt``) and Markdown with TOML front matter, which is
+what ``to_markdown`` writes for staff to edit. Parsing never raises on odd input: it
+returns the ``Issue`` together with ``Problem``s (errors stop a send, warnings are
+shown). Only input with no masthead at all raises ``IssueError``.
+
+The package is split by source format: ``text`` (plain text), ``markdown``
+(Markdown, and writing it), ``common`` (what both share).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from mailer.errors import IssueError
+
+from .common import ParseResult, Problem, is_safe_href, split_names
+from .markdown import parse_markdown, to_markdown
+from .text import parse_text
+
+__all__ = [
+    "ParseResult",
+    "Problem",
+    "is_safe_href",
+    "parse_file",
+    "parse_markdown",
+    "parse_text",
+    "split_names",
+    "to_markdown",
+]
+
+
+# --- files ----------------------------------------------------------------------
+
+_PARSERS: dict[str, Callable[[str], ParseResult]] = {
+    ".txt": parse_text,
+    ".md": parse_markdown,
+    ".markdown": parse_markdown,
+}
+
+
+def _decode(data: bytes, name: str) -> str:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise IssueError(f"{name}: broken UTF-16 text at byte {e.start}") from e
+    if b"\x00" in data:
+        raise IssueError(f"{name}: this is a binary file, not text; save the issue as .txt or .md")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as first:
+        try:
+            return data.decode("gb18030")
+        except UnicodeDecodeError:
+            raise IssueError(
+                f"{name}: neither UTF-8 nor GB18030 text (bad byte at offset {first.start}); "
+                "save the file as UTF-8"
+            ) from first
+
+
+def parse_file(path: Path) -> ParseResult:
+    """Parse ``path`` by its suffix (.txt plain text, .md Markdown).
+
+    The bytes are UTF-8 (a BOM is fine), else GB18030 as Chinese Windows saves them.
+    Raises ``IssueError`` naming the file if it cannot be read, decoded or parsed.
+    """
+    parser = _PARSERS.get(path.suffix.lower())
+    if parser is None:
+        raise IssueError(
+            f"{path}: unknown kind of issue file {path.suffix or '(no suffix)'!r}; use .txt "
+            "(plain bulletin text) or .md (Markdown with TOML front matter)"
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise IssueError(f"{path}: cannot read the file ({e.strerror or e})") from e
+    text = _decode(data, str(path))
+    try:
+        return parser(text)
+    except IssueError as e:
+        raise IssueError(f"{path}: {e}") from e

@@ -1,0 +1,300 @@
+"""What both parsers share: problems, links, inline runs, the end block, contents."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from markdown_it import MarkdownIt
+from markdown_it.rules_inline.state_inline import Delimiter, Scanned, StateInline
+
+from mailer.models import Article, EndBlock, EndLine, Issue, Span
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a source file."""
+
+    line: int  # 1-based line in the source, 0 if not tied to a line
+    message: str
+    severity: Severity
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line else ""
+        return f"{where}{self.severity}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ParseResult:
+    """The parsed issue and what is wrong with its source."""
+
+    issue: Issue
+    problems: tuple[Problem, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when there is no error (warnings allowed)."""
+        return not self.errors
+
+    @property
+    def errors(self) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if p.severity == "error")
+
+    @property
+    def warnings(self) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if p.severity == "warning")
+
+
+@dataclass
+class _Problems:
+    items: list[Problem] = field(default_factory=list)
+
+    def error(self, line: int, message: str) -> None:
+        self.items.append(Problem(line, message, "error"))
+
+    def warning(self, line: int, message: str) -> None:
+        self.items.append(Problem(line, message, "warning"))
+
+    def sorted(self) -> tuple[Problem, ...]:
+        """In source order; problems of the whole file (line 0) first."""
+        return tuple(sorted(self.items, key=lambda p: p.line))
+
+
+def _q(text: str, width: int = 24) -> str:
+    """Quote a piece of source text for a message, shortened."""
+    return repr(text if len(text) <= width else text[:width] + "…")
+
+
+# --- links ----------------------------------------------------------------------
+
+
+def is_safe_href(url: str) -> bool:
+    """True for the only links an issue may carry: ``https://host…`` and ``mailto:…``."""
+    if not url or url != url.strip() or any(c.isspace() or ord(c) < 32 for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    scheme = parts.scheme.lower()
+    if scheme == "https":
+        return bool(parts.hostname)
+    return scheme == "mailto" and bool(parts.path)
+
+
+class _Markdown(MarkdownIt):
+    """markdown-it that lets every link through to the token stream, so that unsafe
+    ones are reported (and dropped) by us rather than silently left as text."""
+
+    def validateLink(self, url: str) -> bool:
+        return True
+
+
+def _emphasis(state: StateInline, silent: bool) -> bool:
+    """markdown-it's emphasis rule, with ``*`` delimiters that work in Chinese text.
+
+    CommonMark will not open ``**`` between a letter and punctuation, so
+    ``工作**“两新”**党建`` stays literal; 简报 text is full of such runs. A ``*`` run
+    here opens unless followed by a space and closes unless preceded by one, the
+    same rule the plain-text parser uses, so both formats agree. ``_`` is unchanged.
+    """
+    start = state.pos
+    marker = state.src[start]
+    if silent or marker not in ("_", "*"):
+        return False
+    if marker == "_":
+        scanned = state.scanDelims(start, False)
+    else:
+        end = start
+        while end < state.posMax and state.src[end] == "*":
+            end += 1
+        before = state.src[start - 1] if start > 0 else " "
+        after = state.src[end] if end < state.posMax else " "
+        scanned = Scanned(not after.isspace(), not before.isspace(), end - start)
+    for _ in range(scanned.length):
+        token = state.push("text", "", 0)
+        token.content = marker
+        state.delimiters.append(
+            Delimiter(
+                marker=ord(marker),
+                length=scanned.length,
+                token=len(state.tokens) - 1,
+                end=-1,
+                open=scanned.can_open,
+                close=scanned.can_close,
+            )
+        )
+    state.pos += scanned.length
+    return True
+
+
+_MD = _Markdown("commonmark", {"html": False})
+_MD.inline.ruler.at("emphasis", _emphasis)
+
+# One character of block text with its formatting; "\n" stands for a line break.
+_Char = tuple[str, bool, str | None]
+
+
+def _group(chars: Sequence[_Char]) -> tuple[Span, ...]:
+    """Merge characters into the fewest spans (so equal text gives equal spans)."""
+    runs: list[list[Any]] = []
+    for ch, bold, href in chars:
+        if runs and runs[-1][1] == bold and runs[-1][2] == href:
+            runs[-1][0] += ch
+        else:
+            runs.append([ch, bold, href])
+    return tuple(Span(t, bold=b, href=h) for t, b, h in runs if t)
+
+
+def _join_breaks(chars: Sequence[_Char]) -> list[_Char]:
+    """A line break inside a paragraph joins Chinese text directly, other text by a space."""
+    out: list[_Char] = []
+    for i, c in enumerate(chars):
+        if c[0] != "\n":
+            out.append(c)
+            continue
+        before = chars[i - 1][0] if i else " "
+        after = chars[i + 1][0] if i + 1 < len(chars) else " "
+        if not (_wide(before) or _wide(after)) and before != " " and after != " ":
+            out.append((" ", c[1], c[2]))
+    return out
+
+
+def _wide(ch: str) -> bool:
+    return unicodedata.east_asian_width(ch) in ("W", "F")
+
+
+# --- shared patterns ----------------------------------------------------------
+
+_STARS = ("☆", "★")
+_RULE_RE = re.compile(r"^[-—─━_=*·.\s]{3,}$")
+_ENTRY_MARK_RE = re.compile(r"^(?:[-*•·●▪]\s*)?(?:(?:\d{1,3}\s*[、.．)）]|[(（]\d{1,3}[)）])\s*)?")
+_END_RE = re.compile(r"^(?P<label>抄送|抄报|报|送|发)\s*[:：]\s*(?P<text>.*)$")
+_COPIES_RE = re.compile(r"[(（]?\s*共印\s*(?P<n>\d+)\s*份\s*[)）]?$")
+
+
+# --- end block (报尾) -------------------------------------------------------------
+
+_NAME_SEPS = set("、，,；;\u3000")
+_OPEN_MARKS = set("（(“‘《「『【[")
+_CLOSE_MARKS = set("）)”’》」』】]")
+# A piece naming only administrative levels (各区 / 县（市）) is not a body of its own:
+# it enumerates levels of the body named next, as in 各区、县（市）委组织部.
+_LEVELS_RE = re.compile(r"^各?(?:[省市区县乡镇]|街道|[(（][省市区县][)）])+$")
+
+
+def split_names(text: str) -> tuple[str, ...]:
+    """The bodies an end-block line names, in order: ``省委组织部、市委组织部`` gives two.
+
+    ``、 ， ；`` separate names except inside brackets or quotes, and a piece that only
+    lists administrative levels stays with the name after it, so ``各区、县（市）委组织部``
+    is one name.
+    """
+    pieces: list[tuple[str, str]] = []  # (piece, separator written after it)
+    depth = 0
+    buf: list[str] = []
+    for ch in text:
+        if ch in _OPEN_MARKS:
+            depth += 1
+        elif ch in _CLOSE_MARKS:
+            depth = max(0, depth - 1)
+        if depth == 0 and ch in _NAME_SEPS:
+            pieces.append(("".join(buf).strip(), ch))
+            buf = []
+        else:
+            buf.append(ch)
+    pieces.append(("".join(buf).strip(), ""))
+    names: list[str] = []
+    carry = ""
+    for piece, sep in pieces:
+        if not piece:
+            continue
+        if _LEVELS_RE.match(piece) and sep not in ("", "\u3000"):
+            carry += piece + sep
+            continue
+        names.append((carry + piece).rstrip("。."))
+        carry = ""
+    if carry:
+        names.append(carry[:-1])
+    return tuple(n for n in names if n)
+
+
+def _end_start(rows: list[tuple[int, str]]) -> int:
+    """Index of the first row of the end block: the first 报：/发： line after which
+    only end-block lines follow; ``len(rows)`` if there is none."""
+    for k, (_, s) in enumerate(rows):
+        if _END_RE.match(s) and _all_end_lines(rows[k:]):
+            return k
+    return len(rows)
+
+
+def _all_end_lines(rows: list[tuple[int, str]]) -> bool:
+    for _, s in rows:
+        if _END_RE.match(s) or _COPIES_RE.match(s) or _RULE_RE.match(s) or s.endswith("印发"):
+            continue
+        if s.startswith(_STARS) or s.endswith(("。", "！", "？")):
+            return False  # article text, not a wrapped 报： line
+    return True
+
+
+def _end_block(rows: list[tuple[int, str]], rep: _Problems) -> EndBlock:
+    found: list[tuple[str, str]] = []
+    copies: int | None = None
+    for line, s in rows:
+        m = _END_RE.match(s)
+        c = _COPIES_RE.search(s)
+        if m:
+            text = m["text"]
+            if c:
+                copies = int(c["n"])
+                text = text[: len(text) - len(c.group(0))].rstrip()
+            found.append((m["label"], text.strip()))
+        elif c and c.start() == 0:
+            copies = int(c["n"])
+        elif _RULE_RE.match(s):
+            continue
+        elif s.endswith("印发"):
+            rep.warning(line, f"{_q(s)} is not kept (the date is in the masthead)")
+        elif found:  # a long 报： line wrapped onto the next line
+            found[-1] = (found[-1][0], found[-1][1] + s)
+        else:
+            rep.warning(line, f"{_q(s)} in the end block is not kept")
+    return EndBlock(tuple(EndLine(lb, t, split_names(t)) for lb, t in found), copies)
+
+
+# --- contents -------------------------------------------------------------------
+
+_QUOTES = str.maketrans({"“": '"', "”": '"', "＂": '"', "‘": "'", "’": "'"})
+
+
+def _match_key(text: str) -> str:
+    """Compare titles the way a reader does: ，/, ：/: and spaces alike, no final 。."""
+    key = unicodedata.normalize("NFKC", text).translate(_QUOTES)
+    return re.sub(r"\s+", "", key).rstrip("。.!?;")
+
+
+def _check_contents(
+    contents: list[tuple[int, str]], articles: list[Article], rep: _Problems
+) -> None:
+    unmatched = list(articles)
+    for n, (line, entry) in enumerate(contents, start=1):
+        key = _match_key(entry)
+        hit = next((a for a in unmatched if _match_key(a.title) == key), None)
+        if hit is not None:
+            unmatched.remove(hit)
+            continue
+        close = difflib.get_close_matches(key, [_match_key(a.title) for a in articles], 1, 0.6)
+        hint = ""
+        if close:
+            title = next(a.title for a in articles if _match_key(a.title) == close[0])
+            hint = f" (closest article: {_q(title)})"
+        rep.error(line, f"contents entry {n} {_q(entry)} matches no article{hint}")
+    for a in unmatched:
+        rep.warning(a.line, f"article {_q(a.title)} is not in the contents (本期导读)")
