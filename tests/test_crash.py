@@ -167,3 +167,45 @@ def test_kill_9_mid_campaign_then_resume(
     summary = {"seed": seed, "kills": [(k["at"], len(k["doubt"])) for k in kills],
                "messages": len(srv.messages), "missed": len(missed)}
     print(json.dumps(summary))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_stops_cleanly_then_resume_sends_each_once(
+    run: Run, initialised: Path, config_file: Path, issue_file: Path, tmp_path: Path,
+    sig: signal.Signals,
+) -> None:
+    import_lists(run)
+    bulk = tmp_path / "bulk.csv"
+    bulk.write_text(many(BULK), encoding="utf-8")
+    run("recipients", "import", str(bulk), "--list", "send-to")
+    log = tmp_path / "mailer.log"
+    procs: list[subprocess.Popen[bytes]] = []
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        write_config(config_file, srv.port, smtp_extra=f"concurrency = {CONCURRENCY}")
+        try:
+            proc = mailer(config_file, "send", str(issue_file), log=log)
+            procs.append(proc)
+            assert wait_for_messages(srv, proc, 50), log.read_text()
+            proc.send_signal(sig)
+            proc.wait(STEP_TIMEOUT)
+            assert proc.returncode == 0, log.read_text()
+            settle(srv)
+            stopped = len(srv.messages)
+            assert stopped < TOTAL
+            assert in_doubt(srv, initialised) == set()  # in flight finished and recorded
+            assert {r["status"] for r in ledger(initialised).values()} == {"sent", "pending"}
+            assert campaign_status(initialised) == "sending"
+            proc = mailer(config_file, "send", "--resume", "1", log=log)
+            procs.append(proc)
+            proc.wait(STEP_TIMEOUT)
+            assert proc.returncode == 0, log.read_text()
+        finally:
+            for p in procs:
+                stop(p)
+        settle(srv)
+    output = log.read_text()
+    assert "stopped; continue with `mailer send --resume 1`" in output, output
+    assert "Traceback" not in output, output
+    counts = Counter(to for m in srv.messages for to in m.rcpt_tos)
+    assert len(counts) == TOTAL and set(counts.values()) == {1}
+    assert campaign_status(initialised) == "sent"

@@ -354,3 +354,19 @@ def test_permanent_refusal_is_logged_and_bounces_the_address(
     status = {(m["email"], m["list_slug"]): m["status"] for m in members}
     assert status[(bad, "send-to")] == "bounced"
     assert Counter(status.values()) == {"active": 20, "bounced": 1}
+
+
+def test_resume_without_secret_is_one_line_and_stays_resumable(
+    run: Run, ready: Path, relay: Server, issue_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run("send", str(issue_file), "--list", "send-to", "--limit", "3")
+    monkeypatch.delenv(config_mod.ENV_SECRET)
+    refused = run("send", "--resume", "1", ok=False)
+    assert_one_line_error(refused, "no signing secret")
+    assert len(relay.messages) == 3
+    [c] = log_json(run)
+    assert c["status"] == "sending" and c["sent"] == 3 and c["pending"] == 11
+    assert {r["attempts"] for r in ledger(ready).values() if r["status"] == "pending"} == {0}
+    monkeypatch.setenv(config_mod.ENV_SECRET, SECRET)
+    run("send", "--resume", "1")
+    assert len(relay.messages) == 14 and set(rcpt_counts(relay).values()) == {1}
