@@ -370,3 +370,27 @@ def test_resume_without_secret_is_one_line_and_stays_resumable(
     monkeypatch.setenv(config_mod.ENV_SECRET, SECRET)
     run("send", "--resume", "1")
     assert len(relay.messages) == 14 and set(rcpt_counts(relay).values()) == {1}
+
+
+def test_resume_refuses_options_that_only_apply_to_a_new_campaign(
+    run: Run, ready: Path, relay: Server, issue_file: Path
+) -> None:
+    run("send", str(issue_file), "--limit", "2")
+    before = snapshot(ready)
+    for extra in (["--dry-run"], ["--again"], ["--list", "send-to"]):
+        refused = run("send", "--resume", "1", *extra, ok=False)
+        assert refused.exit_code == 2, (extra, refused.output)
+        assert extra[0] in refused.stderr and "--resume" in refused.stderr
+        assert snapshot(ready) == before
+    assert len(relay.messages) == 2  # --dry-run did not send
+
+
+def test_a_list_named_twice_counts_once(
+    run: Run, ready: Path, relay: Server, issue_file: Path
+) -> None:
+    dry = run("send", str(issue_file), "--list", "send-to", "--list", "send-to", "--dry-run")
+    assert dry.stdout.count("send-to (发): 14 recipients") == 1, dry.stdout
+    result = run("send", str(issue_file), "--list", "send-to", "--list", "send-to")
+    assert "→ send-to 14\n" in result.stdout
+    [c] = log_json(run)
+    assert c["lists"] == "send-to" and c["sent"] == 14

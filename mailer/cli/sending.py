@@ -133,6 +133,10 @@ def send(state: State, issue_or_campaign: str | None, lists: tuple[str, ...], dr
         mailer send --resume 3
     """
     if resume:
+        # These shape a new campaign; silently ignored, --dry-run would really send.
+        for given, flag in ((dry_run, "--dry-run"), (again, "--again"), (lists, "--list")):
+            if given:
+                raise click.UsageError(f"{flag} cannot be used with --resume")
         _resume(state, issue_or_campaign, limit=limit, wait=wait)
         return
     if issue_or_campaign is None:
