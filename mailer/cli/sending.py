@@ -143,7 +143,8 @@ def send(state: State, issue_or_campaign: str | None, lists: tuple[str, ...], dr
         raise click.UsageError("give the issue file to send (or --resume CAMPAIGN)")
     path = Path(issue_or_campaign)
     with state.store() as store:
-        chosen = lists or tuple(ml.slug for ml in store.lists())
+        # Once each: a list named twice counted 0 recipients the second time.
+        chosen = tuple(dict.fromkeys(lists)) or tuple(ml.slug for ml in store.lists())
         outbox = open_outbox(state, store, path, chosen)
         audience = store.audience(chosen)
         if dry_run:
