@@ -119,3 +119,10 @@ def test_render_writes_html_text_and_eml(
         assert msg["List-Unsubscribe"] is not None
     else:
         assert "/u/" not in text and msg["List-Unsubscribe"] is None
+
+
+def test_convert_into_a_missing_folder_is_one_line(run: Run, sample: Path) -> None:
+    target = sample.parent / "no" / "such" / "folder" / "issue.md"
+    refused = run("issue", "convert", str(sample), "-o", str(target), ok=False)
+    assert_one_line_error(refused, str(target.parent))
+    assert not target.parent.exists()
