@@ -209,3 +209,36 @@ def test_sigterm_stops_cleanly_then_resume_sends_each_once(
     counts = Counter(to for m in srv.messages for to in m.rcpt_tos)
     assert len(counts) == TOTAL and set(counts.values()) == {1}
     assert campaign_status(initialised) == "sent"
+
+
+def test_a_second_sender_is_refused_while_the_first_is_alive(
+    run: Run, initialised: Path, config_file: Path, issue_file: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MAILER_SECRET", SECRET)
+    import_lists(run)
+    log = tmp_path / "mailer.log"
+    procs: list[subprocess.Popen[bytes]] = []
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        # Slow enough (21 messages at 5/s) that the first sender is still at it.
+        write_config(config_file, srv.port, smtp_extra="concurrency = 2\nrate_limit = 5")
+        try:
+            proc = mailer(config_file, "send", str(issue_file), log=log)
+            procs.append(proc)
+            assert wait_for_messages(srv, proc, 2), log.read_text()
+            refused = run("send", "--resume", "1", ok=False)
+            assert refused.exit_code == 1 and "being sent by another" in refused.stderr
+            assert proc.poll() is None
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(STEP_TIMEOUT)
+            assert proc.returncode == 0, log.read_text()
+            assert in_doubt(srv, initialised) == set()
+            write_config(config_file, srv.port)
+            run("send", "--resume", "1")
+        finally:
+            for p in procs:
+                stop(p)
+        settle(srv)
+    counts = Counter(to for m in srv.messages for to in m.rcpt_tos)
+    assert len(counts) == 21 and set(counts.values()) == {1}
+    assert campaign_status(initialised) == "sent"
