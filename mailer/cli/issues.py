@@ -71,7 +71,10 @@ def issue_check(file: Path) -> None:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write beside the target and rename: never half a file where a good one was."""
-    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.")
+    except OSError as e:  # a missing or read-only folder: one line, not a traceback
+        raise InvalidInput(f"cannot write {path}: {e.strerror} ({path.parent})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

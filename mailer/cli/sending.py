@@ -133,13 +133,18 @@ def send(state: State, issue_or_campaign: str | None, lists: tuple[str, ...], dr
         mailer send --resume 3
     """
     if resume:
+        # These shape a new campaign; silently ignored, --dry-run would really send.
+        for given, flag in ((dry_run, "--dry-run"), (again, "--again"), (lists, "--list")):
+            if given:
+                raise click.UsageError(f"{flag} cannot be used with --resume")
         _resume(state, issue_or_campaign, limit=limit, wait=wait)
         return
     if issue_or_campaign is None:
         raise click.UsageError("give the issue file to send (or --resume CAMPAIGN)")
     path = Path(issue_or_campaign)
     with state.store() as store:
-        chosen = lists or tuple(ml.slug for ml in store.lists())
+        # Once each: a list named twice counted 0 recipients the second time.
+        chosen = tuple(dict.fromkeys(lists)) or tuple(ml.slug for ml in store.lists())
         outbox = open_outbox(state, store, path, chosen)
         audience = store.audience(chosen)
         if dry_run:
