@@ -201,10 +201,11 @@ def campaign_outbox(config: Config, store: Store, campaign: Campaign, *,
             f"(campaign {campaign.id} keeps its record)")
     if not campaign.source_path or not path.is_file():
         raise IssueError(f"campaign {campaign.id}: its issue file {path} is gone; {hint}")
-    issue, sha = load_issue(path)
-    if sha != campaign.source_sha256:
+    # The hash first: an edit that also breaks parsing is still reported as an edit.
+    if file_sha256(path) != campaign.source_sha256:
         raise IssueError(f"campaign {campaign.id}: {path.name} changed since it was "
                          f"scheduled or started; {hint}")
+    issue, sha = load_issue(path)
     outbox = compose(issue, config=config, store=store, lists=campaign.lists, source=path,
                      sha256=sha)
     for w in outbox.warnings:

@@ -199,7 +199,7 @@ async def _open(settings: SMTPSettings) -> aiosmtplib.SMTP:
             what = "login" if isinstance(exc, aiosmtplib.SMTPAuthenticationError) else "session"
             raise SMTPSetupError(
                 f"SMTP server {where} refused the {what}: {exc.code} {exc.message}; "
-                "check the [smtp] settings (host, port, tls, username, password)"
+                "check [smtp] host, port, tls, username and the password in $MAILER_SMTP_PASSWORD"
             ) from exc
         raise _Unavailable(_reply(exc.code, exc.message, "connect")) from exc
     except (aiosmtplib.SMTPTimeoutError, TimeoutError) as exc:

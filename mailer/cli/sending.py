@@ -239,8 +239,8 @@ def test_send(state: State, issue: Path, to: str, list_slug: str) -> None:
         store.record_test_send(issue_id=issue_id, list_slug=list_slug, email=address.email,
                                code=reply.code, response=reply.text, message_id=message_id)
     if reply.outcome is not Outcome.SENT:
-        raise SendError(f"test copy to {address.email} not accepted: "
-                        f"{reply.code or 'no reply'} {reply.text}".strip())
+        answer = f"{reply.code} {reply.text}" if reply.code else reply.text
+        raise SendError(f"test copy to {address.email} not sent: {answer}".strip())
     click.echo(f"test copy of {outbox.subject} ({list_slug}) sent to {address.email}: "
                f"{reply.code} {reply.text}")
 

@@ -152,7 +152,9 @@ class StoreBase:
             # Disk full, I/O errors, a lock lost: nothing of the change is kept.
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise StoreError(f"{self.path}: could not save the change: {e}") from None
+            hint = ("; free some disk space and run the command again (a campaign continues "
+                    "with `mailer send --resume`)" if "full" in str(e) else "")
+            raise StoreError(f"{self.path}: could not save the change: {e}{hint}") from None
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
