@@ -372,3 +372,39 @@ def test_daemon_serves_one_click_unsubscribe(
     who = srv.messages[0].rcpt_tos[0]
     history = run("history", who).stdout
     assert "unsubscribed" in history and "web" in history
+
+
+def test_one_click_during_a_running_campaign_stops_that_address(
+        daemon_env: Callable[..., tuple[Daemon, Path]], run: Run, config_file: Path) -> None:
+    import sqlite3
+
+    from mailer.config import SigningKey
+    from mailer.tokens import make_token
+
+    db = config_file.parent / "data" / "mailer.db"
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        d, issue = daemon_env(srv, rate=20, recipients=86)  # 100 recipients, ~5 s
+        d.start()
+        run("schedule", str(issue), "--at", at(1)[0], "--list", "send-to")
+        wait_for(lambda: len(srv.messages) >= 10, 20, "sending to begin")
+        conn = sqlite3.connect(db)
+        # The pending delivery furthest from being claimed: surely not in flight yet.
+        email, uid = conn.execute(
+            "SELECT d.email, r.uid FROM deliveries d JOIN recipients r ON r.id = d.recipient_id "
+            "WHERE d.status = 'pending' ORDER BY d.id DESC LIMIT 1").fetchone()
+        conn.close()
+        token = make_token(SigningKey("k1", SECRET.encode()), uid, "send-to")
+        port = int(config_file.read_text().split("[web]\nport = ")[1].split("\n")[0])
+        r = httpx.post(f"http://127.0.0.1:{port}/u/{token}",
+                       content=b"List-Unsubscribe=One-Click",
+                       headers={"content-type": "application/x-www-form-urlencoded"},
+                       timeout=10)
+        assert r.status_code == 200
+        wait_for(lambda: campaigns(run)[0]["status"] == "sent", 30, "the campaign to finish")
+        assert d.stop() == 0
+    received = by_recipient(srv)
+    assert email not in received
+    assert len(received) == 99
+    rows = json.loads(run("log", "1", "--json").stdout)
+    row = next(x for x in rows if x["email"] == email)
+    assert row["status"] == "unsubscribed"
