@@ -116,7 +116,7 @@ class Outbox:
         r = self.render(slug)
         sender = self.config.sender
         domain = sender.address.rpartition("@")[2]
-        unsubscribe = ml.allow_unsubscribe and ml.role is not Role.REPORT_TO
+        unsubscribe = ml.may_unsubscribe
         return MessageParts(
             subject=self.subject,
             html=r.html,
@@ -150,7 +150,7 @@ class Outbox:
 
     def unsubscribe_url(self, uid: str, slug: str) -> str | None:
         ml = self._list(slug)
-        if not ml.allow_unsubscribe or ml.role is Role.REPORT_TO:
+        if not ml.may_unsubscribe:
             return None
         if self._key is None:
             self._key = self.config.signing_keys()[0]

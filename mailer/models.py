@@ -134,6 +134,12 @@ class Status(enum.StrEnum):
     REMOVED_BY_STAFF = "removed_by_staff"
 
 
+def may_unsubscribe(role: Role, allow_unsubscribe: bool) -> bool:
+    """Whether members of a list unsubscribe themselves: report-to (报) bodies are
+    official recipients whatever the setting says; staff change them."""
+    return allow_unsubscribe and role is not Role.REPORT_TO
+
+
 @dataclass(frozen=True)
 class MailingList:
     id: int
@@ -142,6 +148,10 @@ class MailingList:
     title: str
     footer_label: str
     allow_unsubscribe: bool
+
+    @property
+    def may_unsubscribe(self) -> bool:
+        return may_unsubscribe(self.role, self.allow_unsubscribe)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import markupsafe
 import premailer
 
 from mailer.models import Block, EndBlock, Issue, Masthead, Role, Span
+from mailer.models import may_unsubscribe as unsubscribable
 
 # cssutils logs every property it does not know (mso-*, -webkit-*) at ERROR/WARNING;
 # none of it is actionable for us, and it would flood the staff CLI.
@@ -380,7 +381,7 @@ def _footer_view(audience: Audience) -> _FooterView:
             f"您收到此简报，是因为贵单位在本会{audience.list_title}（{audience.footer_label}）中。"
         )
     # Report-to bodies are official recipients, changed only by staff (DESIGN.md).
-    may_unsubscribe = audience.allow_unsubscribe and audience.role is not Role.REPORT_TO
+    may_unsubscribe = unsubscribable(audience.role, audience.allow_unsubscribe)
     return _FooterView(
         reason=reason,
         unsubscribe_url=UNSUBSCRIBE_PLACEHOLDER if may_unsubscribe else None,

@@ -35,6 +35,7 @@ from .errors import AlreadySent, IssueError, MailerError, SendError
 from .issue import parse_file
 from .models import Campaign, CampaignStatus, Issue
 from .send import Database, Run, run_for
+from .stamps import parse_stamp
 from .store import Store
 from .store.base import utc_now
 
@@ -46,10 +47,6 @@ ISSUE_SUFFIXES = (".txt", ".md")
 
 class DaemonRunning(MailerError):
     """Another daemon holds the database."""
-
-
-def parse_stamp(stamp: str) -> dt.datetime:
-    return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
 
 
 def event(level: int, event_name: str, campaign: int | None = None, **fields: Any) -> None:

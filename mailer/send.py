@@ -37,6 +37,7 @@ from .config import Config
 from .errors import SendError
 from .message import PreparedMessage, make_message_id
 from .models import DeliveryStatus
+from .stamps import parse_stamp
 from .store import DeliveryResult, Job, Store
 from .store.base import utc_now
 from .transport import (
@@ -339,7 +340,7 @@ class Run:
             return True  # pending rows appeared (a claim raced an unclaim): go on
         if not self.wait_for_retries:
             return False
-        when = dt.datetime.strptime(due, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+        when = parse_stamp(due)
         await self._sleep_or_stop(max((when - self.clock()).total_seconds(), 0.0) + 0.01)
         return True
 
@@ -359,8 +360,7 @@ class Run:
             while self._in_flight and not self.stop.is_set():
                 await self._sleep_or_stop(0.02)
             oldest = await db.call(Store.oldest_sent_since, now - window)
-            start = (dt.datetime.strptime(oldest, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-                     if oldest else now)
+            start = parse_stamp(oldest) if oldest else now
             resume = start + window + dt.timedelta(seconds=1)
             self.progress.waiting_until = resume
             self.on_progress(self.progress)
@@ -441,8 +441,7 @@ class Run:
             return DeliveryResult(job.delivery_id, DeliveryStatus.FAILED, reply.code, text,
                                   message_id, bounce=True)
         now = self.clock()
-        first = dt.datetime.strptime(job.first_attempt_at, "%Y-%m-%dT%H:%M:%SZ").replace(
-            tzinfo=dt.UTC)
+        first = parse_stamp(job.first_attempt_at)
         if (now - first).total_seconds() >= self.policy.lifetime:
             return DeliveryResult(
                 job.delivery_id, DeliveryStatus.FAILED, reply.code,

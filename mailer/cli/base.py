@@ -6,7 +6,6 @@ traceback for a mistake they can fix.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import sqlite3
 import sys
@@ -20,6 +19,7 @@ from rich.console import Console
 from .. import config as config_mod
 from ..config import Config
 from ..errors import MailerError
+from ..stamps import parse_stamp
 from ..store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -60,7 +60,7 @@ class State:
     def local_time(self, stamp: str) -> str:
         """A stored UTC stamp shown in the configured time zone."""
         try:
-            t = dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+            t = parse_stamp(stamp)
         except ValueError:
             return stamp
         return t.astimezone(zoneinfo.ZoneInfo(self.config.timezone)).strftime("%Y-%m-%d %H:%M")

@@ -17,6 +17,7 @@ from rich.table import Table
 from .. import recipients_file
 from ..errors import ImportRejected, InvalidInput
 from ..models import Event, Member, Status
+from ..stamps import stamp as to_stamp
 from ..store import Store
 from ..validate import clean_text, normalise_email
 from .base import State, cli, console, pass_state, print_json
@@ -376,7 +377,7 @@ def unsubscribes(state: State, since: dt.datetime | None, as_json: bool) -> None
     stamp = None
     if since is not None:
         local = since.replace(tzinfo=zoneinfo.ZoneInfo(state.config.timezone))
-        stamp = local.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = to_stamp(local)
     with state.store() as store:
         events = store.unsubscribes(stamp)
     if as_json:

@@ -13,6 +13,7 @@ from ..compose import compose, load_issue
 from ..errors import InvalidInput
 from ..models import CampaignStatus
 from ..schedule import local_time, run_daemon
+from ..stamps import stamp
 from .base import State, cli, console, pass_state, print_json
 
 STATUS_ORDER = ("pending", "sending", "paused", "sent", "missed", "cancelled")
@@ -79,19 +80,15 @@ def schedule_add(state: State, issue: Path, at: dt.datetime, lists: tuple[str, .
                          sha256=sha)
         for w in outbox.warnings:
             click.secho(f"warning: {w}", fg="yellow", err=True)
-        if any(ml.allow_unsubscribe for ml in outbox.lists):
+        if any(ml.may_unsubscribe for ml in outbox.lists):
             cfg.signing_keys()
         issue_id = outbox.record(store)
         cid = store.create_campaign(issue_id, chosen, source_path=str(issue.resolve()),
                                     sha256=sha, again=again, scheduled_at=when)
     click.echo(f"campaign {cid}: {outbox.subject} → {', '.join(chosen)} at "
-               f"{state.local_time(_stamp(when))} ({cfg.schedule.timezone})")
+               f"{state.local_time(stamp(when))} ({cfg.schedule.timezone})")
     if cfg.schedule.require_approval:
         click.echo(f"it waits for approval: `mailer approve {cid}`")
-
-
-def _stamp(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @schedule.command("list")

@@ -150,7 +150,7 @@ def send(state: State, issue_or_campaign: str | None, lists: tuple[str, ...], dr
         if dry_run:
             _dry_run(store, outbox, audience)
             return
-        if any(ml.allow_unsubscribe for ml in outbox.lists):
+        if any(ml.may_unsubscribe for ml in outbox.lists):
             state.config.signing_keys()  # no secret: refuse before anything is written
         for slug in chosen:  # render and build now: a broken template writes nothing
             outbox.message(slug, True)

@@ -29,6 +29,7 @@ from sqlite_utils import Database
 from ..config import ListConfig
 from ..errors import NotInitialised, StoreError, UnknownList, UnknownUnit
 from ..models import MailingList, Role, Unit, UnitKind
+from ..stamps import stamp
 from .schema import MIGRATIONS
 
 BUSY_TIMEOUT_S = 10.0
@@ -46,8 +47,7 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _stamp(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+_stamp = stamp  # the store's name for it
 
 
 def _create_private_file(path: Path) -> None:
