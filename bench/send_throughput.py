@@ -404,23 +404,26 @@ def run_smtp_source(port: int, sessions: int, count: int, message_file: Path) ->
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     deadline = t0 + STEP_TIMEOUT
-    status = None
+    pid = status = 0
     ru = None
-    while time.perf_counter() < deadline:
-        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        time.sleep(0.002)
-    wall = time.perf_counter() - t0
+    try:
+        while time.perf_counter() < deadline:
+            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)  # its own rusage
+            if pid:
+                break
+            time.sleep(0.002)
+        wall = time.perf_counter() - t0
+    finally:
+        if not pid:  # timed out, or we are being stopped
+            proc.kill()
+            proc.wait()
     if ru is None or not pid:
-        proc.kill()
-        proc.wait()
         raise RuntimeError("smtp-source timed out")
-    proc.returncode = os.waitstatus_to_exitcode(status or 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"smtp-source exited with {proc.returncode}")
-    return {"messages": count, "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
-            "peak_rss_mb": ru.ru_maxrss / 1024}
+    # (no peak RSS: a child's ru_maxrss starts from ours, carried over execve)
+    return {"messages": count, "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime}
 
 
 def cpu_of(pid: int) -> float:
@@ -465,7 +468,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "cpu_ms_per_msg": round(statistics.median(cpu), 3),
         "sink_cpu_ms_per_msg": round(statistics.median(
             r["sink_cpu_s"] / r["messages"] * 1e3 for r in runs), 3),
-        "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs), 1),
+        "peak_rss_mb": round(max(r.get("peak_rss_mb", 0.0) for r in runs), 1),
     }
 
 
