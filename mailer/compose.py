@@ -59,11 +59,9 @@ def end_block(store: Store, config: Config, issue: Issue) -> tuple[EndBlock, lis
     warnings: list[str] = []
     configured = {lc.slug: lc for lc in config.lists}
     for ml in sorted(store.lists(), key=lambda m: ROLE_ORDER.get(m.role, 9)):
-        units = list(dict.fromkeys(
-            m.unit for m in store.members(list_slug=ml.slug) if m.status.value == "active"
-        ))
         lc = configured.get(ml.slug)
         collective = lc.collective_label if lc else None
+        units = [] if collective else store.active_units(ml.slug)
         names = (collective,) if collective else tuple(units)
         if names:
             lines.append(EndLine(ml.footer_label, NAME_SEPARATOR.join(names), names))

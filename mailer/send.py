@@ -476,6 +476,9 @@ def run_for(config: Config, outbox: Outbox, campaign_id: int, **options: Any) ->
 async def _put_unless_dead(queue: asyncio.Queue[T], item: T,
                            workers: Iterable[asyncio.Task[None]]) -> bool:
     """Put into a bounded queue, unless every worker has ended (nobody would take it)."""
+    if not queue.full():  # the usual case: no task, no wait
+        queue.put_nowait(item)
+        return True
     if all(w.done() for w in workers):
         return False
     put = asyncio.ensure_future(queue.put(item))

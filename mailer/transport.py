@@ -330,14 +330,25 @@ class _Wire(asyncio.Protocol):
 
     async def read(self, timeout: float) -> tuple[int, str]:
         if not self._replies and self.error is None:
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            # A plain timer: wait_for wraps every read in a task, which costs more
+            # than the read itself on the bulk path.
+            timer = loop.call_later(timeout, _expire, waiter)
             try:
-                await asyncio.wait_for(self._waiter, timeout)
+                await waiter
             except TimeoutError:
                 raise _ConnectionDead(f"no reply within {timeout:g} s") from None
+            finally:
+                timer.cancel()
         if self._replies:
             return self._replies.popleft()
         raise _ConnectionDead(self.error or "connection lost")
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 # --- the transport --------------------------------------------------------------

@@ -392,3 +392,26 @@ def _no_leftover_threads() -> Iterator[None]:
     yield
     for t in set(threading.enumerate()) - before:
         t.join(5)
+
+
+def test_audience_and_end_block_come_from_sql(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    from mailer.compose import end_block
+
+    for slug in ("report-to", "send-to"):
+        run("recipients", "import", str(REPO / "recipients" / f"{slug}.csv"), "--list", slug)
+    run("recipients", "add", "dangban@wanxiang.example.org", "--list", "report-to",
+        "--unit", "万向集团")
+    run("recipients", "remove", "zzb@sheng.example.org")
+    with Store.open(initialised) as store:
+        # The shared address counts once, as report-to; the removed one not at all.
+        assert store.audience(["send-to", "report-to"]) == {"report-to": 7, "send-to": 13}
+        block, warnings = end_block(store, config_mod.load(config_file), sample_issue())
+    report = block.line("报")
+    assert report is not None
+    assert report.names == ("省委“两新”工委", "市委组织部", "市委“两新”工委",
+                            "各区、县（市）委组织部", "各区、县（市）委“两新”工委", "张仲灿",
+                            "万向集团")
+    assert block.line("发") is not None and block.line("发").names == ("协会会员",)
+    assert any("省委组织部" in w for w in warnings)

@@ -173,16 +173,21 @@ class LedgerMixin(StoreBase):
         return total
 
     def audience(self, lists: Sequence[str]) -> dict[str, int]:
-        """How many distinct addresses each list would get now (report-to first)."""
-        seen: set[int] = set()
+        """How many distinct addresses each list would get now (report-to first, as
+        the deliveries are written). Counted in SQL: a million ids never reach Python."""
         out: dict[str, int] = {}
         roles = {ml.slug: ml.role for ml in self.lists()}
+        earlier: list[str] = []
         for slug in sorted(lists, key=lambda s: roles[s] is not Role.REPORT_TO):
-            ids = {r[0] for r in self.db.execute(
-                "SELECT s.recipient_id FROM subscriptions s JOIN lists l ON l.id = s.list_id "
-                "WHERE l.slug = ? AND s.status = 'active'", [slug])}
-            out[slug] = len(ids - seen)
-            seen |= ids
+            marks = ",".join("?" * len(earlier)) or "NULL"
+            out[slug] = self.db.execute(
+                "SELECT COUNT(*) FROM subscriptions s JOIN lists l ON l.id = s.list_id "
+                "WHERE l.slug = ? AND s.status = 'active' AND s.recipient_id NOT IN ("
+                "SELECT s2.recipient_id FROM subscriptions s2 JOIN lists l2 ON l2.id = s2.list_id "
+                f"WHERE s2.status = 'active' AND l2.slug IN ({marks}))",
+                [slug, *earlier],
+            ).fetchone()[0]
+            earlier.append(slug)
         return out
 
     def set_campaign_status(
@@ -427,25 +432,26 @@ class LedgerMixin(StoreBase):
                 [campaign_id, stamp, limit],
             ).fetchall()
             jobs = []
+            skipped = []
             for (did, rid, uid, email, email_ascii, name, slug, attempts, first,
                  sub_status) in rows:
                 if sub_status != Status.ACTIVE.value:
-                    self.db.execute(
-                        "UPDATE deliveries SET status = 'unsubscribed', last_response = ?, "
-                        "updated_at = ? WHERE id = ?",
-                        [f"not sent: subscription {sub_status}", stamp, did],
-                    )
+                    skipped.append((f"not sent: subscription {sub_status}", stamp, did))
                     continue
-                self.db.execute(
-                    "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, "
-                    "first_attempt_at = COALESCE(first_attempt_at, ?), updated_at = ? "
-                    "WHERE id = ?",
-                    [stamp, stamp, did],
-                )
                 jobs.append(Job(delivery_id=did, campaign_id=campaign_id, recipient_id=rid,
                                 uid=uid, email=email, email_ascii=email_ascii, name=name,
                                 list_slug=slug, attempts=attempts + 1,
                                 first_attempt_at=first or stamp))
+            self.db.conn.executemany(
+                "UPDATE deliveries SET status = 'unsubscribed', last_response = ?, "
+                "updated_at = ? WHERE id = ?",
+                skipped,
+            )
+            self.db.conn.executemany(
+                "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, "
+                "first_attempt_at = COALESCE(first_attempt_at, ?), updated_at = ? WHERE id = ?",
+                [(stamp, stamp, j.delivery_id) for j in jobs],
+            )
             return jobs
 
     def unclaim(self, delivery_ids: Sequence[int]) -> None:
@@ -464,15 +470,15 @@ class LedgerMixin(StoreBase):
             return
         now = self._now()
         with self.write():
+            self.db.conn.executemany(
+                "UPDATE deliveries SET status = ?, last_code = ?, last_response = ?, "
+                "message_id = ?, next_attempt_at = ?, updated_at = ?, "
+                "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END WHERE id = ?",
+                [(res.status.value, res.code, res.response[:500], res.message_id,
+                  _stamp(res.next_attempt_at) if res.next_attempt_at else None, now,
+                  res.status.value, now, res.delivery_id) for res in results],
+            )
             for res in results:
-                self.db.execute(
-                    "UPDATE deliveries SET status = ?, last_code = ?, last_response = ?, "
-                    "message_id = ?, next_attempt_at = ?, updated_at = ?, "
-                    "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END WHERE id = ?",
-                    [res.status.value, res.code, res.response[:500], res.message_id,
-                     _stamp(res.next_attempt_at) if res.next_attempt_at else None, now,
-                     res.status.value, now, res.delivery_id],
-                )
                 if res.bounce:
                     self._bounce(res.delivery_id, res.code, res.response)
 

@@ -307,6 +307,20 @@ class RosterMixin(StoreBase):
                 raise InvalidInput(f"nothing to change for {address.email} ({states})")
             return changed
 
+    def active_units(self, list_slug: str) -> list[str]:
+        """The units with an active address on a list: the names an end block prints."""
+        rows = self.db.execute(
+            "SELECT u.id, u.name, u.group_name, u.kind FROM units u WHERE EXISTS ("
+            "SELECT 1 FROM recipients r JOIN subscriptions s ON s.recipient_id = r.id "
+            "JOIN lists l ON l.id = s.list_id "
+            "WHERE r.unit_id = u.id AND l.slug = ? AND s.status = 'active')",
+            [list_slug],
+        ).fetchall()
+        # Superior bodies first (as `units list` shows them), then by 片组, then as entered.
+        ordered = sorted(rows, key=lambda r: (r[3] != UnitKind.AUTHORITY.value,
+                                              group_order(r[2]), r[0]))
+        return [r[1] for r in ordered]
+
     def uid_of(self, email: str) -> str | None:
         r = self.db.execute("SELECT uid FROM recipients WHERE email = ?", [email]).fetchone()
         return r[0] if r else None
