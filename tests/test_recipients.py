@@ -421,3 +421,24 @@ def test_unit_unsubscribe_and_unsubscribes_report(run: Run, initialised: Path) -
     assert {e["detail"]["source"] for e in report} == {"staff"}
     assert json.loads(run("unsubscribes", "--since", "2999-01-01", "--json").stdout) == []
     assert "dangwei@xizi.example.org" in run("unsubscribes").stdout
+
+
+def test_report_to_never_unsubscribes_itself_whatever_the_config(
+    run: Run, config_file: Path, db_path: Path
+) -> None:
+    from mailer.errors import InvalidInput
+
+    from .conftest import CONFIG
+
+    config_file.write_text(CONFIG + "\n[lists.report-to]\nallow_unsubscribe = true\n",
+                           encoding="utf-8")
+    run("init")
+    run("recipients", "import", str(REPO / "recipients" / "report-to.csv"), "--list", "report-to")
+    with Store.open(db_path) as store:
+        uid = store.uid_of("zzb@sheng.example.org")
+        assert uid is not None
+        sub = store.find_subscription(uid, "report-to")
+        assert sub is not None and not sub.allow_unsubscribe
+        with pytest.raises(InvalidInput, match="changed by staff only"):
+            store.unsubscribe(uid, "report-to", source="one-click", actor="web")
+    assert members(run, "--list", "report-to")[0]["status"] == "active"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidInput, UnknownRecipient
-from ..models import Event, MailingList, Member, Role, Status, Unit, UnitKind
+from ..models import Event, MailingList, Member, Role, Status, Unit, UnitKind, may_unsubscribe
 from ..validate import Address, normalise_email
 from .base import StoreBase
 
@@ -344,7 +344,9 @@ class RosterMixin(StoreBase):
             return None
         return Subscriber(
             recipient_id=r[0], uid=r[1], email=r[2], name=r[3], unit_id=r[4], unit=r[5],
-            list_slug=r[6], role=Role(r[7]), allow_unsubscribe=bool(r[8]), status=Status(r[9]),
+            list_slug=r[6], role=Role(r[7]),
+            # Report-to bodies never unsubscribe themselves, whatever the config says.
+            allow_unsubscribe=may_unsubscribe(Role(r[7]), bool(r[8])), status=Status(r[9]),
             other_active_in_unit=r[10],
         )
 
