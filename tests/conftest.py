@@ -86,6 +86,16 @@ def snapshot(path: Path) -> dict[str, list[tuple[Any, ...]]]:
         conn.close()
 
 
+def ledger(db: Path) -> dict[str, dict[str, Any]]:
+    """The campaign ledger's rows by address, straight from the file."""
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        return {r["email"]: dict(r) for r in conn.execute("SELECT * FROM deliveries")}
+    finally:
+        conn.close()
+
+
 def assert_one_line_error(result: Result, *fragments: str) -> None:
     """A refused command: exit 1, one line on stderr starting with Error:, no traceback."""
     assert result.exit_code == 1, result.output

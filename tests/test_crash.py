@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import REPO, Run
+from .conftest import REPO, Run, ledger
 from .smtp_server import Behaviour, Server, smtp_server
 from .test_send import many
 from .test_send_cli import SECRET, import_lists, issue_file, parse, write_config
@@ -72,13 +72,6 @@ def settle(srv: Server) -> None:
         time.sleep(0.2)
 
 
-def ledger(db: Path) -> dict[str, dict[str, Any]]:
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    try:
-        return {r["email"]: dict(r) for r in conn.execute("SELECT * FROM deliveries")}
-    finally:
-        conn.close()
 
 
 def in_doubt(srv: Server, db: Path) -> set[str]:

@@ -6,7 +6,6 @@ import asyncio
 import datetime as dt
 import email
 import email.policy
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from mailer.send import Policy, Progress, Run
 from mailer.store import Store
 from mailer.transport import SMTPSettings, SMTPTransport
 
-from .conftest import REPO
+from .conftest import REPO, ledger
 from .conftest import Run as CliRun
 from .sample_issue import sample_issue
 from .smtp_server import Behaviour, Received, smtp_server
@@ -73,12 +72,6 @@ def sender(s: Setup, port: int, **kw: Any) -> Run:
     )
 
 
-def ledger(db: Path) -> dict[str, dict[str, Any]]:
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    rows = {r["email"]: dict(r) for r in conn.execute("SELECT * FROM deliveries")}
-    conn.close()
-    return rows
 
 
 def parse(m: Received) -> EmailMessage:

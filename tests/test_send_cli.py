@@ -10,7 +10,6 @@ import io
 import json
 import shutil
 import socket
-import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -21,7 +20,7 @@ import pytest
 
 from mailer import config as config_mod
 
-from .conftest import CONFIG, REPO, Run, assert_one_line_error, snapshot
+from .conftest import CONFIG, REPO, Run, assert_one_line_error, ledger, snapshot
 from .smtp_server import Behaviour, Received, Server, smtp_server
 
 SECRET = "test-secret-0123456789abcdef"
@@ -67,13 +66,6 @@ def log_json(run: Run, *args: str) -> Any:
     return json.loads(run("log", *args, "--json").stdout)
 
 
-def ledger(db: Path) -> dict[str, dict[str, Any]]:
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    try:
-        return {r["email"]: dict(r) for r in conn.execute("SELECT * FROM deliveries")}
-    finally:
-        conn.close()
 
 
 @pytest.fixture
