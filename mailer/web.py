@@ -36,6 +36,7 @@ import errno
 import hashlib
 import ipaddress
 import logging
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -573,7 +574,17 @@ def run_server(config: Config, *, host: str | None = None, port: int | None = No
     logging to stderr unless the caller already configured logging."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(config, host=host, port=port, handle_signals=True))
+
+    async def main() -> None:
+        # Our own handlers, as in the daemon: uvicorn's re-raise the signal after
+        # shutting down, so a clean stop would end as "killed by SIGTERM".
+        server = build_server(config, host=host, port=port, handle_signals=False)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, setattr, server, "should_exit", True)
+        await serve(config, server=server)
+
+    asyncio.run(main())
 
 
 __all__ = [

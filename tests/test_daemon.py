@@ -408,3 +408,34 @@ def test_one_click_during_a_running_campaign_stops_that_address(
     rows = json.loads(run("log", "1", "--json").stdout)
     row = next(x for x in rows if x["email"] == email)
     assert row["status"] == "unsubscribed"
+
+
+def test_serve_command(run: Run, config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mailer serve --host --port`: the unsubscribe pages on their own, stopped by SIGTERM."""
+    monkeypatch.setenv("MAILER_SECRET", SECRET)
+    run("init")
+    port = free_port()
+    env = {**os.environ, "MAILER_SECRET": SECRET, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailer", "--config", str(config_file), "serve",
+         "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+    )
+    try:
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(healthy, 20, "mailer serve to answer")
+        assert httpx.get(f"http://127.0.0.1:{port}/u/v1.k1.bm9wZQ.AAAAAAAAAAAAAAAAAAAAAA",
+                         timeout=5).status_code == 404
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        assert proc.stderr is not None
+        proc.stderr.close()
