@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError, InvalidInput, UnknownList
 from .models import Role
+from .validate import normalise_email
 
 ENV_CONFIG = "MAILER_CONFIG"
 ENV_PASSWORD = "MAILER_SMTP_PASSWORD"
@@ -473,8 +474,6 @@ def _check_template(tbl: _Table, key: str, value: str) -> None:
 
 
 def _check_address(tbl: _Table, key: str, value: str) -> None:
-    from .validate import normalise_email
-
     try:
         normalise_email(value)
     except InvalidInput as e:  # re-anchor the message on the key path

@@ -439,3 +439,13 @@ def test_serve_command(run: Run, config_file: Path, monkeypatch: pytest.MonkeyPa
             proc.wait(5)
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+def test_schedule_takes_a_list_named_twice_once(
+        daemon_env: Callable[..., tuple[Daemon, Path]], run: Run) -> None:
+    with smtp_server() as srv:
+        _, issue = daemon_env(srv)
+    out = run("schedule", str(issue), "--at", at(3600)[0], "--list", "send-to",
+              "--list", "send-to").stdout
+    assert "→ send-to at" in out
+    assert [c["lists"] for c in campaigns(run)] == ["send-to"]

@@ -9,12 +9,12 @@ from typing import Any
 import click
 from rich.table import Table
 
-from ..compose import compose, load_issue
 from ..errors import InvalidInput
 from ..models import CampaignStatus
 from ..schedule import local_time, run_daemon
 from ..stamps import stamp
 from .base import State, cli, console, pass_state, print_json
+from .sending import campaign_lists, check_sendable, open_outbox
 
 STATUS_ORDER = ("pending", "sending", "paused", "sent", "missed", "cancelled")
 
@@ -71,20 +71,14 @@ def schedule_add(state: State, issue: Path, at: dt.datetime, lists: tuple[str, .
     if when <= now:
         raise InvalidInput(f"{at:%Y-%m-%d %H:%M} ({cfg.schedule.timezone}) is in the past; "
                            "give a later time, or send now with `mailer send`")
-    if not issue.is_file():
-        raise InvalidInput(f"{issue}: no such issue file")
-    parsed, sha = load_issue(issue)  # refuses an issue that fails `mailer issue check`
     with state.store() as store:
-        chosen = lists or tuple(ml.slug for ml in store.lists())
-        outbox = compose(parsed, config=cfg, store=store, lists=chosen, source=issue.resolve(),
-                         sha256=sha)
-        for w in outbox.warnings:
-            click.secho(f"warning: {w}", fg="yellow", err=True)
-        if any(ml.may_unsubscribe for ml in outbox.lists):
-            cfg.signing_keys()
+        chosen = campaign_lists(store, lists)
+        # Refuses an issue that fails `mailer issue check`, as `mailer send` does.
+        outbox = open_outbox(state, store, issue, chosen)
+        check_sendable(state, outbox)
         issue_id = outbox.record(store)
         cid = store.create_campaign(issue_id, chosen, source_path=str(issue.resolve()),
-                                    sha256=sha, again=again, scheduled_at=when)
+                                    sha256=outbox.sha256, again=again, scheduled_at=when)
     click.echo(f"campaign {cid}: {outbox.subject} → {', '.join(chosen)} at "
                f"{state.local_time(stamp(when))} ({cfg.schedule.timezone})")
     if cfg.schedule.require_approval:

@@ -46,6 +46,21 @@ def open_outbox(state: State, store: Store, path: Path, lists: tuple[str, ...]) 
     return outbox
 
 
+def campaign_lists(store: Store, lists: tuple[str, ...]) -> tuple[str, ...]:
+    """The lists named (each once: a list named twice counted 0 recipients the second
+    time), or every list."""
+    return tuple(dict.fromkeys(lists)) or tuple(ml.slug for ml in store.lists())
+
+
+def check_sendable(state: State, outbox: Outbox) -> None:
+    """What could still fail once a campaign is written, checked before writing it: the
+    signing secret for unsubscribe links, and rendering every list's message."""
+    if any(ml.may_unsubscribe for ml in outbox.lists):
+        state.config.signing_keys()
+    for ml in outbox.lists:
+        outbox.message(ml.slug, True)
+
+
 @contextmanager
 def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
     """Ctrl-C or SIGTERM: stop claiming, let in-flight messages finish."""
@@ -143,17 +158,13 @@ def send(state: State, issue_or_campaign: str | None, lists: tuple[str, ...], dr
         raise click.UsageError("give the issue file to send (or --resume CAMPAIGN)")
     path = Path(issue_or_campaign)
     with state.store() as store:
-        # Once each: a list named twice counted 0 recipients the second time.
-        chosen = tuple(dict.fromkeys(lists)) or tuple(ml.slug for ml in store.lists())
+        chosen = campaign_lists(store, lists)
         outbox = open_outbox(state, store, path, chosen)
         audience = store.audience(chosen)
         if dry_run:
             _dry_run(store, outbox, audience)
             return
-        if any(ml.may_unsubscribe for ml in outbox.lists):
-            state.config.signing_keys()  # no secret: refuse before anything is written
-        for slug in chosen:  # render and build now: a broken template writes nothing
-            outbox.message(slug, True)
+        check_sendable(state, outbox)
         issue_id = outbox.record(store)
         campaign_id = store.create_campaign(issue_id, chosen, source_path=str(path.resolve()),
                                             sha256=outbox.sha256, again=again)

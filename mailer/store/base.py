@@ -47,7 +47,6 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-_stamp = stamp  # the store's name for it
 
 
 def _create_private_file(path: Path) -> None:
@@ -167,7 +166,7 @@ class StoreBase:
             raise StoreError(f"{self.path}: could not save the change: {e}") from None
 
     def _now(self) -> str:
-        return _stamp(self.clock())
+        return stamp(self.clock())
 
     def _event(
         self,

@@ -17,7 +17,8 @@ from typing import Any
 
 from ..errors import AlreadySent, InvalidInput, UnknownCampaign
 from ..models import Campaign, CampaignStatus, Delivery, DeliveryStatus, Role, Status
-from .base import StoreBase, _stamp
+from ..stamps import stamp as _stamp
+from .base import StoreBase
 
 OPEN_STATUSES = (DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED)
 _OPEN_SQL = ", ".join(f"'{s.value}'" for s in OPEN_STATUSES)
@@ -96,6 +97,7 @@ class LedgerMixin(StoreBase):
     ) -> int:
         """A new campaign. Without ``scheduled_at`` it starts at once (deliveries written
         in the same transaction); with it, it waits as ``pending``."""
+        lists = tuple(dict.fromkeys(lists))  # each list once
         with self.write():
             for slug in lists:
                 self.get_list(slug)
