@@ -269,7 +269,10 @@ class _Wire(asyncio.Protocol):
         if len(self._buffer) > _MAX_REPLY:
             self._fail("reply too long")
             return
-        self._wake()
+        # Bytes that are not yet a whole reply wake nobody: TCP, TLS records and
+        # proxies cut replies anywhere, and the rest follows in a later read.
+        if self._replies:
+            self._wake()
 
     def _find_reply_end(self) -> int:
         """Offset just past the last line of the first complete reply, or -1."""
@@ -329,26 +332,41 @@ class _Wire(asyncio.Protocol):
             raise _ConnectionDead(self.error)
 
     async def read(self, timeout: float) -> tuple[int, str]:
+        """The next complete reply. Only the end of the connection or ``timeout``
+        seconds without a complete reply raise ``_ConnectionDead``."""
         if not self._replies and self.error is None:
             loop = asyncio.get_running_loop()
-            waiter = self._waiter = loop.create_future()
             # A plain timer: wait_for wraps every read in a task, which costs more
             # than the read itself on the bulk path.
-            timer = loop.call_later(timeout, _expire, waiter)
+            deadline = _Deadline()
+            timer = loop.call_later(timeout, deadline.expire, self)
             try:
-                await waiter
-            except TimeoutError:
-                raise _ConnectionDead(f"no reply within {timeout:g} s") from None
+                # Woken only by a complete reply or a failure; the loop is a guard,
+                # so that a wake-up without a reply can never pass for a lost one.
+                while not self._replies and self.error is None:
+                    if deadline.expired:
+                        raise _ConnectionDead(f"no reply within {timeout:g} s")
+                    self._waiter = loop.create_future()
+                    await self._waiter
             finally:
                 timer.cancel()
+                self._waiter = None
         if self._replies:
             return self._replies.popleft()
         raise _ConnectionDead(self.error or "connection lost")
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
+class _Deadline:
+    """Set by the read timer; the reader sees it when woken."""
+
+    __slots__ = ("expired",)
+
+    def __init__(self) -> None:
+        self.expired = False
+
+    def expire(self, wire: _Wire) -> None:
+        self.expired = True
+        wire._wake()
 
 
 # --- the transport --------------------------------------------------------------

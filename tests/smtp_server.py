@@ -15,6 +15,7 @@ the ``with`` block ends.
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import ssl
 import threading
@@ -43,6 +44,12 @@ class Behaviour:
     data_552: bool = False  # 552 at the end of DATA
     drop_after_data: int = 0  # hang up without replying after the final "." this many times
     starttls: ssl.SSLContext | None = None  # offer STARTTLS with this server context
+    # Cut every reply the server writes: "random" into 1-4 pieces at random byte
+    # offsets, "bytes" one byte at a time; each piece is its own write (its own TLS
+    # record under STARTTLS), a little later than the one before.
+    split: str = ""
+    seed: int = 0
+    multiline: bool = False  # answer MAIL, RCPT and the end of DATA in two lines
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,7 @@ class _Handler:
             return f"{self.b.refuse_sender} 5.7.1 <{address}>: sender not allowed"
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        return "250 OK"
+        return "250-Sender\r\n250 OK" if self.b.multiline else "250 OK"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str,
@@ -97,7 +104,7 @@ class _Handler:
                 envelope.rcpt_tos.append(address)  # the bug: remembers it anyway
             return f"{self.b.refuse[address]} 5.1.1 <{address}>: refused"
         envelope.rcpt_tos.append(address)
-        return "250 OK"
+        return "250-Recipient\r\n250 OK" if self.b.multiline else "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.drops_left > 0:
@@ -111,11 +118,53 @@ class _Handler:
             envelope.mail_from or "", list(envelope.rcpt_tos),
             bytes(envelope.original_content or b""), list(envelope.mail_options),
         ))
-        return f"250 OK message {self.count} for {','.join(envelope.rcpt_tos)}"
+        done = f"250 OK message {self.count} for {','.join(envelope.rcpt_tos)}"
+        return f"250-2.0.0 Queued\r\n250-as {self.count}\r\n{done}" if self.b.multiline else done
+
+
+class _SplittingSMTP(SMTP):  # type: ignore[misc]
+    """aiosmtpd's server, writing each reply in pieces (``Behaviour.split``), all but
+    the greeting: the Controller's own start-up probe reads only its first recv."""
+
+    def __init__(self, *args: Any, behaviour: Behaviour, rng: random.Random, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.behaviour = behaviour
+        self.rng = rng
+        self.greeted = False
+
+    async def push(self, status: str | bytes) -> None:
+        if not self.greeted:
+            self.greeted = True
+            await super().push(status)
+            return
+        raw = status.encode() if isinstance(status, str) else status
+        raw += b"\r\n"
+        if self.behaviour.split == "bytes":
+            cuts = list(range(1, len(raw)))
+        else:
+            cuts = sorted(self.rng.sample(range(1, len(raw)), min(len(raw) - 1,
+                                                                 self.rng.randint(0, 3))))
+        for start, end in zip([0, *cuts], [*cuts, len(raw)], strict=True):
+            self._writer.write(raw[start:end])
+            await self._writer.drain()
+            if end < len(raw):
+                # Long enough for the client to read the piece on its own.
+                await asyncio.sleep(self.rng.choice((0.0005, 0.001, 0.003)))
 
 
 class _Controller(Controller):  # type: ignore[misc]
     """aiosmtpd's Controller on port 0: learn the real port before it tests itself."""
+
+    def __init__(self, handler: _Handler, **kw: Any) -> None:
+        super().__init__(handler, **kw)
+        self.behaviour = handler.b
+        self.rng = random.Random(handler.b.seed)
+
+    def factory(self) -> SMTP:
+        if not self.behaviour.split:
+            return super().factory()
+        return _SplittingSMTP(self.handler, behaviour=self.behaviour, rng=self.rng,
+                              **self.SMTP_kwargs)
 
     def _trigger_server(self) -> None:
         self.port = self.server.sockets[0].getsockname()[1]

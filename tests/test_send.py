@@ -211,6 +211,22 @@ def test_dropped_connection_after_data_is_retried(
     assert len(srv.messages) == 14
 
 
+def test_replies_cut_anywhere_deliver_each_message_once(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    """A relay (or proxy) whose replies arrive in pieces: every recipient gets one
+    copy, every row is sent at the first attempt, nothing is retried."""
+    s = prepare(run, initialised, config_file, extra=many(186))  # 200 recipients
+    behaviour = Behaviour(pipelining=True, split="random", multiline=True, seed=7)
+    with smtp_server(behaviour) as srv:
+        progress = asyncio.run(sender(s, srv.port, policy=Policy(concurrency=4)).run())
+    assert progress.sent == 200
+    rows = ledger(initialised)
+    assert {(r["status"], r["attempts"]) for r in rows.values()} == {("sent", 1)}
+    got = [m.rcpt_tos[0] for m in srv.messages]
+    assert len(got) == 200 and set(got) == set(rows)
+
+
 def test_unreachable_relay_is_one_line_and_the_campaign_stays_resumable(
     run: CliRun, initialised: Path, config_file: Path, env: None
 ) -> None:

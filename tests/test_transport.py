@@ -425,3 +425,88 @@ def test_server_that_goes_mute_mid_session() -> None:
     assert "no reply within 0.3 s" in first.text
     assert again.outcome is Outcome.DEFERRED  # reconnected, timed out again
     assert took < 3
+
+
+# --- replies cut anywhere ----------------------------------------------------------
+# TCP keeps no reply boundaries, and TLS records and proxies cut replies too: every
+# reply must be read whole, whatever the segmentation, and only EOF or a timeout may
+# count as a lost connection (a wrongly lost reply resends accepted mail).
+
+
+@pytest.mark.parametrize(("split", "multiline", "pipelining", "count"), [
+    ("random", False, True, 120),
+    ("random", True, True, 120),
+    ("random", True, False, 60),
+    ("bytes", False, True, 25),
+    ("bytes", True, True, 15),
+])
+def test_segmented_replies_each_message_once(
+    split: str, multiline: bool, pipelining: bool, count: int
+) -> None:
+    msgs = [message(f"r{i}@example.org", i) for i in range(count)]
+    behaviour = Behaviour(pipelining=pipelining, split=split, multiline=multiline, seed=count)
+    with smtp_server(behaviour) as srv:
+        replies = run(send_all(settings(srv), [e for e, _ in msgs]), 120)
+    assert [r.outcome for r in replies] == [Outcome.SENT] * count, replies[:3]
+    assert [m.rcpt_tos[0] for m in srv.messages] == [f"r{i}@example.org" for i in range(count)]
+    assert len(srv.sessions) == 1  # never reconnected: no reply was taken for a drop
+    last = replies[-1].text
+    assert last.endswith(f"OK message {count} for r{count - 1}@example.org")
+    if multiline:
+        assert last.startswith(f"2.0.0 Queued\nas {count}\n")
+
+
+@pytest.mark.parametrize("split", ["random", "bytes"])
+def test_segmented_replies_over_tls(certificate: tuple[Path, Path], split: str) -> None:
+    """Under STARTTLS each piece is its own TLS record, so the client's TLS layer
+    hands the reader part of a reply at a time."""
+    cert, key = certificate
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    count = 60 if split == "random" else 10
+    msgs = [message(f"r{i}@example.org", i) for i in range(count)]
+    behaviour = Behaviour(pipelining=True, starttls=server_ctx, split=split, multiline=True)
+    with smtp_server(behaviour) as srv:
+        s = settings(srv, tls="starttls", tls_context=client_ctx)
+        replies = run(send_all(s, [e for e, _ in msgs]), 120)
+    assert [r.outcome for r in replies] == [Outcome.SENT] * count
+    assert [m.data for m in srv.messages] == [p for _, p in msgs]
+    assert len(srv.sessions) == 2  # EHLO before and after STARTTLS, one connection
+
+
+def test_reply_completed_30_ms_later() -> None:
+    """The reported storm: ``250 … queued as N`` and its CRLF 30 ms apart."""
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"220 slow ESMTP\r\n")
+        await r.readline()
+        w.write(b"250-slow\r\n250 PIPELINING\r\n")
+        n = 0
+        while (line := await r.readline()).startswith(b"MAIL"):
+            await r.readline()
+            await r.readline()
+            w.write(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go ahead\r\n")
+            await r.readuntil(b"\r\n.\r\n")
+            n += 1
+            w.write(b"250 2.0.0 Ok: queued as %d" % n)
+            await w.drain()
+            await asyncio.sleep(0.03)
+            w.write(b"\r\n")
+        if line.startswith(b"QUIT"):
+            w.write(b"221 Bye\r\n")
+        w.close()
+
+    async def go() -> list[Reply]:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await send_all(settings(Server(port, [], [])), [message()[0]] * 5)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    replies = run(go(), 20)
+    assert [(r.code, r.text) for r in replies] == [
+        (250, f"2.0.0 Ok: queued as {n}") for n in range(1, 6)
+    ]
