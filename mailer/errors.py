@@ -79,8 +79,78 @@ class UnknownCampaign(MailerError):
         super().__init__(f"no campaign {campaign_id}; see `mailer log` for the campaigns")
 
 
+class StaffOnly(InvalidInput):
+    """A list whose members are changed by staff only (report-to bodies)."""
+
+    def __init__(self, list_slug: str) -> None:
+        self.list_slug = list_slug
+        super().__init__(f"the {list_slug} list is changed by staff only")
+
+
 class SendError(MailerError):
-    """The relay cannot be used at all (unreachable, login refused, TLS failed)."""
+    """A campaign cannot be sent now; the subclasses say why."""
+
+
+class RelayUnavailable(SendError):
+    """The relay cannot be reached or refuses sessions for now; a later try may work."""
+
+    def __init__(self, host: str, port: int, reason: str, *, campaign_id: int | None = None
+                 ) -> None:
+        self.host, self.port, self.reason, self.campaign_id = host, port, reason, campaign_id
+        hint = (f"; nothing more was sent, `mailer send --resume {campaign_id}` continues"
+                if campaign_id is not None else "")
+        super().__init__(f"cannot reach the SMTP server {host}:{port}: {reason}{hint}")
+
+
+class RelayMisconfigured(SendError):
+    """The relay cannot be used as configured (TLS, login, no STARTTLS); retrying
+    without changing the configuration will not help."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        self.host, self.port, self.reason = host, port, reason
+        super().__init__(reason)
+
+
+class SenderRefused(SendError):
+    """The relay refuses our envelope sender: every message would fail alike."""
+
+    def __init__(self, sender: str, code: int, text: str, campaign_id: int) -> None:
+        self.sender, self.code, self.text, self.campaign_id = sender, code, text, campaign_id
+        super().__init__(
+            f"the SMTP server refuses the sender address {sender}: {code} {text}; check "
+            f"[sender] address (`mailer send --resume {campaign_id}` continues the campaign)"
+        )
+
+
+class CampaignLocked(SendError):
+    """Another live process is sending this campaign."""
+
+    def __init__(self, campaign_id: int, holder: str) -> None:
+        self.campaign_id, self.holder = campaign_id, holder
+        super().__init__(
+            f"campaign {campaign_id} is being sent by another mailer process ({holder}); "
+            "wait for it to finish, or stop it first (`mailer pause "
+            f"{campaign_id}` stops any sender)"
+        )
+
+
+class CampaignNotSending(SendError):
+    """A campaign that cannot be resumed: it is not in the sending state."""
+
+    def __init__(self, campaign_id: int, status: str) -> None:
+        self.campaign_id, self.status = campaign_id, status
+        super().__init__(
+            f"campaign {campaign_id} is {status}; only a sending campaign can be resumed"
+        )
+
+
+class UnsendableRecipient(MailerError):
+    """One recipient's message cannot be built or sent (an address the relay cannot
+    take); that delivery fails alone and the campaign goes on."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        self.address, self.reason = address, reason
+        super().__init__(f"{address}: {reason}")
 
 
 class IssueError(MailerError):

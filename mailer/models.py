@@ -202,6 +202,7 @@ class CampaignStatus(enum.StrEnum):
     SENT = "sent"  # nothing left to try (some deliveries may have failed)
     MISSED = "missed"  # its time passed beyond the late limit while nothing ran
     CANCELLED = "cancelled"
+    FAILED = "failed"  # could not be prepared (its issue file gone, changed or broken)
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -230,6 +231,7 @@ class Campaign:
     source_sha256: str | None
     resume_at: str | None  # a quota pause: when sending may continue
     counts: dict[str, int] = field(default_factory=dict)  # delivery status -> rows
+    reason: str | None = None  # why it was missed or failed
 
 
 @dataclass(frozen=True)

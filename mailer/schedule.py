@@ -17,31 +17,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import fcntl
 import logging
 import os
 import signal
-import zoneinfo
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from .compose import Outbox, campaign_outbox, file_sha256, record_issue
+from . import campaigns
+from .compose import Outbox, file_sha256
 from .config import Config
-from .errors import AlreadySent, IssueError, MailerError, SendError
-from .issue import parse_file
-from .models import Campaign, CampaignStatus, Issue
-from .send import Database, Run, run_for
+from .errors import (
+    CampaignLocked,
+    CampaignNotSending,
+    IssueError,
+    MailerError,
+    RelayMisconfigured,
+    SendError,
+)
+from .locks import exclusive, lock_path
+from .models import Campaign, CampaignStatus
+from .send import Database, Run
 from .stamps import parse_stamp
 from .store import Store
 from .store.base import utc_now
 
 log = logging.getLogger("mailer")
 POLL_SECONDS = 1.0
-RETRY_SECONDS = 30.0  # after a run failed to reach the relay
+RETRY_SECONDS = 30.0  # after a run failed for a reason that may pass
+BUSY_SECONDS = 5.0  # another process is sending the campaign
 ISSUE_SUFFIXES = (".txt", ".md")
 
 
@@ -65,35 +72,15 @@ def setup_logging() -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
-@contextlib.contextmanager
-def database_lock(database: Path) -> Iterator[IO[str]]:
-    """Hold ``<database>.lock`` exclusively for the life of the daemon."""
-    path = database.with_name(database.name + ".lock")
-    f = open(path, "a+")  # noqa: SIM115 - held open while the daemon lives
-    try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            pid = f.read().strip() or "?"
-            raise DaemonRunning(
-                f"another `mailer run` (pid {pid}) is already running for {database}; "
-                "stop it first (one daemon per database)"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        yield f
-    finally:
-        f.close()
+def database_lock(database: Path) -> contextlib.AbstractContextManager[None]:
+    """Hold ``<database>.daemon.lock`` for the life of the daemon: one per database."""
+    def refuse(holder: str) -> DaemonRunning:
+        return DaemonRunning(
+            f"another `mailer run` ({holder}) is already running for {database}; "
+            "stop it first (one daemon per database)"
+        )
 
-
-def local_time(value: dt.datetime, timezone: str) -> dt.datetime:
-    """A naive time is in the configured time zone."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=zoneinfo.ZoneInfo(timezone))
-    return value.astimezone(dt.UTC)
+    return exclusive(lock_path(database, "daemon"), refuse=refuse)
 
 
 @dataclass
@@ -222,30 +209,37 @@ class Daemon:
         try:
             outbox = await self._outbox(c)
         except MailerError as e:
-            event(logging.ERROR, "not_started", cid, error=str(e))
+            await self._fail(c, str(e))
             return
         n = await self.db.call(Store.start_campaign, cid)
         event(logging.INFO, "started", cid, recipients=n, issue=c.issue_label)
         c = await self.db.call(Store.campaign, cid)
         await self._start_run(c, resumed=False, outbox=outbox)
 
-    async def _outbox(self, c: Campaign) -> Outbox:
-        def build(store: Store) -> Outbox:
-            return campaign_outbox(self.config, store, c,
-                                   warn=lambda w: event(logging.WARNING, "issue", c.id,
-                                                        warning=w))
+    async def _fail(self, c: Campaign, reason: str) -> None:
+        """A campaign that cannot be prepared (its file gone, changed or broken, no
+        signing secret): marked failed with its reason (shown by `mailer log` and
+        `schedule list`), never retried in a loop. `mailer resume` takes a started
+        one up again once the cause is mended."""
+        await self.db.call(Store.set_campaign_status, c.id, CampaignStatus.FAILED,
+                           allowed_from=[CampaignStatus.PENDING, CampaignStatus.SENDING],
+                           reason=reason)
+        event(logging.ERROR, "failed", c.id, error=reason)
 
-        return await self.db.call(build)
+    async def _outbox(self, c: Campaign) -> Outbox:
+        outbox = await self.db.call(lambda store: campaigns.reopen(self.config, store, c))
+        for w in outbox.warnings:
+            event(logging.WARNING, "issue", c.id, warning=w)
+        return outbox
 
     async def _start_run(self, c: Campaign, *, resumed: bool, outbox: Outbox | None = None
                          ) -> None:
         try:
             outbox = outbox or await self._outbox(c)
         except MailerError as e:
-            self.retry_after[c.id] = self.clock() + dt.timedelta(seconds=RETRY_SECONDS)
-            event(logging.ERROR, "not_resumed", c.id, error=str(e))
+            await self._fail(c, str(e))
             return
-        run = run_for(self.config, outbox, c.id, wait_for_retries=True)
+        run = campaigns.sender(self.config, outbox, c.id, wait_for_retries=True)
         if resumed:
             event(logging.INFO, "resumed", c.id, issue=c.issue_label)
         self.running[c.id] = (run, asyncio.create_task(self._drive(run)))
@@ -256,6 +250,16 @@ class Daemon:
             p = await run.run()
             event(logging.INFO, "run.ended", cid, sent=p.sent, deferred=p.deferred,
                   failed=p.failed)
+        except CampaignLocked as e:
+            # `mailer send` has it; look again soon, quietly.
+            self.retry_after[cid] = self.clock() + dt.timedelta(seconds=BUSY_SECONDS)
+            event(logging.INFO, "busy", cid, holder=e.holder)
+        except CampaignNotSending as e:
+            event(logging.INFO, "skipped", cid, status=e.status)
+        except RelayMisconfigured as e:
+            self.retry_after[cid] = self.clock() + dt.timedelta(seconds=RETRY_SECONDS)
+            event(logging.ERROR, "relay_misconfigured", cid, error=str(e),
+                  retry_in=f"{RETRY_SECONDS:.0f}s")
         except SendError as e:
             self.retry_after[cid] = self.clock() + dt.timedelta(seconds=RETRY_SECONDS)
             event(logging.ERROR, "send_failed", cid, error=str(e),
@@ -290,60 +294,39 @@ class Daemon:
             await self._consider(path.resolve(), seen)
 
     async def _consider(self, path: Path, seen: _Watched) -> None:
-        try:
-            sha = file_sha256(path)
-            result = parse_file(path)
-        except (OSError, IssueError) as e:
-            event(logging.ERROR, "issue.unreadable", file=path.name, error=str(e))
-            return
-        errors = [p for p in result.problems if p.severity == "error"]
-        if errors:
-            if seen.reported != sha:
-                seen.reported = sha
-                for p in errors:
-                    event(logging.ERROR, "issue.rejected", file=path.name, problem=str(p))
-            return
-        issue = result.issue
-        if issue.send_at is None:
-            return
-        when = local_time(issue.send_at, self.config.schedule.timezone)
-
+        """A new or changed file: refused with the same message as `mailer send`
+        would give, or scheduled (rescheduled) by its ``send_at``."""
         def apply(store: Store) -> str:
-            return _schedule_file(store, issue, path, sha, when, self.clock())
+            prepared = campaigns.prepare(self.config, store, path)
+            if prepared.outbox.issue.send_at is None:
+                return "ignored: no send_at"
+            for w in prepared.warnings:
+                event(logging.WARNING, "issue", file=path.name, warning=w)
+            return campaigns.schedule_file(self.config, store, prepared, now=self.clock())
 
+        name = "issue.not_scheduled"
         try:
             outcome = await self.db.call(apply)
-        except (MailerError, AlreadySent) as e:
+        except OSError as e:
+            name, outcome = "issue.unreadable", f"refused: {e.strerror}"
+        except IssueError as e:
+            name, outcome = "issue.rejected", f"refused: {e}"
+        except MailerError as e:
             outcome = f"refused: {e}"
-        if outcome.startswith(("refused", "ignored")):
-            if seen.reported != sha:
+        if outcome.startswith("ignored"):
+            return
+        if outcome.startswith("refused"):
+            try:
+                sha = file_sha256(path)
+            except OSError:
+                sha = ""
+            if seen.reported != sha or not sha:
                 seen.reported = sha
-                event(logging.WARNING, "issue.not_scheduled", file=path.name, why=outcome)
+                event(logging.ERROR if name != "issue.not_scheduled" else logging.WARNING,
+                      name, file=path.name, why=outcome.removeprefix("refused: "))
         else:
             event(logging.INFO, "issue." + outcome.split(" ")[0], file=path.name,
                   detail=outcome)
-
-
-def _schedule_file(store: Store, issue: Issue, path: Path, sha: str, when: dt.datetime,
-                   now: dt.datetime) -> str:
-    """What the watched folder does with a changed file; returns what happened."""
-    c = store.campaign_for_source(str(path))
-    if c is not None and c.source_sha256 == sha:
-        return "ignored: unchanged"
-    if c is not None and c.status is CampaignStatus.PENDING:
-        store.reschedule(c.id, when, sha256=sha, source_path=str(path))
-        return f"rescheduled campaign {c.id} for {when.isoformat()}"
-    if c is not None and c.status in (CampaignStatus.SENDING, CampaignStatus.SENT,
-                                      CampaignStatus.PAUSED):
-        return (f"refused: campaign {c.id} is already {c.status.value}; an edit after "
-                "sending is not sent (use `mailer send FILE --again` if it must go again)")
-    if when <= now:
-        return f"refused: send_at {when.isoformat()} is in the past"
-    lists = tuple(ml.slug for ml in store.lists())
-    issue_id = record_issue(store, issue, sha)
-    cid = store.create_campaign(issue_id, lists, source_path=str(path), sha256=sha,
-                                scheduled_at=when, again=c is not None)
-    return f"scheduled campaign {cid} for {when.isoformat()}"
 
 
 def run_daemon(config: Config) -> None:

@@ -23,37 +23,31 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime as dt
-import os
 import secrets
-import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from .compose import Outbox
 from .config import Config
-from .errors import SendError
+from .errors import CampaignLocked, RelayUnavailable, SenderRefused
+from .locks import exclusive, holder_description, lock_path
 from .message import PreparedMessage, make_message_id
 from .models import DeliveryStatus
 from .stamps import parse_stamp
 from .store import DeliveryResult, Job, Store
 from .store.base import utc_now
-from .transport import (
-    Envelope,
-    Outcome,
-    Reply,
-    SMTPSettings,
-    SMTPSetupError,
-    SMTPTransport,
-    Transport,
-)
+from .transport import Envelope, Outcome, Reply, Transport
 
 T = TypeVar("T")
+P = ParamSpec("P")
 Clock = Callable[[], dt.datetime]
 Sleep = Callable[[float], Awaitable[None]]
-LEASE_SECONDS = 60.0
+# Consecutive failures to open a session (refused, timed out, 421 at greeting or
+# EHLO) after which the relay counts as down: the run stops walking the campaign
+# (each recipient would cost a timeout) and backs off instead.
+RELAY_TROUBLE_LIMIT = 3
 
 
 @dataclass(frozen=True)
@@ -113,7 +107,10 @@ class Database:
         self._path = path
         self._clock = clock
 
-    async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    async def call(self, fn: Callable[Concatenate[Store, P], T], /, *args: P.args,
+                   **kwargs: P.kwargs) -> T:
+        """``fn(store, *args, **kwargs)`` on the database thread."""
+
         def run() -> T:
             if self._store is None:
                 self._store = Store.open(self._path, clock=self._clock)
@@ -198,7 +195,11 @@ UrlSource = Callable[[str, str], str | None]  # (recipient uid, list slug) -> un
 
 @dataclass
 class Run:
-    """Everything one sending run needs; ``run()`` sends until nothing is due."""
+    """Everything one sending run needs; ``run()`` sends until nothing is due.
+
+    The run holds the campaign's kernel lock (``mailer.locks``) for its whole life,
+    whoever starts it (`mailer send`, the daemon): a second sender is refused at
+    once, and a crashed one's lock is gone the moment it dies."""
 
     database: Path
     campaign_id: int
@@ -215,49 +216,67 @@ class Run:
     wait_for_retries: bool = False  # keep running until deferred rows are due
     on_progress: Callable[[Progress], None] = lambda p: None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
-    owner: str = field(
-        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-    )
+    owner: str = field(default_factory=lambda: f"{holder_description()} "
+                                               f"run {secrets.token_hex(4)}")
 
     progress: Progress = field(default_factory=Progress)
     _claimed: int = 0
     _in_flight: int = 0
+    _trouble: int = 0  # consecutive session failures
+    _down: Reply | None = None  # the relay counts as down; the last failure
 
     async def run(self) -> Progress:
-        """Send the campaign's due deliveries. Raises ``SendError`` (one line) when the
-        relay cannot be used at all; the campaign then stays resumable."""
-        db = Database(self.database, clock=self.clock)
-        try:
-            return await self._run(db)
-        finally:
-            await db.close()
+        """Send the campaign's due deliveries. Raises ``CampaignLocked`` when another
+        process sends it, ``RelayMisconfigured`` when the relay cannot be used as
+        configured, ``RelayUnavailable`` when it is down (after backing off, with
+        ``wait_for_retries``, until ``stop``), ``SenderRefused``; the campaign then
+        stays resumable."""
+        lock = lock_path(self.database, f"campaign-{self.campaign_id}")
+        with exclusive(lock, refuse=lambda holder: CampaignLocked(self.campaign_id, holder)):
+            db = Database(self.database, clock=self.clock)
+            try:
+                await db.call(Store.take_over, self.campaign_id, self.owner)
+                try:
+                    return await self._run(db)
+                finally:
+                    await db.call(Store.finish_if_done, self.campaign_id)
+                    await db.call(Store.release, self.campaign_id, self.owner)
+            finally:
+                await db.close()
 
     async def _run(self, db: Database) -> Progress:
-        lease = self.clock() + dt.timedelta(seconds=LEASE_SECONDS)
-        holder = await db.call(Store.lease_owner, self.campaign_id)
-        if not await db.call(Store.acquire_lease, self.campaign_id, self.owner, lease,
-                             force=holder is not None and _owner_is_dead(holder)):
-            c = await db.call(Store.campaign, self.campaign_id)
-            raise SendError(
-                f"campaign {c.id} is being sent by another mailer process; wait for it, "
-                "or stop it first (a crashed sender's claim expires within a minute)"
-            )
         c = await db.call(Store.campaign, self.campaign_id)
         self.progress.total = sum(c.counts.get(s.value, 0) for s in
                                   (DeliveryStatus.PENDING, DeliveryStatus.DEFERRED,
                                    DeliveryStatus.SENDING))
+        pauses = 0
+        while True:
+            await self._pass(db)
+            down, self._down, self._trouble = self._down, None, 0
+            if down is None or self.stop.is_set():
+                return self.progress
+            reason = f"{down.code} {down.text}" if down.code else down.text
+            if not self.wait_for_retries:
+                host, port = self.connect().relay
+                raise RelayUnavailable(host, port, reason, campaign_id=self.campaign_id)
+            pauses += 1
+            delay = self.policy.retry_delay(pauses)
+            self.progress.waiting_until = self.clock() + dt.timedelta(seconds=delay)
+            self.on_progress(self.progress)
+            await self._sleep_or_stop(delay)
+            self.progress.waiting_until = None
+            if self.stop.is_set():
+                return self.progress
+
+    async def _pass(self, db: Database) -> None:
+        """Send over fresh connections until nothing is due, ``stop``, or the relay is
+        down (``self._down``)."""
         first = self.connect()
         try:
             await first.connect()
-        except SMTPSetupError as e:
-            await db.call(Store.release_lease, self.campaign_id, self.owner)
-            raise SendError(str(e)) from None
         except (ConnectionError, OSError, TimeoutError) as e:
-            await db.call(Store.release_lease, self.campaign_id, self.owner)
-            raise SendError(
-                f"cannot reach the SMTP server: {e or type(e).__name__}; nothing was sent "
-                f"now, the campaign can be resumed with `mailer send --resume {self.campaign_id}`"
-            ) from None
+            self._down = Reply(0, str(e) or type(e).__name__, Outcome.DEFERRED, "connect")
+            return
         transports = [first] + [self.connect() for _ in range(self.policy.concurrency - 1)]
         queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=self.policy.concurrency * 2)
         recorder = Recorder(db)
@@ -270,8 +289,8 @@ class Run:
         try:
             await self._feed(db, queue, workers)
             # A normal end (or --limit): let what is queued go out.
-            while self._in_flight and not self.stop.is_set() and not all(
-                    w.done() for w in workers):
+            while self._in_flight and not self.stop.is_set() and self._down is None \
+                    and not all(w.done() for w in workers):
                 await asyncio.sleep(0.01)
         finally:
             # Stopping: claimed but not yet sent goes back to pending, then each
@@ -283,18 +302,17 @@ class Run:
             await recorder.close()
             left += _drain(queue)
             if left:
+                self._in_flight -= len(left)
                 await db.call(Store.unclaim, [j.delivery_id for j in left])
             await asyncio.gather(*(t.close() for t in transports), return_exceptions=True)
-            await db.call(Store.finish_if_done, self.campaign_id)
-            await db.call(Store.release_lease, self.campaign_id, self.owner)
         if abort:
             raise abort[0]
-        return self.progress
 
     async def _feed(self, db: Database, queue: asyncio.Queue[Job | None],
                     workers: list[asyncio.Task[None]]) -> None:
         batch = max(self.policy.concurrency * 2, 8)
-        while not self.stop.is_set() and not all(w.done() for w in workers):
+        while not self.stop.is_set() and self._down is None and not all(
+                w.done() for w in workers):
             if self.limit is not None and self._claimed >= self.limit:
                 return
             room = await self._quota_room(db)
@@ -306,11 +324,9 @@ class Run:
             if want <= 0:
                 await self._sleep_or_stop(0.05)
                 continue
-            now = self.clock()
-            jobs = await db.call(Store.claim, self.campaign_id, self.owner, want, now,
-                                 now + dt.timedelta(seconds=LEASE_SECONDS))
+            jobs = await db.call(Store.claim, self.campaign_id, self.owner, want, self.clock())
             if jobs is None:
-                # Paused or taken over: what is queued goes back, in flight finishes.
+                # Paused or cancelled: what is queued goes back, in flight finishes.
                 self.stop.set()
                 return
             if not jobs:
@@ -328,10 +344,10 @@ class Run:
 
     async def _more_to_come(self, db: Database) -> bool:
         """Nothing was due: wait for replies in flight, then for the next retry."""
-        while self._in_flight and not self.stop.is_set():
+        while self._in_flight and not self.stop.is_set() and self._down is None:
             await self._sleep_or_stop(0.02)
         c = await db.call(Store.campaign, self.campaign_id)
-        if c.status.value != "sending" or self.stop.is_set():
+        if c.status.value != "sending" or self.stop.is_set() or self._down is not None:
             return False
         due = await db.call(Store.next_attempt_at, self.campaign_id)
         if due is None:
@@ -367,9 +383,6 @@ class Run:
             await db.call(Store.set_resume_at, self.campaign_id, resume)
             while self.clock() < resume and not self.stop.is_set():
                 await self._sleep_or_stop(min((resume - self.clock()).total_seconds(), 5.0))
-                # Keep the claim on the campaign alive while waiting.
-                await db.call(Store.acquire_lease, self.campaign_id, self.owner,
-                              self.clock() + dt.timedelta(seconds=LEASE_SECONDS))
             self.progress.waiting_until = None
             await db.call(Store.set_resume_at, self.campaign_id, None)
             return None
@@ -390,15 +403,24 @@ class Run:
             job = await queue.get()
             if job is None:
                 return
+            if self._down is not None:
+                # The relay is down: give the row back untried.
+                self._in_flight -= 1
+                await db.call(Store.unclaim, [job.delivery_id])
+                continue
             try:
                 await limiter.wait()
                 result = await self._send(transport, job)
-            except Exception as e:  # the relay is unusable, or a bug: stop the run
-                abort.append(SendError(str(e)) if isinstance(e, SMTPSetupError) else e)
+            except Exception as e:  # the relay refuses our sender, or a bug: stop the run
+                abort.append(e)
                 self.stop.set()
                 self._in_flight -= 1
                 await db.call(Store.unclaim, [job.delivery_id])
                 return
+            if result is None:  # no session: nothing was tried for this recipient
+                self._in_flight -= 1
+                await db.call(Store.unclaim, [job.delivery_id])
+                continue
             try:
                 await recorder.record(result)
             except Exception as e:  # disk full, I/O error: the row stays claimed
@@ -414,15 +436,28 @@ class Run:
                 await transport.close()  # the next send opens a fresh connection
                 sent_here = 0
 
-    async def _send(self, transport: Transport, job: Job) -> DeliveryResult:
+    async def _send(self, transport: Transport, job: Job) -> DeliveryResult | None:
+        """One delivery's result; None when no session could be opened (the row is
+        given back, and enough of those in a row mark the relay down)."""
         message = self.messages(job.list_slug, transport.eight_bit)
         message_id = make_message_id(job.campaign_id, job.recipient_id, self.msgid_domain)
-        data = message.personalise(
-            to_name=job.name, to_address=job.email, message_id=message_id,
-            unsubscribe_url=self.unsubscribe_url(job.uid, job.list_slug),
-        )
+        url = self.unsubscribe_url(job.uid, job.list_slug)
+        try:
+            data = message.personalise(to_name=job.name, to_address=job.email,
+                                       message_id=message_id, unsubscribe_url=url)
+        except Exception as e:
+            # Only this recipient's own data is joined here: whatever goes wrong is
+            # about this message alone, which fails alone; the campaign goes on.
+            return DeliveryResult(job.delivery_id, DeliveryStatus.FAILED, 0,
+                                  f"not sent: {e}", message_id)
         # An internationalised domain goes on the wire in punycode.
         reply = await transport.send(Envelope(self.sender, job.email_ascii or job.email, data))
+        if reply.stage == "connect":
+            self._trouble += 1
+            if self._trouble >= RELAY_TROUBLE_LIMIT:
+                self._down = reply
+            return None
+        self._trouble = 0
         return self._judge(job, reply, message_id)
 
     def _judge(self, job: Job, reply: Reply, message_id: str) -> DeliveryResult:
@@ -433,10 +468,7 @@ class Run:
         if reply.outcome is Outcome.FAILED and reply.stage == "mail":
             # The relay refuses our sender, not this recipient: every message would
             # fail the same way, and no member should be marked bounced for it.
-            raise SendError(
-                f"the SMTP server refuses the sender address {self.sender}: "
-                f"{reply.code} {text}; check [sender] address (the campaign can be resumed)"
-            )
+            raise SenderRefused(self.sender, reply.code, text, self.campaign_id)
         if reply.outcome is Outcome.FAILED:
             return DeliveryResult(job.delivery_id, DeliveryStatus.FAILED, reply.code, text,
                                   message_id, bounce=True)
@@ -462,17 +494,6 @@ class Run:
         self.on_progress(p)
 
 
-def run_for(config: Config, outbox: Outbox, campaign_id: int, **options: Any) -> Run:
-    """A run of ``campaign_id`` with the config's relay, pacing and sender."""
-    settings = SMTPSettings.from_config(config.smtp)
-    return Run(
-        database=config.database, campaign_id=campaign_id, messages=outbox.message,
-        unsubscribe_url=outbox.unsubscribe_url, connect=lambda: SMTPTransport(settings),
-        sender=config.sender.address, msgid_domain=outbox.msgid_domain,
-        policy=Policy.from_config(config), **options,
-    )
-
-
 async def _put_unless_dead(queue: asyncio.Queue[T], item: T,
                            workers: Iterable[asyncio.Task[None]]) -> bool:
     """Put into a bounded queue, unless every worker has ended (nobody would take it)."""
@@ -489,21 +510,6 @@ async def _put_unless_dead(queue: asyncio.Queue[T], item: T,
             put.cancel()
             return False
     return True
-
-
-def _owner_is_dead(owner: str) -> bool:
-    """A lease held by a process on this machine that no longer exists (kill -9)."""
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def _drain(queue: asyncio.Queue[Job | None]) -> list[Job]:

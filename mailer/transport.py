@@ -43,7 +43,7 @@ from typing import Literal, Protocol
 import aiosmtplib
 
 from mailer.config import SMTPConfig
-from mailer.errors import ConfigError, MailerError
+from mailer.errors import ConfigError, RelayMisconfigured
 
 __all__ = [
     "Envelope",
@@ -105,7 +105,7 @@ class Envelope:
     data: bytes
 
 
-class SMTPSetupError(MailerError):
+class SMTPSetupError(RelayMisconfigured):
     """The SMTP server cannot be used as configured; retrying will not help."""
 
 
@@ -125,6 +125,10 @@ class Transport(Protocol):
     @property
     def eight_bit(self) -> bool:
         """The server offers 8BITMIME (known after connect)."""
+
+    @property
+    def relay(self) -> tuple[str, int]:
+        """The server's host and port, for messages."""
 
 
 @dataclass(frozen=True)
@@ -198,6 +202,7 @@ async def _open(settings: SMTPSettings) -> aiosmtplib.SMTP:
         if 500 <= exc.code < 600:
             what = "login" if isinstance(exc, aiosmtplib.SMTPAuthenticationError) else "session"
             raise SMTPSetupError(
+                settings.host, settings.port,
                 f"SMTP server {where} refused the {what}: {exc.code} {exc.message}; "
                 "check [smtp] host, port, tls, username and the password in $MAILER_SMTP_PASSWORD"
             ) from exc
@@ -209,6 +214,7 @@ async def _open(settings: SMTPSettings) -> aiosmtplib.SMTP:
         smtp.close()
         if isinstance(exc.__cause__, ssl.SSLError) or isinstance(exc, ssl.SSLError):
             raise SMTPSetupError(
+                settings.host, settings.port,
                 f"TLS with SMTP server {where} failed: {exc.__cause__ or exc}; "
                 "check tls and the server's certificate"
             ) from exc
@@ -222,7 +228,8 @@ async def _open(settings: SMTPSettings) -> aiosmtplib.SMTP:
                 "; mailer will not fall back to plaintext: use tls = \"tls\" for port 465, "
                 "or tls = \"none\" only for a trusted local relay"
             )
-        raise SMTPSetupError(f"SMTP server {where}: {exc}{hint}") from exc
+        raise SMTPSetupError(settings.host, settings.port,
+                             f"SMTP server {where}: {exc}{hint}") from exc
     return smtp
 
 
@@ -399,6 +406,10 @@ class SMTPTransport:
     @property
     def eight_bit(self) -> bool:
         return self._eight_bit
+
+    @property
+    def relay(self) -> tuple[str, int]:
+        return self.settings.host, self.settings.port
 
     @property
     def connected(self) -> bool:

@@ -18,7 +18,7 @@ import pytest
 
 from mailer import config as config_mod
 from mailer.compose import Outbox, compose
-from mailer.errors import SendError
+from mailer.errors import RelayUnavailable, SendError
 from mailer.send import Policy, Progress, Run
 from mailer.store import Store
 from mailer.transport import SMTPSettings, SMTPTransport
@@ -232,11 +232,13 @@ def test_unreachable_relay_is_one_line_and_the_campaign_stays_resumable(
 ) -> None:
     s = prepare(run, initialised, config_file)
     with (smtp_server(Behaviour(silent=True)) as silent,
-          pytest.raises(SendError, match="cannot reach the SMTP server") as e):
+          pytest.raises(RelayUnavailable, match="cannot reach the SMTP server") as e):
         asyncio.run(sender(s, silent.port, timeout=0.5).run())
     assert "\n" not in str(e.value) and "--resume" in str(e.value)
+    assert (e.value.host, e.value.port, e.value.campaign_id) == (
+        "127.0.0.1", silent.port, s.campaign_id)
     closed = _free_port()
-    with pytest.raises(SendError, match="cannot reach the SMTP server"):
+    with pytest.raises(RelayUnavailable, match="cannot reach the SMTP server"):
         asyncio.run(sender(s, closed).run())
     rows = ledger(initialised)
     assert {r["status"] for r in rows.values()} == {"pending"}

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import click
 
-from ..compose import compose, load_issue
+from .. import campaigns
 from ..errors import InvalidInput, IssueError
 from ..issue import parse_file, to_markdown
-from ..message import PreparedMessage, make_message_id
-from ..render import UNSUBSCRIBE_PLACEHOLDER
 from .base import State, cli, pass_state
 
 
@@ -130,26 +128,14 @@ def render(state: State, file: Path, list_slug: str, out_dir: Path) -> None:
     \b
         mailer render issues/2015-09.txt --list send-to --out preview/
     """
-    issue_obj, sha = load_issue(file)
     with state.store() as store:
-        outbox = compose(issue_obj, config=state.config, store=store, lists=(list_slug,),
-                         source=file, sha256=sha)
-    for w in outbox.warnings:
+        shown = campaigns.preview(state.config, store, file, list_slug)
+    for w in shown.warnings:
         click.secho(f"warning: {w}", fg="yellow", err=True)
-    rendered = outbox.render(list_slug)
-    parts = outbox.parts(list_slug)
-    url = (f"{state.config.web.base_url}/u/preview"
-           if parts.unsubscribe_mailto is not None else None)
-    eml = PreparedMessage.build(parts).as_message(
-        to_name="预览", to_address=state.config.sender.reply_to or state.config.sender.address,
-        message_id=make_message_id(0, 0, outbox.msgid_domain), unsubscribe_url=url,
-    )
     out_dir.mkdir(parents=True, exist_ok=True)
-    html = rendered.html.replace(UNSUBSCRIBE_PLACEHOLDER, url or "")
-    text = rendered.text.replace(UNSUBSCRIBE_PLACEHOLDER, url or "")
-    write_atomic(out_dir / "issue.html", html.encode("utf-8"))
-    write_atomic(out_dir / "issue.txt", text.encode("utf-8"))
-    write_atomic(out_dir / "issue.eml", eml)
-    size = len(html.encode("utf-8"))
-    click.echo(f"{outbox.subject} ({list_slug}): {out_dir / 'issue.html'} "
+    write_atomic(out_dir / "issue.html", shown.html.encode("utf-8"))
+    write_atomic(out_dir / "issue.txt", shown.text.encode("utf-8"))
+    write_atomic(out_dir / "issue.eml", shown.eml)
+    size = len(shown.html.encode("utf-8"))
+    click.echo(f"{shown.subject} ({list_slug}): {out_dir / 'issue.html'} "
                f"({size / 1024:.1f} KB), issue.txt, issue.eml")

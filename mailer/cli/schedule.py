@@ -9,14 +9,15 @@ from typing import Any
 import click
 from rich.table import Table
 
+from .. import campaigns
 from ..errors import InvalidInput
 from ..models import CampaignStatus
-from ..schedule import local_time, run_daemon
+from ..schedule import run_daemon
 from ..stamps import stamp
 from .base import State, cli, console, pass_state, print_json
-from .sending import campaign_lists, check_sendable, open_outbox
+from .sending import warn_all
 
-STATUS_ORDER = ("pending", "sending", "paused", "sent", "missed", "cancelled")
+STATUS_ORDER = ("pending", "sending", "paused", "sent", "failed", "missed", "cancelled")
 
 
 class ScheduleGroup(click.Group):
@@ -66,20 +67,13 @@ def schedule_add(state: State, issue: Path, at: dt.datetime, lists: tuple[str, .
         mailer schedule issues/2015-09.txt --at "2015-11-24 09:00" --list send-to
     """
     cfg = state.config
-    when = local_time(at, cfg.schedule.timezone)
-    now = dt.datetime.now(dt.UTC)
-    if when <= now:
-        raise InvalidInput(f"{at:%Y-%m-%d %H:%M} ({cfg.schedule.timezone}) is in the past; "
-                           "give a later time, or send now with `mailer send`")
     with state.store() as store:
-        chosen = campaign_lists(store, lists)
-        # Refuses an issue that fails `mailer issue check`, as `mailer send` does.
-        outbox = open_outbox(state, store, issue, chosen)
-        check_sendable(state, outbox)
-        issue_id = outbox.record(store)
-        cid = store.create_campaign(issue_id, chosen, source_path=str(issue.resolve()),
-                                    sha256=outbox.sha256, again=again, scheduled_at=when)
-    click.echo(f"campaign {cid}: {outbox.subject} → {', '.join(chosen)} at "
+        prepared = campaigns.prepare(cfg, store, issue, lists)
+        warn_all(prepared.warnings)
+        when = campaigns.local_time(at, cfg.schedule.timezone)
+        cid = campaigns.schedule(cfg, store, prepared, when, now=dt.datetime.now(dt.UTC),
+                                 again=again)
+    click.echo(f"campaign {cid}: {prepared.outbox.subject} → {', '.join(prepared.lists)} at "
                f"{state.local_time(stamp(when))} ({cfg.schedule.timezone})")
     if cfg.schedule.require_approval:
         click.echo(f"it waits for approval: `mailer approve {cid}`")
@@ -108,13 +102,14 @@ def schedule_list(state: State, as_json: bool) -> None:
             "at": state.local_time(c.scheduled_at) if c.scheduled_at else "",
             "approved_by": c.approved_by or "",
             **{k: c.counts.get(k, 0) for k in ("sent", "deferred", "failed", "pending")},
+            "note": c.reason or "",
         })
     if as_json:
         print_json(rows)
         return
     table = Table(title=f"{len(rows)} campaigns", title_justify="left")
     for col in ("campaign", "issue", "lists", "status", "at", "approved_by", "sent",
-                "deferred", "failed", "pending"):
+                "deferred", "failed", "pending", "note"):
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(*(str(v) for v in r.values()))
@@ -159,7 +154,7 @@ def pause(state: State, campaign_id: int) -> None:
 @click.argument("campaign_id", type=int, metavar="CAMPAIGN")
 @pass_state
 def resume(state: State, campaign_id: int) -> None:
-    """Resume a paused campaign (the daemon picks it up within a second)
+    """Resume a paused campaign, or one that failed midway (the daemon picks it up)
 
     Example:
 
@@ -167,8 +162,12 @@ def resume(state: State, campaign_id: int) -> None:
         mailer resume 3
     """
     with state.store() as store:
+        c = store.campaign(campaign_id)
+        if c.status is CampaignStatus.FAILED and c.started_at is None:
+            raise InvalidInput(f"campaign {campaign_id} failed before it started ({c.reason}); "
+                               "mend that and schedule or send the issue again")
         store.set_campaign_status(campaign_id, CampaignStatus.SENDING,
-                                  allowed_from=[CampaignStatus.PAUSED])
+                                  allowed_from=[CampaignStatus.PAUSED, CampaignStatus.FAILED])
     click.echo(f"campaign {campaign_id} resumed; the daemon (`mailer run`) sends it, or run "
                f"`mailer send --resume {campaign_id}`")
 

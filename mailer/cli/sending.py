@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import dataclasses
-import secrets
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -16,15 +14,12 @@ import click
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..compose import Outbox, campaign_outbox, compose, load_issue
-from ..errors import AlreadySent, IssueError, SendError
-from ..message import PreparedMessage
+from .. import campaigns
+from ..compose import Outbox
+from ..errors import AlreadySent
 from ..models import Campaign, CampaignStatus, Delivery, DeliveryStatus
 from ..send import Progress as SendProgress
-from ..send import run_for
 from ..store import Store
-from ..tokens import make_token, unsubscribe_url
-from ..transport import Envelope, Outcome, SMTPSettings, SMTPSetupError, send_one
 from .base import State, cli, console, pass_state, print_json
 
 COUNT_COLUMNS = ("sent", "deferred", "failed", "pending", "unsubscribed")
@@ -34,31 +29,9 @@ def _warn(text: str) -> None:
     click.secho(f"warning: {text}", fg="yellow", err=True)
 
 
-def open_outbox(state: State, store: Store, path: Path, lists: tuple[str, ...]) -> Outbox:
-    """Parse, check and render an issue for some lists; warnings go to stderr."""
-    if not path.is_file():
-        raise IssueError(f"{path}: no such issue file")
-    issue, sha = load_issue(path)
-    outbox = compose(issue, config=state.config, store=store, lists=lists,
-                     source=path.resolve(), sha256=sha)
-    for w in outbox.warnings:
+def warn_all(warnings: Sequence[str]) -> None:
+    for w in warnings:
         _warn(w)
-    return outbox
-
-
-def campaign_lists(store: Store, lists: tuple[str, ...]) -> tuple[str, ...]:
-    """The lists named (each once: a list named twice counted 0 recipients the second
-    time), or every list."""
-    return tuple(dict.fromkeys(lists)) or tuple(ml.slug for ml in store.lists())
-
-
-def check_sendable(state: State, outbox: Outbox) -> None:
-    """What could still fail once a campaign is written, checked before writing it: the
-    signing secret for unsubscribe links, and rendering every list's message."""
-    if any(ml.may_unsubscribe for ml in outbox.lists):
-        state.config.signing_keys()
-    for ml in outbox.lists:
-        outbox.message(ml.slug, True)
 
 
 @contextmanager
@@ -96,8 +69,8 @@ def deliver(state: State, outbox: Outbox, campaign_id: int, *, limit: int | None
                    rate=p.rate)
 
     async def go() -> SendProgress:
-        run = run_for(state.config, outbox, campaign_id, limit=limit, wait_for_retries=wait,
-                      on_progress=show)
+        run = campaigns.sender(state.config, outbox, campaign_id, limit=limit,
+                               wait_for_retries=wait, on_progress=show)
         with _stop_on_signals(run.stop):
             result = await run.run()
         if run.stop.is_set():
@@ -158,25 +131,23 @@ def send(state: State, issue_or_campaign: str | None, lists: tuple[str, ...], dr
         raise click.UsageError("give the issue file to send (or --resume CAMPAIGN)")
     path = Path(issue_or_campaign)
     with state.store() as store:
-        chosen = campaign_lists(store, lists)
-        outbox = open_outbox(state, store, path, chosen)
-        audience = store.audience(chosen)
+        prepared = campaigns.prepare(state.config, store, path, lists)
+        warn_all(prepared.warnings)
         if dry_run:
-            _dry_run(store, outbox, audience)
+            _dry_run(store, prepared)
             return
-        check_sendable(state, outbox)
-        issue_id = outbox.record(store)
-        campaign_id = store.create_campaign(issue_id, chosen, source_path=str(path.resolve()),
-                                            sha256=outbox.sha256, again=again)
+        campaign_id = campaigns.start(state.config, store, prepared, again=again)
+    outbox = prepared.outbox
     click.echo(f"campaign {campaign_id}: {outbox.subject} → "
-               + ", ".join(f"{slug} {audience[slug]}" for slug in chosen))
+               + ", ".join(f"{slug} {prepared.audience[slug]}" for slug in prepared.lists))
     deliver(state, outbox, campaign_id, limit=limit, wait=wait)
 
 
-def _dry_run(store: Store, outbox: Outbox, audience: dict[str, int]) -> None:
+def _dry_run(store: Store, prepared: campaigns.Prepared) -> None:
+    outbox = prepared.outbox
     click.echo(f"subject: {outbox.subject}")
     for ml in outbox.lists:
-        click.echo(f"  {ml.slug} ({ml.footer_label}): {audience[ml.slug]} recipients")
+        click.echo(f"  {ml.slug} ({ml.footer_label}): {prepared.audience[ml.slug]} recipients")
     for line in outbox.end.lines:
         click.echo(f"  {line.label}：{line.text}")
     m = outbox.issue.masthead
@@ -190,20 +161,12 @@ def _dry_run(store: Store, outbox: Outbox, audience: dict[str, int]) -> None:
 
 
 def _resume(state: State, which: str | None, *, limit: int | None, wait: bool) -> None:
+    if which is not None and not which.isdigit():
+        raise click.UsageError(f"--resume takes a campaign number, not {which!r}")
     with state.store() as store:
-        if which is None:
-            sending = store.campaigns(statuses=[CampaignStatus.SENDING])
-            if not sending:
-                raise SendError("no campaign is waiting to be resumed; see `mailer log`")
-            c = sending[-1]
-        else:
-            if not which.isdigit():
-                raise click.UsageError(f"--resume takes a campaign number, not {which!r}")
-            c = store.campaign(int(which))
-        if c.status is not CampaignStatus.SENDING:
-            raise SendError(f"campaign {c.id} is {c.status.value}; only a sending campaign "
-                            "can be resumed")
-        outbox = campaign_outbox(state.config, store, c, warn=_warn)
+        c = campaigns.resumable(store, int(which) if which is not None else None)
+        outbox = campaigns.reopen(state.config, store, c)
+    warn_all(outbox.warnings)
     click.echo(f"resuming campaign {c.id}: {c.issue_label} → {', '.join(c.lists)}")
     deliver(state, outbox, c.id, limit=limit, wait=wait)
 
@@ -222,38 +185,11 @@ def test_send(state: State, issue: Path, to: str, list_slug: str) -> None:
     \b
         mailer test-send issues/2015-09.txt --to secretariat@example.org
     """
-    from ..validate import normalise_email
-
-    address = normalise_email(to)
-    cfg = state.config
     with state.store() as store:
-        outbox = open_outbox(state, store, issue, (list_slug,))
-        parts = dataclasses.replace(outbox.parts(list_slug), subject=f"【测试】{outbox.subject}")
-        url = None
-        if parts.unsubscribe_mailto is not None:
-            uid = store.uid_of(address.email)
-            url = (outbox.unsubscribe_url(uid, list_slug) if uid else
-                   unsubscribe_url(cfg.web.base_url, make_token(cfg.signing_keys()[0], "test",
-                                                                list_slug)))
-        issue_id = outbox.record(store)
-    message_id = f"<test.{secrets.token_hex(8)}@{outbox.msgid_domain}>"
-    # base64 bodies: a test copy must arrive whatever the relay supports.
-    data = PreparedMessage.build(parts, eight_bit=False).personalise(
-        to_name=None, to_address=address.email, message_id=message_id, unsubscribe_url=url)
-    try:
-        reply = asyncio.run(send_one(SMTPSettings.from_config(cfg.smtp),
-                                     Envelope(cfg.sender.address, address.ascii or address.email,
-                                              data)))
-    except SMTPSetupError as e:
-        raise SendError(str(e)) from None
-    with state.store() as store:
-        store.record_test_send(issue_id=issue_id, list_slug=list_slug, email=address.email,
-                               code=reply.code, response=reply.text, message_id=message_id)
-    if reply.outcome is not Outcome.SENT:
-        answer = f"{reply.code} {reply.text}" if reply.code else reply.text
-        raise SendError(f"test copy to {address.email} not sent: {answer}".strip())
-    click.echo(f"test copy of {outbox.subject} ({list_slug}) sent to {address.email}: "
-               f"{reply.code} {reply.text}")
+        sent = campaigns.test_send(state.config, store, issue, to, list_slug)
+    warn_all(sent.warnings)
+    click.echo(f"test copy of {sent.subject} ({list_slug}) sent to {sent.address}: "
+               f"{sent.reply.code} {sent.reply.text}")
 
 
 @cli.command()
@@ -295,7 +231,8 @@ def log(state: State, campaign_id: int | None, unit: str | None, as_json: bool, 
 def _campaigns(state: State, campaigns: list[Campaign], *, as_json: bool, as_csv: bool) -> None:
     rows = []
     for c in campaigns:
-        waiting = f"quota: resumes {state.local_time(c.resume_at)}" if c.resume_at else ""
+        waiting = (f"quota: resumes {state.local_time(c.resume_at)}" if c.resume_at
+                   else c.reason or "")
         rows.append([c.id, c.issue_label, ",".join(c.lists), c.status.value,
                      *(c.counts.get(k, 0) for k in COUNT_COLUMNS),
                      state.local_time(c.scheduled_at or c.started_at or c.created_at),

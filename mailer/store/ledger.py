@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import AlreadySent, InvalidInput, UnknownCampaign
+from ..errors import AlreadySent, CampaignNotSending, InvalidInput, UnknownCampaign
 from ..models import Campaign, CampaignStatus, Delivery, DeliveryStatus, Role, Status
 from ..stamps import stamp as _stamp
 from .base import StoreBase
@@ -130,8 +130,10 @@ class LedgerMixin(StoreBase):
         """Refuse a second campaign of the same issue to the same list."""
         rows = self.db.execute(
             "SELECT c.id, c.lists, c.status, i.label FROM campaigns c "
-            "JOIN issues i ON i.id = c.issue_id WHERE c.issue_id = ? AND c.status NOT IN (?, ?)",
-            [issue_id, CampaignStatus.CANCELLED.value, CampaignStatus.MISSED.value],
+            "JOIN issues i ON i.id = c.issue_id WHERE c.issue_id = ? AND c.status NOT IN (?, ?) "
+            "AND NOT (c.status = ? AND c.started_at IS NULL)",  # failed before sending
+            [issue_id, CampaignStatus.CANCELLED.value, CampaignStatus.MISSED.value,
+             CampaignStatus.FAILED.value],
         ).fetchall()
         for cid, slugs, status, label in rows:
             overlap = sorted(set(slugs.split(",")) & set(lists))
@@ -193,8 +195,8 @@ class LedgerMixin(StoreBase):
         return out
 
     def set_campaign_status(
-        self, campaign_id: int, status: CampaignStatus, *, allowed_from: Sequence[CampaignStatus],
-        resume_at: dt.datetime | None = None, **detail: Any,
+        self, /, campaign_id: int, status: CampaignStatus, *,
+        allowed_from: Sequence[CampaignStatus], resume_at: dt.datetime | None = None, **detail: Any,
     ) -> None:
         with self.write():
             c = self.campaign(campaign_id)
@@ -202,11 +204,13 @@ class LedgerMixin(StoreBase):
                 raise InvalidInput(
                     f"campaign {campaign_id} is {c.status.value}; it cannot become {status.value}"
                 )
-            finished = self._now() if status in (CampaignStatus.SENT,) else None
+            finished = self._now() if status in (CampaignStatus.SENT,
+                                                 CampaignStatus.FAILED) else None
             self.db.execute(
                 "UPDATE campaigns SET status = ?, finished_at = COALESCE(?, finished_at), "
-                "resume_at = ? WHERE id = ?",
-                [status.value, finished, _stamp(resume_at) if resume_at else None, campaign_id],
+                "resume_at = ?, status_reason = ? WHERE id = ?",
+                [status.value, finished, _stamp(resume_at) if resume_at else None,
+                 detail.get("reason"), campaign_id],
             )
             self._event("campaign.status", f"campaign {campaign_id}",
                         before={"status": c.status.value}, after={"status": status.value},
@@ -278,7 +282,7 @@ class LedgerMixin(StoreBase):
     _CAMPAIGN_SQL = (
         "SELECT c.id, c.issue_id, i.label, c.lists, c.status, c.scheduled_at, c.started_at, "
         "c.finished_at, c.created_at, c.created_by, c.approved_by, c.source_path, c.resume_at, "
-        "c.source_sha256 "
+        "c.source_sha256, c.status_reason "
         "FROM campaigns c JOIN issues i ON i.id = c.issue_id"
     )
 
@@ -287,7 +291,7 @@ class LedgerMixin(StoreBase):
             id=r[0], issue_id=r[1], issue_label=r[2], lists=tuple(r[3].split(",")),
             status=CampaignStatus(r[4]), scheduled_at=r[5], started_at=r[6], finished_at=r[7],
             created_at=r[8], created_by=r[9], approved_by=r[10], source_path=r[11],
-            resume_at=r[12], source_sha256=r[13], counts=counts,
+            resume_at=r[12], source_sha256=r[13], counts=counts, reason=r[14],
         )
 
     def _counts(self, campaign_ids: Sequence[int]) -> dict[int, dict[str, int]]:
@@ -366,63 +370,49 @@ class LedgerMixin(StoreBase):
 
     # --- sending --------------------------------------------------------------
 
-    def lease_owner(self, campaign_id: int) -> str | None:
-        r = self.db.execute("SELECT lease_owner FROM campaigns WHERE id = ?",
-                            [campaign_id]).fetchone()
-        return r[0] if r else None
-
-    def acquire_lease(self, campaign_id: int, owner: str, until: dt.datetime, *,
-                      force: bool = False) -> bool:
-        """Become the campaign's only sender (``force``: the holder is known dead).
-        Taking over puts the rows the previous sender had in flight back to pending:
-        they may have gone out (a bounded duplicate), but none is lost."""
+    def take_over(self, campaign_id: int, owner: str) -> None:
+        """Become the campaign's sender. Called only under the campaign's kernel lock
+        (``mailer.locks``), so no other sender is alive: rows a previous one left in
+        flight (a crash) go back to pending. They may have gone out (a bounded
+        duplicate, same Message-ID), but none is lost."""
         with self.write():
-            r = self.db.execute(
-                "SELECT status, lease_owner, lease_until FROM campaigns WHERE id = ?",
-                [campaign_id],
-            ).fetchone()
+            r = self.db.execute("SELECT status FROM campaigns WHERE id = ?",
+                                [campaign_id]).fetchone()
             if r is None:
                 raise UnknownCampaign(campaign_id)
-            status, holder, held_until = r
-            if status != CampaignStatus.SENDING.value:
-                raise InvalidInput(f"campaign {campaign_id} is {status}, not sending")
-            if (holder and holder != owner and held_until and held_until > self._now()
-                    and not force):
-                return False
+            if r[0] != CampaignStatus.SENDING.value:
+                raise CampaignNotSending(campaign_id, r[0])
             self.db.execute(
-                "UPDATE campaigns SET lease_owner = ?, lease_until = ? WHERE id = ?",
-                [owner, _stamp(until), campaign_id],
+                "UPDATE campaigns SET lease_owner = ?, lease_until = NULL WHERE id = ?",
+                [owner, campaign_id],
             )
-            if holder != owner:
-                self.db.execute(
-                    "UPDATE deliveries SET status = 'pending', updated_at = ? "
-                    "WHERE campaign_id = ? AND status = 'sending'",
-                    [self._now(), campaign_id],
-                )
-            return True
+            self.db.execute(
+                "UPDATE deliveries SET status = 'pending', updated_at = ? "
+                "WHERE campaign_id = ? AND status = 'sending'",
+                [self._now(), campaign_id],
+            )
 
-    def release_lease(self, campaign_id: int, owner: str) -> None:
+    def release(self, campaign_id: int, owner: str) -> None:
         with self.write():
             self.db.execute(
-                "UPDATE campaigns SET lease_owner = NULL, lease_until = NULL "
-                "WHERE id = ? AND lease_owner = ?",
+                "UPDATE campaigns SET lease_owner = NULL WHERE id = ? AND lease_owner = ?",
                 [campaign_id, owner],
             )
 
-    def claim(self, campaign_id: int, owner: str, limit: int, now: dt.datetime,
-              lease_until: dt.datetime) -> list[Job] | None:
-        """Take up to ``limit`` deliveries that are due, renewing the lease; None when
-        the campaign is no longer ours to send (paused, cancelled, taken over). Rows
-        whose subscription stopped meanwhile (an unsubscribe during the campaign) are
-        marked unsubscribed here instead of being sent."""
+    def claim(self, campaign_id: int, owner: str, limit: int, now: dt.datetime
+              ) -> list[Job] | None:
+        """Take up to ``limit`` deliveries that are due; None when the campaign is no
+        longer ours to send (paused, cancelled). Rows whose subscription stopped
+        meanwhile (an unsubscribe during the campaign) are marked unsubscribed here
+        instead of being sent."""
         stamp = _stamp(now)
         with self.write():
             held = self.db.execute(
-                "UPDATE campaigns SET lease_until = ? WHERE id = ? AND lease_owner = ? "
+                "SELECT 1 FROM campaigns WHERE id = ? AND lease_owner = ? "
                 "AND status = 'sending'",
-                [_stamp(lease_until), campaign_id, owner],
-            )
-            if held.rowcount != 1:
+                [campaign_id, owner],
+            ).fetchone()
+            if held is None:
                 return None
             rows = self.db.execute(
                 "SELECT d.id, d.recipient_id, r.uid, r.email, r.email_ascii, r.name, l.slug, "

@@ -168,3 +168,9 @@ def m002_ledger(db: Database) -> None:
         foreign_keys=[("issue_id", "issues", "id")],
     )
     db.table("test_sends").create_index(["at"])
+
+
+@MIGRATIONS()
+def m003_campaign_reason(db: Database) -> None:
+    # Why a campaign ended as it did (missed, failed to prepare), for `mailer log`.
+    db.table("campaigns").add_column("status_reason", str)
