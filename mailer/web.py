@@ -61,7 +61,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import mailer
 
 from .config import Config, SigningKey
-from .errors import InvalidInput, MailerError, UnknownRecipient
+from .errors import MailerError, StaffOnly, UnknownRecipient
 from .models import Status
 from .store import Clock, Store, Subscriber, utc_now
 from .tokens import read_token
@@ -305,7 +305,7 @@ class _App:
             changed = store.unsubscribe(uid, list_slug, source=source, actor=ACTOR)
         except UnknownRecipient:
             return _Done(None)
-        except InvalidInput:
+        except StaffOnly:
             return _Done(cls._find(store, uid, list_slug), refused=True)
         return _Done(cls._find(store, uid, list_slug), changed)
 

@@ -50,6 +50,7 @@ class Behaviour:
     split: str = ""
     seed: int = 0
     multiline: bool = False  # answer MAIL, RCPT and the end of DATA in two lines
+    ehlo_421: int = 0  # the first N sessions get 421 to EHLO, then the server hangs up
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class _Handler:
         self.sessions = sessions
         self.temp_left = behaviour.temp_failures
         self.drops_left = behaviour.drop_after_data
+        self.ehlo_421_left = behaviour.ehlo_421
         self.count = 0
 
     async def handle_EHLO(
@@ -75,6 +77,10 @@ class _Handler:
     ) -> list[str]:
         session.host_name = hostname
         self.sessions.append(hostname)
+        if self.ehlo_421_left > 0:
+            self.ehlo_421_left -= 1
+            asyncio.get_running_loop().call_soon(server.transport.close)
+            return ["421 4.3.2 Too busy, come back later"]
         if self.b.pipelining:
             responses.insert(-1, "250-PIPELINING")
         return responses

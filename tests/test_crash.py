@@ -235,3 +235,69 @@ def test_a_second_sender_is_refused_while_the_first_is_alive(
     counts = Counter(to for m in srv.messages for to in m.rcpt_tos)
     assert len(counts) == 21 and set(counts.values()) == {1}
     assert campaign_status(initialised) == "sent"
+
+
+def test_resume_right_after_kill_9_is_accepted_at_once(
+    run: Run, initialised: Path, config_file: Path, issue_file: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The killed sender is not even reaped yet (a zombie, its pid still taken): the
+    kernel has released its lock, so the resume goes ahead at once."""
+    monkeypatch.setenv("MAILER_SECRET", SECRET)
+    import_lists(run)
+    log = tmp_path / "mailer.log"
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        write_config(config_file, srv.port, smtp_extra="concurrency = 2\nrate_limit = 5")
+        proc = mailer(config_file, "send", str(issue_file), log=log)
+        try:
+            assert wait_for_messages(srv, proc, 2), log.read_text()
+            os.kill(proc.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{proc.pid}/stat").read_text().split()[2] != "Z":
+                assert time.monotonic() < deadline, "the killed sender did not die"
+                time.sleep(0.01)
+            write_config(config_file, srv.port)
+            resumed = run("send", "--resume", "1", ok=False)
+            assert resumed.exit_code == 0, resumed.output
+        finally:
+            stop(proc)
+        settle(srv)
+    counts = Counter(to for m in srv.messages for to in m.rcpt_tos)
+    assert set(counts) == set(ledger(initialised)) and len(counts) == 21
+    assert sum(counts.values()) - 21 <= 2  # in flight at the kill: one per connection
+    assert campaign_status(initialised) == "sent"
+
+
+def test_two_resumes_at_once_exactly_one_sends(
+    run: Run, initialised: Path, config_file: Path, issue_file: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MAILER_SECRET", SECRET)
+    import_lists(run)
+    log = tmp_path / "mailer.log"
+    procs: list[subprocess.Popen[bytes]] = []
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        write_config(config_file, srv.port, smtp_extra="concurrency = 2\nrate_limit = 10")
+        try:
+            first = mailer(config_file, "send", str(issue_file), log=log)
+            procs.append(first)
+            assert wait_for_messages(srv, first, 2), log.read_text()
+            os.kill(first.pid, signal.SIGKILL)
+            stop(first)
+            settle(srv)
+            logs = [tmp_path / f"resume{i}.log" for i in range(2)]
+            pair = [mailer(config_file, "send", "--resume", "1", log=lg) for lg in logs]
+            procs += pair
+            codes = sorted(p.wait(STEP_TIMEOUT) for p in pair)
+        finally:
+            for p in procs:
+                stop(p)
+        settle(srv)
+    outputs = [lg.read_text() for lg in logs]
+    assert codes == [0, 1], outputs
+    refused = next(o for o in outputs if "Error:" in o)
+    assert "being sent by another mailer process" in refused or "is sent" in refused, refused
+    assert all("Traceback" not in o for o in outputs), outputs
+    counts = Counter(to for m in srv.messages for to in m.rcpt_tos)
+    assert len(counts) == 21 and sum(counts.values()) - 21 <= 2
+    assert campaign_status(initialised) == "sent"

@@ -426,3 +426,95 @@ def test_audience_and_end_block_come_from_sql(
                             "万向集团")
     assert block.line("发") is not None and block.line("发").names == ("协会会员",)
     assert any("省委组织部" in w for w in warnings)
+
+
+# --- a relay that is down pauses the run instead of walking the campaign -----------
+
+
+def test_relay_down_at_the_start_backs_off_on_the_retry_schedule(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    """421 to EHLO on the first sessions: with wait_for_retries the run waits
+    first_retry, then twice that, and sends when the relay is back; nobody's
+    delivery is counted as tried while it is down."""
+    s = prepare(run, initialised, config_file)
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await asyncio.sleep(0)
+
+    policy = Policy(concurrency=2, first_retry=7.0, max_retry=100.0)
+    with smtp_server(Behaviour(pipelining=True, ehlo_421=2)) as srv:
+        progress = asyncio.run(sender(s, srv.port, policy=policy, wait_for_retries=True,
+                                      sleep=sleep).run())
+    assert progress.sent == 14
+    assert [w for w in waits if w >= 1] == [7.0, 14.0]
+    rows = ledger(initialised)
+    assert {(r["status"], r["attempts"]) for r in rows.values()} == {("sent", 1)}
+
+
+def test_relay_that_dies_midway_stops_the_run_without_walking_the_rest(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    """The relay goes away after some messages: the run ends with RelayUnavailable
+    after a few failed sessions; the rest stay pending, untried, resumable."""
+    s = prepare(run, initialised, config_file, extra=many(186))  # 200 recipients
+    srv_cm = smtp_server(Behaviour(pipelining=True))
+    srv = srv_cm.__enter__()
+    port = srv.port
+    stopped = threading.Event()
+
+    def progress(p: Progress) -> None:
+        if p.sent >= 20 and not stopped.is_set():
+            stopped.set()
+            srv_cm.__exit__(None, None, None)  # the relay is gone: connections refused
+
+    try:
+        with pytest.raises(RelayUnavailable) as e:
+            asyncio.run(sender(s, port, policy=Policy(concurrency=2, messages_per_connection=5,
+                                                      first_retry=0.0, max_retry=0.0),
+                               on_progress=progress).run())
+    finally:
+        if not stopped.is_set():
+            srv_cm.__exit__(None, None, None)
+    assert e.value.campaign_id == s.campaign_id and f":{port}" in str(e.value)
+    rows = ledger(initialised)
+    sent = [r for r in rows.values() if r["status"] == "sent"]
+    rest = [r for r in rows.values() if r["status"] != "sent"]
+    assert 20 <= len(sent) < 200
+    # Only what was in flight when it went (one per connection) was tried.
+    tried = [r for r in rest if (r["status"], r["attempts"]) != ("pending", 0)]
+    assert len(tried) <= 2 and {r["status"] for r in tried} <= {"deferred"}
+    assert len(rest) - len(tried) > 150
+    with Store.open(initialised) as store:
+        assert store.campaign(s.campaign_id).status.value == "sending"
+
+
+def test_a_message_that_cannot_be_built_fails_alone(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    """One recipient whose message cannot be built (here: its personalisation
+    raises) fails with its reason in the log; everyone else is sent."""
+    s = prepare(run, initialised, config_file)
+    victim = sorted(ledger(initialised))[3]
+    real = s.outbox.message
+
+    class Broken:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def personalise(self, **kw: Any) -> bytes:
+            if kw["to_address"] == victim:
+                raise ValueError(f"{victim!r} cannot be written in a header")
+            return bytes(self.inner.personalise(**kw))
+
+    s.outbox.message = lambda slug, eight_bit: Broken(real(slug, eight_bit))  # type: ignore[method-assign,assignment,return-value]
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        progress = asyncio.run(sender(s, srv.port).run())
+    assert (progress.sent, progress.failed) == (13, 1)
+    rows = ledger(initialised)
+    assert rows[victim]["status"] == "failed"
+    assert "cannot be written in a header" in rows[victim]["last_response"]
+    assert victim not in {m.rcpt_tos[0] for m in srv.messages}
+    assert status_of(initialised, victim, "send-to") == "active"  # not a bounce

@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidInput, UnknownRecipient
+from ..errors import InvalidInput, StaffOnly, UnknownRecipient
 from ..models import Event, MailingList, Member, Role, Status, Unit, UnitKind, may_unsubscribe
 from ..validate import Address, normalise_email
 from .base import StoreBase
@@ -358,7 +358,7 @@ class RosterMixin(StoreBase):
             if sub is None:
                 raise UnknownRecipient(uid)
             if not sub.allow_unsubscribe:
-                raise InvalidInput(f"the {list_slug} list is changed by staff only")
+                raise StaffOnly(list_slug)
             if sub.status is not Status.ACTIVE:
                 return False
             self._change_status(sub.recipient_id, sub.email, sub.unit, list_slug,
