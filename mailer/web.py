@@ -60,7 +60,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import mailer
 
-from .config import Config, SigningKey
+from .config import Config, IPNetwork, SigningKey
 from .errors import InvalidInput, MailerError, UnknownRecipient
 from .models import Status
 from .store import Clock, Store, Subscriber, utc_now
@@ -486,6 +486,17 @@ class _Server(uvicorn.Server):
             yield
 
 
+def forwarded_allow_ips(trusted: tuple[IPNetwork, ...]) -> list[str]:
+    """``web.trusted_proxies`` as uvicorn's ``forwarded_allow_ips``: each network, and
+    each IPv4 one also as IPv4-mapped IPv6 (how a dual-stack socket names an IPv4 peer)."""
+    allow: list[str] = []
+    for net in trusted:
+        allow.append(str(net))
+        if isinstance(net, ipaddress.IPv4Network):
+            allow.append(f"::ffff:{net.network_address}/{96 + net.prefixlen}")
+    return allow
+
+
 def build_server(
     config: Config,
     *,
@@ -501,19 +512,25 @@ def build_server(
     to stop it. With
     ``handle_signals=False`` (for the daemon) uvicorn installs no SIGINT/SIGTERM
     handlers of its own. ``log_config=None`` leaves logging as the caller set it.
+    The access log is off: it would write every token into the log.
 
-    The access log is off: it would write every token into the log. Behind a
-    reverse proxy on this machine, uvicorn takes the client address from
-    X-Forwarded-For (trusted from 127.0.0.1 and ::1 only), which the failed-check
-    limit needs.
+    The client address (for the failed-check limit) is the
+    peer's, unless the peer is in ``web.trusted_proxies``: then uvicorn's
+    ProxyHeadersMiddleware walks X-Forwarded-For from the right and takes the first
+    address that is not a trusted proxy. With no trusted proxies (the default) the
+    middleware is off, so X-Forwarded-For (and $FORWARDED_ALLOW_IPS) mean nothing.
     """
+    trusted = config.web.trusted_proxies
     uv_config = uvicorn.Config(
         create_app(config, clock=clock),
         host=host or config.web.host,
         port=port if port is not None else config.web.port,
         access_log=False,
         log_config=log_config,
-        proxy_headers=True,
+        proxy_headers=bool(trusted),
+        # Always given, so uvicorn never falls back to $FORWARDED_ALLOW_IPS or its
+        # default of 127.0.0.1.
+        forwarded_allow_ips=forwarded_allow_ips(trusted),
         server_header=False,
         lifespan="off",
         ws="none",
@@ -592,6 +609,7 @@ __all__ = [
     "bind_socket",
     "build_server",
     "create_app",
+    "forwarded_allow_ips",
     "mask_email",
     "run_server",
     "serve",
