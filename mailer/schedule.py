@@ -33,6 +33,7 @@ from .compose import Outbox, campaign_outbox, file_sha256, record_issue
 from .config import Config
 from .errors import AlreadySent, IssueError, MailerError, SendError
 from .issue import parse_file
+from .logs import event, setup_logging
 from .models import Campaign, CampaignStatus, Issue
 from .send import Database, Run, run_for
 from .stamps import parse_stamp
@@ -47,22 +48,6 @@ ISSUE_SUFFIXES = (".txt", ".md")
 
 class DaemonRunning(MailerError):
     """Another daemon holds the database."""
-
-
-def event(level: int, event_name: str, campaign: int | None = None, **fields: Any) -> None:
-    """One log line: time, level, campaign, event, then key=value details."""
-    parts = [f"campaign={campaign}" if campaign is not None else "campaign=-",
-             f"event={event_name}"]
-    parts += [f"{k}={v}" for k, v in fields.items() if v is not None]
-    log.log(level, " ".join(parts))
-
-
-def setup_logging() -> None:
-    """Plain lines on stderr, as journald wants them."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%Y-%m-%d %H:%M:%S")
-    # APScheduler narrates every job at INFO; our own lines say what matters.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager
