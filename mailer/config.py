@@ -10,6 +10,7 @@ password comes only from ``MAILER_SMTP_PASSWORD``; the signing secret from
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 import stat
 import string
@@ -29,6 +30,7 @@ ENV_PASSWORD = "MAILER_SMTP_PASSWORD"
 ENV_SECRET = "MAILER_SECRET"
 ENV_PREVIOUS_SECRET = "MAILER_PREVIOUS_SECRET"
 TLS_MODES = ("starttls", "tls", "none")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MIN_SECRET_BYTES = 16
 
 
@@ -88,6 +90,8 @@ class WebConfig:
     previous_valid_until: dt.date | None = None
     failed_checks_per_minute: int = 30
     inline_secret: str | None = field(default=None, repr=False)
+    # Peers whose X-Forwarded-For is believed; none by default.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -279,6 +283,25 @@ class _Table:
             )
         return value
 
+    def networks(self, key: str) -> tuple[IPNetwork, ...]:
+        """A list of IP addresses or CIDR networks; an address is its own /32 or /128."""
+        value: list[Any] = self._get(key, [], list, "a list of IP addresses or networks")
+        out: list[IPNetwork] = []
+        for i, item in enumerate(value):
+            where = f"{key}[{i}]"
+            if not isinstance(item, str):
+                raise self.error(where, f'expected a string like "10.0.0.0/8", got {_show(item)}')
+            try:
+                out.append(ipaddress.ip_network(item.strip()))
+            except ValueError as e:
+                if "host bits set" in str(e):
+                    net = ipaddress.ip_network(item.strip(), strict=False)
+                    raise self.error(where, f"{_show(item)} has host bits set; write {net}"
+                                     ) from None
+                raise self.error(where, f"{_show(item)} is not an IP address or network "
+                                 '(like "127.0.0.1" or "10.0.0.0/8"; no host names)') from None
+        return tuple(out)
+
     def table(self, key: str) -> _Table:
         value = self._get(key, {}, dict, "a table")
         return _Table(value, f"{self.prefix}{key}.", self.file)
@@ -363,6 +386,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         previous_valid_until=wb.date("previous_valid_until"),
         failed_checks_per_minute=wb.integer("failed_checks_per_minute", 30, low=1, high=10**6),
         inline_secret=wb.text("secret", None),
+        trusted_proxies=wb.networks("trusted_proxies"),
     )
     wb.no_unknown_keys()
     for key in ("key_id", "previous_key_id"):

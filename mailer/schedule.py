@@ -39,13 +39,13 @@ from .errors import (
     SendError,
 )
 from .locks import exclusive, lock_path
+from .logs import LOGGER, event, fields, setup_logging
 from .models import Campaign, CampaignStatus
 from .send import Database, Run
 from .stamps import parse_stamp
 from .store import Store
 from .store.base import utc_now
 
-log = logging.getLogger("mailer")
 POLL_SECONDS = 1.0
 RETRY_SECONDS = 30.0  # after a run failed for a reason that may pass
 BUSY_SECONDS = 5.0  # another process is sending the campaign
@@ -54,22 +54,6 @@ ISSUE_SUFFIXES = (".txt", ".md")
 
 class DaemonRunning(MailerError):
     """Another daemon holds the database."""
-
-
-def event(level: int, event_name: str, campaign: int | None = None, **fields: Any) -> None:
-    """One log line: time, level, campaign, event, then key=value details."""
-    parts = [f"campaign={campaign}" if campaign is not None else "campaign=-",
-             f"event={event_name}"]
-    parts += [f"{k}={v}" for k, v in fields.items() if v is not None]
-    log.log(level, " ".join(parts))
-
-
-def setup_logging() -> None:
-    """Plain lines on stderr, as journald wants them."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%Y-%m-%d %H:%M:%S")
-    # APScheduler narrates every job at INFO; our own lines say what matters.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def database_lock(database: Path) -> contextlib.AbstractContextManager[None]:
@@ -266,7 +250,7 @@ class Daemon:
                   retry_in=f"{RETRY_SECONDS:.0f}s")
         except Exception as e:  # keep the daemon alive; the ledger keeps the campaign
             self.retry_after[cid] = self.clock() + dt.timedelta(seconds=RETRY_SECONDS)
-            log.exception("campaign=%s event=crashed error=%s", cid, e)
+            LOGGER.error(fields("crashed", cid, error=str(e)), exc_info=True)
         finally:
             self.running.pop(cid, None)
             c = await self.db.call(Store.campaign, cid)

@@ -60,13 +60,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import mailer
 
-from .config import Config, SigningKey
+from .config import Config, IPNetwork, SigningKey
 from .errors import MailerError, StaffOnly, UnknownRecipient
+from .logs import LOGGER, event, fields, redact_access_log, setup_logging
 from .models import Status
 from .store import Clock, Store, Subscriber, utc_now
 from .tokens import read_token
-
-log = logging.getLogger(__name__)
 
 TEMPLATES = Path(mailer.__file__).resolve().parent.parent / "templates" / "web"
 ACTOR = "web"
@@ -356,8 +355,8 @@ class _App:
                 stopped=[mask_email(a) for a in done.stopped],
             )
         if done.changed:
-            log.info("unsubscribed %s from %s (%s)", mask_email(done.found.sub.email),
-                     claims.list_slug, source)
+            event(logging.INFO, "unsubscribed", email=mask_email(done.found.sub.email),
+                  list=claims.list_slug, source=source)
         # One-click gets the short page and no further offer: no person is looking.
         return self._done_page(done.found, changed=done.changed, offer_unit=source == "page")
 
@@ -389,13 +388,13 @@ class _App:
 
     async def unavailable(self, request: Request, exc: Exception) -> Response:
         # Database busy or missing: 503 makes a one-click client retry later.
-        log.error("unsubscribe page failed: %s", exc)
+        event(logging.ERROR, "web.unavailable", error=str(exc))
         return self._page("message.html", 503, heading="暂时无法处理",
                           text="系统繁忙，请稍后再试。")
 
     async def server_error(self, request: Request, exc: Exception) -> Response:
         # Answered outside the middleware stack, so the headers are set here.
-        log.exception("unsubscribe page crashed", exc_info=exc)
+        LOGGER.error(fields("web.crashed", method=request.method), exc_info=exc)
         response = self._page("message.html", 500, heading="暂时无法处理",
                               text="系统出错，请稍后再试。")
         response.headers.update(self.headers)
@@ -486,6 +485,17 @@ class _Server(uvicorn.Server):
             yield
 
 
+def forwarded_allow_ips(trusted: tuple[IPNetwork, ...]) -> list[str]:
+    """``web.trusted_proxies`` as uvicorn's ``forwarded_allow_ips``: each network, and
+    each IPv4 one also as IPv4-mapped IPv6 (how a dual-stack socket names an IPv4 peer)."""
+    allow: list[str] = []
+    for net in trusted:
+        allow.append(str(net))
+        if isinstance(net, ipaddress.IPv4Network):
+            allow.append(f"::ffff:{net.network_address}/{96 + net.prefixlen}")
+    return allow
+
+
 def build_server(
     config: Config,
     *,
@@ -493,27 +503,34 @@ def build_server(
     port: int | None = None,
     clock: Clock = utc_now,
     handle_signals: bool = True,
-    log_config: dict[str, Any] | None = None,
 ) -> uvicorn.Server:
     """A uvicorn server for the app, not yet started: ``await serve(config,
     server=server)`` in a running loop (it binds first, so a taken port is a
     MailerError rather than uvicorn's ``sys.exit``), ``server.should_exit = True``
     to stop it. With
     ``handle_signals=False`` (for the daemon) uvicorn installs no SIGINT/SIGTERM
-    handlers of its own. ``log_config=None`` leaves logging as the caller set it.
+    handlers of its own. Logging is left as the caller set it (``logs.setup_logging``
+    for ``mailer run`` and ``mailer serve``); uvicorn's access lines are rewritten
+    to our format with tokens redacted before any handler sees them.
 
-    The access log is off: it would write every token into the log. Behind a
-    reverse proxy on this machine, uvicorn takes the client address from
-    X-Forwarded-For (trusted from 127.0.0.1 and ::1 only), which the failed-check
-    limit needs.
+    The client address (for the failed-check limit and the access log) is the
+    peer's, unless the peer is in ``web.trusted_proxies``: then uvicorn's
+    ProxyHeadersMiddleware walks X-Forwarded-For from the right and takes the first
+    address that is not a trusted proxy. With no trusted proxies (the default) the
+    middleware is off, so X-Forwarded-For (and $FORWARDED_ALLOW_IPS) mean nothing.
     """
+    redact_access_log()
+    trusted = config.web.trusted_proxies
     uv_config = uvicorn.Config(
         create_app(config, clock=clock),
         host=host or config.web.host,
         port=port if port is not None else config.web.port,
-        access_log=False,
-        log_config=log_config,
-        proxy_headers=True,
+        access_log=True,
+        log_config=None,
+        proxy_headers=bool(trusted),
+        # Always given, so uvicorn never falls back to $FORWARDED_ALLOW_IPS or its
+        # default of 127.0.0.1.
+        forwarded_allow_ips=forwarded_allow_ips(trusted),
         server_header=False,
         lifespan="off",
         ws="none",
@@ -561,8 +578,8 @@ async def serve(
         server = build_server(config, host=host, port=port, handle_signals=handle_signals)
     cfg = server.config
     sock = bind_socket(cfg.host, cfg.port)
-    log.info("unsubscribe pages on http://%s:%d (public: %s)", cfg.host,
-             sock.getsockname()[1], config.web.base_url)
+    event(logging.INFO, "web.listening", url=f"http://{cfg.host}:{sock.getsockname()[1]}",
+          public=config.web.base_url)
     try:
         await server.serve(sockets=[sock])
     finally:
@@ -570,10 +587,9 @@ async def serve(
 
 
 def run_server(config: Config, *, host: str | None = None, port: int | None = None) -> None:
-    """Serve until Ctrl-C or SIGTERM: what ``mailer serve`` runs. Sets up plain
-    logging to stderr unless the caller already configured logging."""
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Serve until Ctrl-C or SIGTERM: what ``mailer serve`` runs. Logs to stderr in
+    the one format (``logs.setup_logging``)."""
+    setup_logging()
 
     async def main() -> None:
         # Our own handlers, as in the daemon: uvicorn's re-raise the signal after
@@ -592,6 +608,7 @@ __all__ = [
     "bind_socket",
     "build_server",
     "create_app",
+    "forwarded_allow_ips",
     "mask_email",
     "run_server",
     "serve",

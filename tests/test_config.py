@@ -75,6 +75,13 @@ def test_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ('footer_label = "发"', "footer_label = 1", "lists.send-to.footer_label: expected a"),
         ('tls = "none"', 'tls = "none"\npassword = "x"', "MAILER_SMTP_PASSWORD"),
         ('base_url = "https://bulletin.example.org"', 'base_url = "bulletin"', "web.base_url"),
+        ("[web]", '[web]\ntrusted_proxies = "127.0.0.1"',
+         "web.trusted_proxies: expected a list of IP addresses or networks"),
+        ("[web]", '[web]\ntrusted_proxies = ["127.0.0.1", "proxy.local"]',
+         'web.trusted_proxies[1]: "proxy.local" is not an IP address or network'),
+        ("[web]", '[web]\ntrusted_proxies = ["10.0.0.1/8"]',
+         'web.trusted_proxies[0]: "10.0.0.1/8" has host bits set; write 10.0.0.0/8'),
+        ("[web]", "[web]\ntrusted_proxies = [1]", "web.trusted_proxies[0]: expected a string"),
     ],
 )
 def test_wrong_value_is_one_line_naming_the_key(
@@ -85,6 +92,18 @@ def test_wrong_value_is_one_line_naming_the_key(
         config.load(write(tmp_path, CONFIG.replace(old, new, 1)))
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_trusted_proxies_default_none_and_take_addresses_and_networks(tmp_path: Path) -> None:
+    import ipaddress
+
+    assert config.load(write(tmp_path, CONFIG)).web.trusted_proxies == ()
+    text = CONFIG.replace("[web]", '[web]\ntrusted_proxies = ["127.0.0.1", "::1", "10.0.0.0/8"]')
+    assert config.load(write(tmp_path, text)).web.trusted_proxies == (
+        ipaddress.ip_network("127.0.0.1/32"),
+        ipaddress.ip_network("::1/128"),
+        ipaddress.ip_network("10.0.0.0/8"),
+    )
 
 
 def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:

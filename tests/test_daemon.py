@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -410,6 +411,70 @@ def test_one_click_during_a_running_campaign_stops_that_address(
     assert row["status"] == "unsubscribed"
 
 
+# --- one log format ------------------------------------------------------------------
+
+# The one format: local time, level, [campaign=N] event=NAME, then key=value fields
+# whose values are bare or double-quoted with backslash escapes. Nothing else.
+LOG_LINE = re.compile(
+    r'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (?:DEBUG|INFO|WARNING|ERROR|CRITICAL) '
+    r'(?:campaign=\d+ )?event=[\w.]+(?: [\w.]+=(?:"(?:[^"\\]|\\.)*"|[^\s"=\\]+))*'
+)
+
+
+def assert_one_format(text: str, *secrets: str) -> list[str]:
+    lines = text.splitlines()
+    assert lines
+    for line in lines:
+        assert LOG_LINE.fullmatch(line), f"not in the one log format: {line!r}"
+        assert "\x1b" not in line
+    for secret in secrets:
+        assert secret not in text
+    return lines
+
+
+def test_every_daemon_line_is_in_one_format_and_no_token_is_logged(
+        daemon_env: Callable[..., tuple[Daemon, Path]], run: Run, config_file: Path) -> None:
+    import email
+    import email.policy
+
+    with smtp_server() as srv:
+        d, issue = daemon_env(srv)
+        text = config_file.read_text(encoding="utf-8")
+        port = int(text.split("[web]\nport = ")[1].split("\n")[0])
+        config_file.write_text(text.replace("[web]\n", '[web]\ntrusted_proxies = ["127.0.0.1"]\n',
+                                            1), encoding="utf-8")
+        d.start()
+        run("schedule", str(issue), "--at", at(1)[0], "--list", "send-to")
+        wait_for(lambda: "event=finished" in d.text(), 20, "the campaign")
+        msg = email.message_from_bytes(srv.messages[0].data, policy=email.policy.default)
+        url = str(msg["List-Unsubscribe"]).split(">")[0].lstrip("<")
+        token = url[url.index("/u/") + 3:]
+        base = f"http://127.0.0.1:{port}"
+        forwarded = {"x-forwarded-for": "198.51.100.1, 203.0.113.7"}
+        assert httpx.get(f"{base}/u/{token}", headers=forwarded, timeout=10).status_code == 200
+        r = httpx.post(f"{base}/u/{token}?again={token}", content=b"List-Unsubscribe=One-Click",
+                       headers={"content-type": "application/x-www-form-urlencoded",
+                                **forwarded}, timeout=10)
+        assert r.status_code == 200
+        assert httpx.get(f"{base}/u/{token[:-3]}AAA", timeout=10).status_code == 404
+        # A request that is not HTTP at all: uvicorn's warning comes out in the format too.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"NOT HTTP\r\n\r\n")
+            s.recv(1024)
+        assert d.stop() == 0
+    lines = assert_one_format(d.text(), token, token.split(".")[-1])
+    http = [line for line in lines if " event=http " in line]
+    assert len(http) == 3
+    assert all("path=/u/[redacted]" in line for line in http)
+    assert sum("client=203.0.113.7" in line for line in http) == 2
+    assert "event=http method=POST path=/u/[redacted]?[redacted] status=200" in d.text()
+    for expected in ("event=daemon.started", "campaign=1 event=started", "event=unsubscribed",
+                     'logger=uvicorn.error msg="Started server process',
+                     'WARNING event=log logger=uvicorn.error msg="Invalid HTTP request received."',
+                     "event=daemon.stopped"):
+        assert any(expected in line for line in lines), expected
+
+
 def test_serve_command(run: Run, config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`mailer serve --host --port`: the unsubscribe pages on their own, stopped by SIGTERM."""
     monkeypatch.setenv("MAILER_SECRET", SECRET)
@@ -433,6 +498,10 @@ def test_serve_command(run: Run, config_file: Path, monkeypatch: pytest.MonkeyPa
                          timeout=5).status_code == 404
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
+        assert proc.stderr is not None
+        lines = assert_one_format(proc.stderr.read().decode(), "bm9wZQ")
+        assert any("event=http method=GET path=/u/[redacted] status=404" in line
+                   for line in lines)
     finally:
         if proc.poll() is None:
             proc.kill()

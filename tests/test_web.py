@@ -460,9 +460,85 @@ def test_failed_checks_are_limited_per_client_valid_tokens_never(
     r = web.client.post(good, content=ONE_CLICK_BODY, headers=ONE_CLICK)
     assert r.status_code == 200
     assert status_of(web, email) is Status.UNSUBSCRIBED
-    # Another client (behind the local reverse proxy) has its own window.
-    r = web.client.get(f"/u/{bad}", headers={"x-forwarded-for": "203.0.113.7"})
-    assert r.status_code == 404
+
+
+BAD_TOKEN = "v1.k1.YWJjOnNlbmQtdG8." + "A" * 22
+
+
+def bad_check(w: Running, forwarded: str | None = None) -> int:
+    headers = {"x-forwarded-for": forwarded} if forwarded is not None else {}
+    return w.client.get(f"/u/{BAD_TOKEN}", headers=headers).status_code
+
+
+@pytest.fixture
+def uvicorn_env_trusts_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    # uvicorn's own fallback when forwarded_allow_ips is not given; ours never is.
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")
+
+
+def test_forwarded_for_is_ignored_without_trusted_proxies(
+    strict: None, uvicorn_env_trusts_all: None, web: Running
+) -> None:
+    assert web.config.web.trusted_proxies == ()
+    # A local client rotating X-Forwarded-For is still one client: 127.0.0.1.
+    codes = [bad_check(web, f"198.51.100.{i}") for i in range(8)]
+    assert codes == [404] * 5 + [429] * 3
+
+
+@pytest.fixture
+def behind_local_proxy(config_file: Path) -> None:
+    set_web(config_file, failed_checks_per_minute=5, trusted_proxies=["127.0.0.1"])
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_window(
+    behind_local_proxy: None, web: Running
+) -> None:
+    assert [bad_check(web, "203.0.113.7") for _ in range(6)] == [404] * 5 + [429]
+    # Another client behind the same proxy is counted on its own.
+    assert [bad_check(web, "203.0.113.8") for _ in range(6)] == [404] * 5 + [429]
+    # Several X-Forwarded-For headers are one list; the right-most entry is the one
+    # the proxy added.
+    r = web.client.get(f"/u/{BAD_TOKEN}", headers=[("x-forwarded-for", "192.0.2.1"),
+                                                   ("x-forwarded-for", "203.0.113.7")])
+    assert r.status_code == 429
+    # A request from the proxy itself (no header) is the proxy's own.
+    assert bad_check(web) == 404
+
+
+def test_a_forged_left_most_entry_does_not_help_behind_a_trusted_proxy(
+    behind_local_proxy: None, web: Running
+) -> None:
+    # The attacker sends "X-Forwarded-For: <anything>", the proxy appends the
+    # attacker's real address: only that one counts.
+    codes = [bad_check(web, f"198.51.100.{i}, 203.0.113.66") for i in range(8)]
+    assert codes == [404] * 5 + [429] * 3
+    assert bad_check(web, "203.0.113.67") == 404
+
+
+def test_a_chain_of_trusted_proxies_by_network(config_file: Path, populated: Path,
+                                               start: Callable[[], Running]) -> None:
+    set_web(config_file, failed_checks_per_minute=3,
+            trusted_proxies=["127.0.0.0/8", "10.0.0.0/8"])
+    web = start()
+    # client, then a second proxy in 10/8, then the local one (the peer): the
+    # nearest untrusted entry is the client, whatever it put on the left.
+    codes = [bad_check(web, f"192.0.2.{i}, 203.0.113.9, 10.1.2.3") for i in range(5)]
+    assert codes == [404] * 3 + [429] * 2
+    assert bad_check(web, "203.0.113.10, 10.9.9.9") == 404
+    # Every entry trusted: uvicorn takes the left-most, here a proxy's own request.
+    assert [bad_check(web, "10.0.0.5, 10.1.2.3") for _ in range(4)] == [404] * 3 + [429]
+
+
+def test_trusted_proxies_as_uvicorn_allow_list() -> None:
+    import ipaddress
+
+    from mailer.web import forwarded_allow_ips
+
+    nets = (ipaddress.ip_network("127.0.0.1"), ipaddress.ip_network("10.0.0.0/8"),
+            ipaddress.ip_network("::1"))
+    assert forwarded_allow_ips(nets) == ["127.0.0.1/32", "::ffff:127.0.0.1/128", "10.0.0.0/8",
+                                         "::ffff:10.0.0.0/104", "::1/128"]
+    assert forwarded_allow_ips(()) == []
 
 
 def test_limiter_window_slides_and_memory_is_bounded() -> None:
