@@ -50,6 +50,7 @@ class Behaviour:
     split: str = ""
     seed: int = 0
     multiline: bool = False  # answer MAIL, RCPT and the end of DATA in two lines
+    smtputf8: bool = True  # advertise SMTPUTF8 (RFC 6531), as aiosmtpd's Controller does
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,7 @@ def smtp_server(behaviour: Behaviour | None = None) -> Iterator[Server]:
         with _RawServer(b"421 4.3.2 Too busy, try later\r\n" if b.greeting_421 else None) as raw:
             yield Server(raw.port, messages, sessions)
         return
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"enable_SMTPUTF8": b.smtputf8}
     if b.starttls is not None:
         kwargs["tls_context"] = b.starttls
     controller = _Controller(
