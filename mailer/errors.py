@@ -144,14 +144,28 @@ class CampaignNotSending(SendError):
         )
 
 
-class UnsendableRecipient(MailerError):
-    """One recipient's message cannot be built or sent (an address the relay cannot
-    take); that delivery fails alone and the campaign goes on."""
-
-    def __init__(self, address: str, reason: str) -> None:
-        self.address, self.reason = address, reason
-        super().__init__(f"{address}: {reason}")
-
-
 class IssueError(MailerError):
     """An issue file cannot be read or parsed."""
+
+
+class UnsendableRecipient(MailerError):
+    """The message cannot be built for this one recipient (an address that has no
+    form a header can carry, a bad unsubscribe URL or Message-ID). The delivery
+    fails alone with ``reason``; the campaign goes on."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        self.address = address
+        self.reason = reason
+        super().__init__(f"cannot build the message for {address!r}: {reason}")
+
+
+class UnsafeHeader(MailerError):
+    """A value that would become a header (the subject, a name) holds a character no
+    header may carry: a line break or another control character. Raised while the
+    message for a whole list is built; nothing of that list can be sent."""
+
+    def __init__(self, header: str, value: str, reason: str) -> None:
+        self.header = header
+        self.value = value
+        self.reason = reason
+        super().__init__(f"the {header} {value!r} {reason}; fix it in the issue or the config")

@@ -25,14 +25,17 @@ import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from email.headerregistry import Address
 from email.message import EmailMessage
+
+from .errors import InvalidInput, UnsafeHeader, UnsendableRecipient
+from .validate import ascii_domain, wire_address
 
 __all__ = [
     "MAX_URL_LENGTH",
     "MessageParts",
     "PreparedMessage",
     "format_to",
+    "header_problem",
     "make_message_id",
     "strip_controls",
 ]
@@ -45,6 +48,11 @@ MAX_URL_LENGTH = 256
 LINE_LIMIT = 900
 
 _TO = "MAILERTOPLACEHOLDER0000@placeholder.invalid"
+# Headers whose text we encode ourselves (EmailMessage would decode an "=?...?="
+# given as text and write it out raw): filled in once per list after as_bytes.
+_FROM = "MAILERFROMPLACEHOLDER0000@placeholder.invalid"
+_SUBJECT = "MAILERSUBJECTPLACEHOLDER0000"
+_LIST_ID = "MAILERLISTIDPLACEHOLDER0000"
 _MSGID = "<MAILERMSGIDPLACEHOLDER0000@placeholder.invalid>"
 _URL = "MAILERUNSUBSCRIBEURLPLACEHOLDER0000"
 _TEXT_BODY = "MAILERTEXTBODYPLACEHOLDER0000"
@@ -56,11 +64,35 @@ _SMTP = email.policy.SMTP
 
 
 def strip_controls(name: str) -> str:
-    """Remove control characters (C0, C1, DEL, and the Unicode line and paragraph
-    separators) from a display name, so that it can never break a header line."""
-    return "".join(
-        c for c in name if unicodedata.category(c) != "Cc" and c not in "\u2028\u2029"
-    )
+    """Remove control characters (C0, C1, DEL, lone surrogates, and the Unicode line
+    and paragraph separators) from a display name, so that it can never break a
+    header line nor fail to encode."""
+    if name.isprintable():  # the usual case: no Cc, Cs, Zl, Zp (nor Cf, Zs but space)
+        return name
+    return "".join(c for c in name if unicodedata.category(c) not in _NAME_CONTROLS)
+
+
+# Removed from names; refused in the subject (see ``header_problem``).
+_NAME_CONTROLS = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+def header_problem(value: str) -> str | None:
+    """Why ``value`` cannot be the text of a header (a line break, a tab or another
+    control character, a lone surrogate), or None."""
+    if value.isprintable():
+        return None
+    for c in value:
+        if unicodedata.category(c) in _NAME_CONTROLS:
+            return f"holds the control character U+{ord(c):04X} ({_char_name(c)})"
+    return None
+
+
+_CHAR_NAMES = {"\r": "carriage return", "\n": "line feed", "\t": "tab", "\x00": "NUL",
+               "\x85": "next line", "\u2028": "line separator", "\u2029": "paragraph separator"}
+
+
+def _char_name(c: str) -> str:
+    return _CHAR_NAMES.get(c) or unicodedata.name(c, "") or "a control character"
 
 
 def make_message_id(campaign_id: int, recipient_id: int, domain: str) -> str:
@@ -71,7 +103,10 @@ def make_message_id(campaign_id: int, recipient_id: int, domain: str) -> str:
     '<c12.r345.....@example.org>'
     """
     if not re.fullmatch(r"[A-Za-z0-9.-]+", domain):
-        raise ValueError(f"Message-ID domain {domain!r} is not a plain ASCII host name")
+        try:
+            domain = ascii_domain(domain)  # an IDN sender domain, in punycode
+        except InvalidInput:
+            raise UnsafeHeader("Message-ID domain", domain, "is not a host name") from None
     digest = hashlib.sha256(f"{campaign_id}:{recipient_id}:{domain}".encode()).hexdigest()
     return f"<c{campaign_id}.r{recipient_id}.{digest[:10]}@{domain}>"
 
@@ -132,7 +167,7 @@ class PreparedMessage:
         text = _wrap_text(_lines(text)).replace(_URL_FILLER, _URL)
         html = _wrap_html(_lines(html)).replace(_URL_FILLER, _URL)
 
-        msg = _headers(parts)
+        msg, header_values = _headers(parts)
         cte = "8bit" if eight_bit else "base64"
         msg.set_content(_TEXT_BODY + "\n", cte="8bit")
         msg.add_alternative(_HTML_BODY + "\n", subtype="html", cte="8bit")
@@ -144,6 +179,12 @@ class PreparedMessage:
             raise ValueError("MIME boundary collides with the body")
         msg.set_boundary(boundary)
         skeleton = msg.as_bytes(policy=_SMTP).decode("ascii")
+        head, sep, rest = skeleton.partition("\r\n\r\n")
+        for placeholder, value in header_values.items():
+            if head.count(placeholder) != 1:  # pragma: no cover - a bug here
+                raise AssertionError(f"header placeholder {placeholder} not found once")
+            head = head.replace(placeholder, value)
+        skeleton = head + sep + rest
 
         if eight_bit:
             skeleton = skeleton.replace(_TEXT_BODY + "\r\n", text.replace("\n", "\r\n"))
@@ -198,12 +239,14 @@ class PreparedMessage:
     ) -> bytes:
         values = {
             _TO: format_to(to_name, to_address),
-            _MSGID: _check_message_id(message_id),
+            _MSGID: _check_message_id(to_address, message_id),
         }
         if self.unsubscribe:
             if url is None:
-                raise ValueError("this list allows unsubscribing: an unsubscribe URL is required")
-            values[_URL] = _check_url(url)
+                raise UnsendableRecipient(
+                    to_address, "this list allows unsubscribing: an unsubscribe URL is required"
+                )
+            values[_URL] = _check_url(to_address, url)
         if self._b64 is not None:
             url_b = values.get(_URL, b"")
             values[_TEXT_BODY + "\r\n"] = _base64_lines(url_b.join(self._b64[0]))
@@ -218,47 +261,132 @@ class PreparedMessage:
 # --- headers --------------------------------------------------------------------
 
 
-def _headers(parts: MessageParts) -> EmailMessage:
+def _headers(parts: MessageParts) -> tuple[EmailMessage, dict[str, str]]:
+    """The message with every header, and the hand-encoded values that replace the
+    placeholders in its bytes. Raises ``UnsafeHeader`` for a value no header can carry."""
+    problem = header_problem(parts.subject)
+    if problem:
+        raise UnsafeHeader("subject", parts.subject, problem)
+    values = {
+        _SUBJECT: _unstructured(parts.subject).decode("ascii"),
+        _FROM: _mailbox("From", parts.from_name, parts.from_address),
+        _LIST_ID: _list_id(parts.list_id),
+    }
     msg = EmailMessage(policy=_SMTP)
-    msg["From"] = Address(strip_controls(parts.from_name).strip(), addr_spec=parts.from_address)
+    msg["From"] = _FROM
     msg["To"] = _TO
-    msg["Subject"] = parts.subject
+    msg["Subject"] = _SUBJECT
     msg["Date"] = parts.date
     msg["Message-ID"] = _MSGID
-    msg["List-Id"] = parts.list_id
+    msg["List-Id"] = _LIST_ID
     if parts.reply_to:
-        msg["Reply-To"] = parts.reply_to
+        msg["Reply-To"] = _list_address("Reply-To", parts.reply_to)
     if parts.unsubscribe_mailto is not None:
-        if not parts.unsubscribe_mailto.startswith("mailto:"):
-            raise ValueError(
-                f"unsubscribe_mailto {parts.unsubscribe_mailto!r} is not a mailto: URL"
+        if not parts.unsubscribe_mailto.startswith("mailto:") or not _MAILTO.fullmatch(
+            parts.unsubscribe_mailto
+        ):
+            raise UnsafeHeader(
+                "unsubscribe address", parts.unsubscribe_mailto,
+                "is not a mailto: URL of printable ASCII",
             )
         msg["List-Unsubscribe"] = f"<{_URL}>, <{parts.unsubscribe_mailto}>"
         msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    return msg
+    return msg, values
 
 
-_ADDRESS = re.compile(rb"[!-;=?-~]+@[A-Za-z0-9.-]+")  # printable ASCII, no <>
+_MAILTO = re.compile(r"mailto:[!-;=?-~]+")
+
+
+def _list_address(header: str, address: str) -> str:
+    """An address that goes to every recipient of the list (From, Reply-To): ASCII,
+    its domain in punycode. A non-ASCII local part would make every message need
+    SMTPUTF8, so it is refused."""
+    try:
+        wire = wire_address(address)
+    except InvalidInput as e:
+        raise UnsafeHeader(f"{header} address", address, f"cannot be sent: {e}") from None
+    if wire.smtputf8:
+        raise UnsafeHeader(
+            f"{header} address", address,
+            "has a non-ASCII local part, which only SMTPUTF8 relays take; use an ASCII address",
+        )
+    return wire.envelope
+
+
+def _mailbox(header: str, name: str, address: str) -> str:
+    addr = _list_address(header, address).encode("ascii")
+    name = strip_controls(name).strip()
+    return _name_addr(name, addr).decode("ascii")
+
+
+def _list_id(list_id: str) -> str:
+    """``title <id>`` (RFC 2919) with the title encoded like a name."""
+    m = re.fullmatch(r"(.*?)\s*<([^<>]*)>", list_id, re.S)
+    if m is None:
+        raise UnsafeHeader("List-Id", list_id, "is not like 'title <list.example.org>'")
+    try:
+        ident = ascii_domain(m.group(2))
+    except InvalidInput:
+        raise UnsafeHeader("List-Id", list_id, "has an id that is not a host name") from None
+    name = strip_controls(m.group(1)).strip()
+    return (_phrase(name) + b" <" if name else b"<").decode("ascii") + ident + ">"
+
+
+# atext and dots only (RFC 5322 dot-atom), an ASCII domain: goes in a header as is.
+_ADDRESS = re.compile(rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+")
 _ATOMS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]{1,60}")
 _EW_BYTES = 42  # utf-8 bytes per encoded word: 56 base64 chars, 68 with =?utf-8?b??=
+_RAW_TEXT = re.compile(r"[ -~]{1,900}")  # printable ASCII: an unstructured header as is
 
 
 def format_to(name: str | None, address: str) -> bytes:
     """The To header value for one recipient, RFC 2047-encoded and folded by hand
-    (cheap enough to run per recipient)."""
-    addr = address.encode("ascii", "replace")
-    if not _ADDRESS.fullmatch(addr):
-        raise ValueError(f"{address!r} is not a plain ASCII email address")
+    (cheap enough to run per recipient). An IDN domain goes in punycode; a non-ASCII
+    local part as UTF-8 (RFC 6532: such a message can only go over SMTPUTF8, which
+    the transport checks). Raises ``UnsendableRecipient`` for an address no header
+    can carry."""
+    if address.isascii() and _ADDRESS.fullmatch(addr := address.encode("ascii")):
+        pass
+    else:
+        try:
+            addr = wire_address(address).header.encode("utf-8")
+        except InvalidInput as e:
+            raise UnsendableRecipient(address, str(e)) from None
     name = strip_controls(name).strip() if name else ""
     if not name:
         return addr
-    if _ATOMS.fullmatch(name):
+    return _name_addr(name, addr)
+
+
+def _name_addr(name: str, addr: bytes) -> bytes:
+    if _ATOMS.fullmatch(name) and "=?" not in name:
         return name.encode("ascii") + b" <" + addr + b">"
-    words = [
+    return _phrase(name) + b"\r\n <" + addr + b">"
+
+
+def _phrase(name: str) -> bytes:
+    """A display name as a phrase: atoms as they are, anything else (non-ASCII,
+    specials, and anything holding "=?", which a client would otherwise decode as
+    an encoded word of its own) as RFC 2047 encoded words, one per folded line."""
+    if _ATOMS.fullmatch(name) and "=?" not in name:
+        return name.encode("ascii")
+    return _encoded_words(name)
+
+
+def _unstructured(text: str) -> bytes:
+    """An unstructured header value (Subject): as is when it is printable ASCII
+    without "=?", else RFC 2047 encoded words (the whitespace between them is not
+    part of the text, so it is cut anywhere between characters)."""
+    if _RAW_TEXT.fullmatch(text) and "=?" not in text and text.strip() == text:
+        return text.encode("ascii")
+    return _encoded_words(text)
+
+
+def _encoded_words(text: str) -> bytes:
+    return b"\r\n ".join(
         b"=?utf-8?b?" + binascii.b2a_base64(chunk, newline=False) + b"?="
-        for chunk in _utf8_chunks(name, _EW_BYTES)
-    ]
-    return b"\r\n ".join(words) + b"\r\n <" + addr + b">"
+        for chunk in _utf8_chunks(text, _EW_BYTES)
+    )
 
 
 def _utf8_chunks(s: str, limit: int) -> Iterator[bytes]:
@@ -277,22 +405,23 @@ def _utf8_chunks(s: str, limit: int) -> Iterator[bytes]:
 _MSGID_RE = re.compile(rb"<[!-;=?-~]+@[!-;=?-~]+>")
 
 
-def _check_message_id(message_id: str) -> bytes:
+def _check_message_id(address: str, message_id: str) -> bytes:
     b = message_id.encode("ascii", "replace")
     if not _MSGID_RE.fullmatch(b):
-        raise ValueError(f"{message_id!r} is not a Message-ID like <id@domain>")
+        raise UnsendableRecipient(address, f"{message_id!r} is not a Message-ID like <id@domain>")
     return b
 
 
 _URL_RE = re.compile(rb"https?://[!-;=?-~]+")  # no spaces, controls, < or >
 
 
-def _check_url(url: str) -> bytes:
+def _check_url(address: str, url: str) -> bytes:
     b = url.encode("ascii", "replace")
     if len(b) > MAX_URL_LENGTH or not _URL_RE.fullmatch(b):
-        raise ValueError(
+        raise UnsendableRecipient(
+            address,
             f"unsubscribe URL {url!r} must be an http(s) URL of printable ASCII "
-            f"without <>, at most {MAX_URL_LENGTH} characters"
+            f"without <>, at most {MAX_URL_LENGTH} characters",
         )
     return b
 

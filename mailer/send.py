@@ -470,8 +470,10 @@ class Run:
             # fail the same way, and no member should be marked bounced for it.
             raise SenderRefused(self.sender, reply.code, text, self.campaign_id)
         if reply.outcome is Outcome.FAILED:
+            # A refusal of our own (nothing reached the relay: no SMTPUTF8 for this
+            # address) says nothing about the mailbox: not a bounce.
             return DeliveryResult(job.delivery_id, DeliveryStatus.FAILED, reply.code, text,
-                                  message_id, bounce=True)
+                                  message_id, bounce=not reply.local)
         now = self.clock()
         first = parse_stamp(job.first_attempt_at)
         if (now - first).total_seconds() >= self.policy.lifetime:

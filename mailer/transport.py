@@ -43,7 +43,8 @@ from typing import Literal, Protocol
 import aiosmtplib
 
 from mailer.config import SMTPConfig
-from mailer.errors import ConfigError, RelayMisconfigured
+from mailer.errors import ConfigError, InvalidInput, RelayMisconfigured
+from mailer.validate import wire_address
 
 __all__ = [
     "Envelope",
@@ -85,6 +86,10 @@ class Reply:
     text: str
     outcome: Outcome
     stage: str = ""
+    # True when the refusal is ours, before anything was sent (an address that cannot
+    # go on the wire, SMTPUTF8 needed but not offered): the relay never saw it, so it
+    # says nothing about the mailbox and should not mark the address bounced.
+    local: bool = False
 
 
 def _reply(code: int, text: str, stage: str = "") -> Reply:
@@ -129,6 +134,11 @@ class Transport(Protocol):
     @property
     def relay(self) -> tuple[str, int]:
         """The server's host and port, for messages."""
+
+    @property
+    def smtputf8(self) -> bool:
+        """The server offers SMTPUTF8, RFC 6531 (known after connect): needed for a
+        non-ASCII local part, in the envelope and in the To header."""
 
 
 @dataclass(frozen=True)
@@ -392,6 +402,30 @@ def _refusal(stage: str, code: int, text: str) -> Reply | None:
 _ADDR = re.compile(r"[!-;=?-~]+")  # printable ASCII without < > or spaces
 
 
+def _local(code: int, text: str, stage: str) -> Reply:
+    return Reply(code, f"local: {text}", classify(code), stage, local=True)
+
+
+def _mailbox(address: str, stage: str) -> tuple[bytes, bool] | Reply:
+    """The address as it goes between ``<>`` on MAIL/RCPT and whether it needs
+    SMTPUTF8; or the local refusal when it cannot go on the wire at all. An IDN
+    domain goes in punycode (A-labels), whatever the relay offers."""
+    if address.isascii() and _ADDR.fullmatch(address):
+        return address.encode("ascii"), False
+    try:
+        wire = wire_address(address)
+    except InvalidInput as e:
+        return _local(553, f"5.1.3 address not acceptable: {address!r} ({e})", stage)
+    return wire.envelope.encode("utf-8"), wire.smtputf8
+
+
+def _utf8_headers(data: bytes) -> bool:
+    """The message's header holds UTF-8 (RFC 6532), e.g. a To with a non-ASCII local
+    part. Looks at the header only: the body may be 8bit (that is 8BITMIME's job)."""
+    end = data.find(b"\r\n\r\n")
+    return not (data[:end] if end >= 0 else data).isascii()
+
+
 class SMTPTransport:
     """One SMTP connection for the bulk path (see the module docstring)."""
 
@@ -400,6 +434,7 @@ class SMTPTransport:
         self._smtp: aiosmtplib.SMTP | None = None
         self._wire: _Wire | None = None
         self._eight_bit = False
+        self._smtputf8 = False
         self._size = False
         self.pipelining = False
 
@@ -410,6 +445,10 @@ class SMTPTransport:
     @property
     def relay(self) -> tuple[str, int]:
         return self.settings.host, self.settings.port
+
+    @property
+    def smtputf8(self) -> bool:
+        return self._smtputf8
 
     @property
     def connected(self) -> bool:
@@ -432,6 +471,7 @@ class SMTPTransport:
             smtp.close()
             raise _Unavailable(_lost("aiosmtplib gave no transport", "connect"))
         self._eight_bit = smtp.supports_extension("8bitmime")
+        self._smtputf8 = smtp.supports_extension("smtputf8")
         self.pipelining = smtp.supports_extension("pipelining")
         self._size = smtp.supports_extension("size")
         # From here on the connection's bytes come to _Wire, not to aiosmtplib.
@@ -440,11 +480,15 @@ class SMTPTransport:
         self._smtp, self._wire = smtp, wire
 
     async def send(self, envelope: Envelope) -> Reply:
-        if not (_ADDR.fullmatch(envelope.sender) and _ADDR.fullmatch(envelope.recipient)):
-            # A local refusal, before anything is written: the address cannot go on
-            # an SMTP command line.
-            return Reply(553, f"local: address not acceptable: {envelope.recipient!r}",
-                         Outcome.FAILED, "rcpt")
+        # Local refusals come before anything is written: an address that cannot go
+        # on an SMTP command line, a message that needs SMTPUTF8 the relay lacks.
+        sender = _mailbox(envelope.sender, "mail")
+        if isinstance(sender, Reply):
+            return sender
+        recipient = _mailbox(envelope.recipient, "rcpt")
+        if isinstance(recipient, Reply):
+            return recipient
+        utf8 = sender[1] or recipient[1] or _utf8_headers(envelope.data)
         if not self.connected:
             try:
                 await self._connect()
@@ -452,8 +496,10 @@ class SMTPTransport:
                 return exc.reply
         assert self._wire is not None
         wire = self._wire
+        if utf8 and not self._smtputf8:
+            return _no_smtputf8(envelope, sender[1])
         try:
-            reply = await self._transaction(wire, envelope)
+            reply = await self._transaction(wire, envelope, sender[0], recipient[0], utf8)
         except _ConnectionDead as exc:
             await self._drop()
             return _lost(str(exc))
@@ -466,14 +512,17 @@ class SMTPTransport:
             await self._drop()
         return reply
 
-    async def _transaction(self, wire: _Wire, env: Envelope) -> Reply:
+    async def _transaction(self, wire: _Wire, env: Envelope, sender: bytes, recipient: bytes,
+                           utf8: bool) -> Reply:
         timeout = self.settings.timeout
         params = b" BODY=8BITMIME" if self._eight_bit else b""
+        if utf8:  # RFC 6531 §3.4: the whole transaction, envelope and header, is UTF-8
+            params += b" SMTPUTF8"
         if self._size:  # RFC 1870: lets the server refuse an oversized message early
             params += b" SIZE=%d" % len(env.data)
         commands = [
-            ("mail", b"MAIL FROM:<" + env.sender.encode() + b">" + params + b"\r\n"),
-            ("rcpt", b"RCPT TO:<" + env.recipient.encode() + b">\r\n"),
+            ("mail", b"MAIL FROM:<" + sender + b">" + params + b"\r\n"),
+            ("rcpt", b"RCPT TO:<" + recipient + b">\r\n"),
             ("data", b"DATA\r\n"),
         ]
         refusal: Reply | None = None
@@ -543,6 +592,16 @@ class SMTPTransport:
                 wire.transport.abort()
 
 
+def _no_smtputf8(envelope: Envelope, sender_needs_it: bool) -> Reply:
+    """The local refusal of a message that only SMTPUTF8 can carry (RFC 6531 §3.2:
+    never downgraded). Enhanced codes as RFC 6533 §3: 5.6.7 for the address."""
+    if sender_needs_it:
+        return _local(553, "5.6.7 the relay does not offer SMTPUTF8, needed for the sender "
+                      f"{envelope.sender}", "mail")
+    return _local(553, "5.6.7 the relay does not offer SMTPUTF8, needed for "
+                  f"{envelope.recipient}", "rcpt")
+
+
 # --- the single-message path ----------------------------------------------------
 
 _STUFFED = re.compile(rb"(?m)^\.\.")
@@ -552,15 +611,27 @@ async def send_one(settings: SMTPSettings, envelope: Envelope) -> Reply:
     """Send one message with plain aiosmtplib (test sends). ``envelope.data`` is the
     same wire form as for the bulk path; aiosmtplib stuffs dots itself, so they are
     unstuffed first. Raises ``SMTPSetupError`` like ``SMTPTransport.connect``."""
+    sender = _mailbox(envelope.sender, "mail")
+    if isinstance(sender, Reply):
+        return sender
+    recipient = _mailbox(envelope.recipient, "rcpt")
+    if isinstance(recipient, Reply):
+        return recipient
+    utf8 = sender[1] or recipient[1] or _utf8_headers(envelope.data)
     try:
         smtp = await _open(settings)
     except _Unavailable as exc:
         return exc.reply
+    if utf8 and not smtp.supports_extension("smtputf8"):
+        smtp.close()
+        return _no_smtputf8(envelope, sender[1])
     options = ["BODY=8BITMIME"] if smtp.supports_extension("8bitmime") else []
+    if utf8:
+        options.append("SMTPUTF8")
     message = _STUFFED.sub(b".", envelope.data)
     try:
         _, text = await smtp.sendmail(
-            envelope.sender, [envelope.recipient], message, mail_options=options
+            sender[0].decode(), [recipient[0].decode()], message, mail_options=options
         )
         reply = _reply(250, text)
     except aiosmtplib.SMTPRecipientsRefused as exc:

@@ -6,6 +6,9 @@ says what is wrong in words a staff member can act on.
 
 from __future__ import annotations
 
+import functools
+import re
+import string
 import unicodedata
 from dataclasses import dataclass
 
@@ -66,3 +69,69 @@ def clean_text(raw: str | None, what: str, *, required: bool = False) -> str | N
     if len(value) > MAX_NAME:
         raise InvalidInput(f"the {what} is longer than {MAX_NAME} characters")
     return value
+
+
+# --- addresses on the wire ---------------------------------------------------------
+# What the store holds (``Address.email``: the domain in Unicode) is turned into what
+# SMTP and the headers carry. Done per recipient, so the domain conversion (IDNA via
+# email-validator, about 2 ms) is cached per domain and the local part is checked here
+# by the same rules email-validator applied when the address was accepted.
+
+
+@dataclass(frozen=True)
+class WireAddress:
+    # For MAIL FROM / RCPT TO: the domain in A-labels (punycode), the local part as
+    # it is (UTF-8 when ``smtputf8``).
+    envelope: str
+    # For the To header: ``envelope`` when the local part is ASCII (the message stays
+    # plain RFC 5322); otherwise the whole address in Unicode (NFC), which RFC 6532
+    # allows in a message sent over SMTPUTF8 and only there.
+    header: str
+    smtputf8: bool  # the local part is not ASCII: only a relay offering SMTPUTF8 can take it
+
+
+_ATEXT = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-/=?^_`{|}~")
+
+
+def wire_address(address: str) -> WireAddress:
+    """The wire and header forms of an address; ``InvalidInput`` if it has none."""
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise InvalidInput(f"{address!r} is not an email address")
+    local = unicodedata.normalize("NFC", local)
+    smtputf8 = not local.isascii()
+    if local.startswith(".") or local.endswith(".") or ".." in local or any(
+        not (c in _ATEXT or c == "." or (ord(c) > 127 and _safe_unicode(c))) for c in local
+    ):
+        raise InvalidInput(f"the local part of {address!r} cannot be sent unquoted")
+    ascii_domain, unicode_domain = _domain(domain)
+    envelope = f"{local}@{ascii_domain}"
+    return WireAddress(envelope, f"{local}@{unicode_domain}" if smtputf8 else envelope, smtputf8)
+
+
+def _safe_unicode(c: str) -> bool:
+    # No controls, format characters, surrogates, private use, unassigned, spaces or
+    # separators (email-validator refuses the same).
+    return unicodedata.category(c)[0] not in "CZ"
+
+
+def ascii_domain(domain: str) -> str:
+    """A domain in A-labels (punycode); ``InvalidInput`` if it is not a domain name."""
+    return _domain(domain)[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def _domain(domain: str) -> tuple[str, str]:
+    """(A-label form, Unicode form) of a domain, as email-validator converts it."""
+    if domain.isascii() and _PLAIN_DOMAIN.fullmatch(domain) and "xn--" not in domain.lower():
+        return domain, domain
+    try:
+        info = validate_email(f"postmaster@{domain}", check_deliverability=False,
+                              allow_smtputf8=True)
+    except EmailNotValidError as e:
+        raise InvalidInput(f"the domain {domain!r} cannot be sent to ({_reason(e)})") from None
+    return info.ascii_domain, info.domain
+
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PLAIN_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})+")

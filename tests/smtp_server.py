@@ -51,6 +51,7 @@ class Behaviour:
     seed: int = 0
     multiline: bool = False  # answer MAIL, RCPT and the end of DATA in two lines
     ehlo_421: int = 0  # the first N sessions get 421 to EHLO, then the server hangs up
+    smtputf8: bool = True  # advertise SMTPUTF8 (RFC 6531), as aiosmtpd's Controller does
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,7 @@ def smtp_server(behaviour: Behaviour | None = None) -> Iterator[Server]:
         with _RawServer(b"421 4.3.2 Too busy, try later\r\n" if b.greeting_421 else None) as raw:
             yield Server(raw.port, messages, sessions)
         return
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"enable_SMTPUTF8": b.smtputf8}
     if b.starttls is not None:
         kwargs["tls_context"] = b.starttls
     controller = _Controller(

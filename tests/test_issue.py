@@ -686,3 +686,87 @@ def test_the_copied_sample_is_the_one_staff_have() -> None:
     if not SAMPLE_ISSUE.exists():
         pytest.skip(f"{SAMPLE_ISSUE} is not beside this checkout")
     assert SAMPLE.read_bytes() == SAMPLE_ISSUE.read_bytes()
+
+
+# --- text that becomes a header ------------------------------------------------------
+
+EVIL = "Bcc:evil@attacker.example"
+TITLE_LINE = 8  # "简 报" in the sample
+
+
+def header_errors(result: ParseResult) -> list[tuple[int, str]]:
+    return [(p.line, p.message) for p in result.errors]
+
+
+@pytest.mark.parametrize("c", ["\r", "\x85", "\u2028", "\u2029", "\x00", "\t", "\x0b", "\x1b",
+                               "\x7f", "\x9b"])
+def test_a_control_character_in_a_text_title_is_an_error_at_its_line(c: str) -> None:
+    text = SAMPLE.read_text(encoding="utf-8").replace("简 报", f"简 报{c}{EVIL}", 1)
+    errors = header_errors(parse_text(text))
+    assert [line for line, _ in errors] == [TITLE_LINE], errors
+    assert "carriage return" in errors[0][1] if c == "\r" else f"U+{ord(c):04X}" in errors[0][1]
+
+
+@pytest.mark.parametrize("where", ["organisation", "issue line"])
+def test_a_control_character_in_other_subject_parts_is_an_error(where: str) -> None:
+    text = SAMPLE.read_text(encoding="utf-8")
+    if where == "organisation":
+        text = text.replace("协会\n\n简 报", "协\u2028会\n\n简 报", 1)
+        line = 6
+    else:
+        text = text.replace("2015 年第 9 期", "2015\u2028年第 9 期", 1)
+        line = 10
+    errors = header_errors(parse_text(text))
+    assert [(n, where in m) for n, m in errors] == [(line, True)], errors
+
+
+def test_a_bare_cr_in_a_crlf_file_is_an_error_and_in_the_body_a_warning() -> None:
+    text = SAMPLE.read_text(encoding="utf-8").replace("\n", "\r\n")
+    text = text.replace("简 报", f"{EVIL}\r简 报", 1)
+    assert header_errors(parse_text(text))[0][0] == TITLE_LINE
+    body = SAMPLE.read_text(encoding="utf-8").replace("作为新社会组织", "作为新\r社会组织", 1)
+    result = parse_text(body)
+    assert not result.errors
+    assert any("carriage return" in p.message for p in result.warnings)
+
+
+def test_cr_line_endings_for_the_whole_file_are_fine() -> None:
+    result = parse_text(SAMPLE.read_text(encoding="utf-8").replace("\n", "\r"))
+    assert not result.errors
+    assert not any("carriage return" in p.message for p in result.warnings)
+    assert result.issue == parse_file(SAMPLE).issue
+
+
+MD_FRONT = (
+    '+++\nnotice = ""\norganisation = "协会"\ntitle = "简 报"\nyear = 2020\n'
+    'number = 1\npublisher = "协会编印"\ndate = 2020-01-01\n+++\n\n## 文章\n\n正文。\n'
+)
+
+
+@pytest.mark.parametrize("escape", ["\\r\\n", "\\r", "\\n", "\\u0085", "\\u2028", "\\u2029",
+                                    "\\u0000", "\\t", "\\u001b", "\u2028", "\x85", "\t"])
+@pytest.mark.parametrize(("key", "line"), [("title", 4), ("organisation", 3)])
+def test_a_control_character_in_the_markdown_front_matter_is_an_error(
+    escape: str, key: str, line: int
+) -> None:
+    value = "简 报" if key == "title" else "协会"
+    md = MD_FRONT.replace(f'{key} = "{value}"', f'{key} = "{value}{escape}{EVIL}"')
+    errors = header_errors(parse_markdown(md))
+    assert [(n, key in m) for n, m in errors] == [(line, True)], errors
+
+
+def test_a_multi_line_markdown_title_is_an_error() -> None:
+    md = MD_FRONT.replace('title = "简 报"', f'title = """简 报\n{EVIL}"""')
+    assert [n for n, _ in header_errors(parse_markdown(md))] == [4]
+
+
+def test_a_bare_cr_in_the_markdown_front_matter_is_an_error() -> None:
+    md = MD_FRONT.replace('notice = ""', 'notice = ""\r# stray')
+    errors = header_errors(parse_markdown(md))
+    assert [n for n, _ in errors] == [2], errors
+    assert not parse_markdown(MD_FRONT.replace("\n", "\r")).errors
+
+
+def test_the_sample_has_no_header_problems() -> None:
+    assert not parse_file(SAMPLE).errors
+    assert not parse_file(DATA / "handwritten.md").errors

@@ -126,3 +126,15 @@ def test_convert_into_a_missing_folder_is_one_line(run: Run, sample: Path) -> No
     refused = run("issue", "convert", str(sample), "-o", str(target), ok=False)
     assert_one_line_error(refused, str(target.parent))
     assert not target.parent.exists()
+
+
+@pytest.mark.parametrize("c", ["\r", "\u2028", "\t"])
+def test_check_refuses_a_title_that_cannot_be_a_subject(run: Run, sample: Path, c: str) -> None:
+    evil = f"简 报{c}Bcc:evil@attacker.example"
+    text = sample.read_text(encoding="utf-8").replace("简 报", evil, 1)
+    sample.write_bytes(text.encode("utf-8"))
+    result = run("issue", "check", str(sample), ok=False)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    errors = [ln for ln in result.stderr.splitlines() if "line 8" in ln]
+    assert len(errors) == 1, result.stderr

@@ -518,3 +518,33 @@ def test_a_message_that_cannot_be_built_fails_alone(
     assert "cannot be written in a header" in rows[victim]["last_response"]
     assert victim not in {m.rcpt_tos[0] for m in srv.messages}
     assert status_of(initialised, victim, "send-to") == "active"  # not a bounce
+
+
+@pytest.mark.parametrize("smtputf8", [False, True])
+def test_internationalised_addresses_are_sent_or_fail_alone(
+    run: CliRun, initialised: Path, config_file: Path, env: None, smtputf8: bool
+) -> None:
+    """An IDN domain goes out in punycode; a non-ASCII local part only over SMTPUTF8,
+    otherwise that one delivery fails with the reason (not a bounce) and the
+    campaign goes on."""
+    extra = ("email,name,unit,group\n"
+             "info@例子.中国,信息,例子单位,第一片组\n"
+             "用户@例子.中国,用户,例子单位,第一片组\n")
+    s = prepare(run, initialised, config_file, extra=extra)
+    with smtp_server(Behaviour(pipelining=True, smtputf8=smtputf8)) as srv:
+        progress = asyncio.run(sender(s, srv.port).run())
+    rows = ledger(initialised)
+    got = {m.rcpt_tos[0]: m for m in srv.messages}
+    assert "info@xn--fsqu00a.xn--fiqs8s" in got
+    assert "xn--fsqu00a.xn--fiqs8s" in str(parse(got["info@xn--fsqu00a.xn--fiqs8s"])["To"])
+    utf8 = rows["用户@例子.中国"]
+    if smtputf8:
+        assert progress.sent == 16 and utf8["status"] == "sent"
+        [m] = [m for a, m in got.items() if a.startswith("用户@")]
+        assert "SMTPUTF8" in m.mail_options
+    else:
+        assert (progress.sent, progress.failed) == (15, 1)
+        assert utf8["status"] == "failed" and "SMTPUTF8" in utf8["last_response"]
+        assert status_of(initialised, "用户@例子.中国", "send-to") == "active"
+    with Store.open(initialised) as store:
+        assert store.campaign(s.campaign_id).status.value == "sent"

@@ -510,3 +510,117 @@ def test_reply_completed_30_ms_later() -> None:
     assert [(r.code, r.text) for r in replies] == [
         (250, f"2.0.0 Ok: queued as {n}") for n in range(1, 6)
     ]
+
+
+# --- internationalised addresses ------------------------------------------------------
+
+IDN = "info@例子.中国"
+IDN_ASCII = "info@xn--fsqu00a.xn--fiqs8s"
+UTF8 = "用户@例子.中国"
+UTF8_WIRE = "用户@xn--fsqu00a.xn--fiqs8s"
+
+
+def to_message(to: str, envelope_to: str | None = None, n: int = 1) -> Envelope:
+    """As the engine builds it: the stored address for the header, its ASCII form
+    (when there is one) for the envelope."""
+    data = PREPARED.personalise(
+        to_name="张三", to_address=to, message_id=make_message_id(1, n, "example.org"),
+        unsubscribe_url=f"https://bulletin.example.org/u/tok{n}",
+    )
+    return Envelope(SENDER, envelope_to or to, data)
+
+
+def parsed_to(data: bytes) -> str:
+    import email
+    import email.policy
+
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert msg["Bcc"] is None
+    addr = msg["To"].addresses[0].addr_spec
+    return str(addr).encode("ascii", "surrogateescape").decode("utf-8")
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+@pytest.mark.parametrize("envelope_to", [IDN, IDN_ASCII])
+def test_an_idn_domain_goes_in_punycode(pipelining: bool, envelope_to: str) -> None:
+    with smtp_server(Behaviour(pipelining=pipelining, smtputf8=False)) as srv:
+        [reply] = run(send_all(settings(srv), [to_message(IDN, envelope_to)]))
+    assert reply.outcome is Outcome.SENT, reply
+    [got] = srv.messages
+    assert got.rcpt_tos == [IDN_ASCII]
+    assert "SMTPUTF8" not in got.mail_options
+    assert got.data.split(b"\r\n\r\n", 1)[0].isascii()
+    assert parsed_to(got.data) == IDN_ASCII
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_a_utf8_local_part_goes_over_smtputf8(pipelining: bool) -> None:
+    with smtp_server(Behaviour(pipelining=pipelining)) as srv:
+
+        async def go() -> tuple[Reply, bool]:
+            t = SMTPTransport(settings(srv))
+            try:
+                return await t.send(to_message(UTF8)), t.smtputf8
+            finally:
+                await t.close()
+
+        reply, offered = run(go())
+    assert reply.outcome is Outcome.SENT, reply
+    assert offered
+    [got] = srv.messages
+    assert got.rcpt_tos == [UTF8_WIRE]  # envelope: A-label domain
+    assert "SMTPUTF8" in got.mail_options and "BODY=8BITMIME" in got.mail_options
+    assert ("\r\nTo: =?utf-8?b?5byg5LiJ?=\r\n <" + UTF8 + ">\r\n").encode() in got.data
+    assert parsed_to(got.data) == UTF8
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_a_utf8_local_part_fails_alone_without_smtputf8(pipelining: bool) -> None:
+    envelopes = [to_message(GOOD, n=1), to_message(UTF8, n=2), to_message(IDN, IDN_ASCII, n=3)]
+    with smtp_server(Behaviour(pipelining=pipelining, smtputf8=False)) as srv:
+        first, bad, last = run(send_all(settings(srv), envelopes))
+    assert first.outcome is Outcome.SENT and last.outcome is Outcome.SENT
+    assert (bad.code, bad.outcome, bad.stage, bad.local) == (553, Outcome.FAILED, "rcpt", True)
+    assert bad.text == f"local: 5.6.7 the relay does not offer SMTPUTF8, needed for {UTF8}"
+    assert [m.rcpt_tos for m in srv.messages] == [[GOOD], [IDN_ASCII]]
+    assert len(srv.sessions) == 1  # nothing was written for it: the session goes on
+
+
+def test_a_utf8_header_is_never_sent_without_smtputf8() -> None:
+    # The envelope is ASCII but the header is not (an engine that put the ASCII form
+    # on the envelope): the message still needs SMTPUTF8 (RFC 6532 §3).
+    env = to_message(UTF8, "someone@example.org")
+    with smtp_server(Behaviour(smtputf8=False)) as srv:
+        [reply] = run(send_all(settings(srv), [env]))
+    assert (reply.code, reply.outcome, reply.local) == (553, Outcome.FAILED, True)
+    assert "SMTPUTF8" in reply.text
+    assert srv.messages == []
+    with smtp_server() as srv:
+        [reply] = run(send_all(settings(srv), [env]))
+    assert reply.outcome is Outcome.SENT
+    assert "SMTPUTF8" in srv.messages[0].mail_options
+
+
+@pytest.mark.parametrize("address", ["a b@example.org", "a@x.org>\r\nRSET", "用 户@例子.中国",
+                                     "a@-bad-.中国"])
+def test_an_address_that_cannot_go_on_the_wire_is_refused_locally(address: str) -> None:
+    env = Envelope(SENDER, address, message()[0].data)
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        bad, good = run(send_all(settings(srv), [env, message()[0]]))
+    assert (bad.code, bad.outcome, bad.stage, bad.local) == (553, Outcome.FAILED, "rcpt", True)
+    assert good.outcome is Outcome.SENT
+    assert [m.rcpt_tos for m in srv.messages] == [[GOOD]]
+
+
+@pytest.mark.parametrize("offered", [True, False])
+def test_send_one_with_a_utf8_local_part(offered: bool) -> None:
+    with smtp_server(Behaviour(smtputf8=offered)) as srv:
+        reply = run(send_one(settings(srv), to_message(UTF8)))
+    if offered:
+        assert reply.outcome is Outcome.SENT, reply
+        [got] = srv.messages
+        assert got.rcpt_tos == [UTF8_WIRE] and "SMTPUTF8" in got.mail_options
+        assert parsed_to(got.data) == UTF8
+    else:
+        assert (reply.code, reply.outcome, reply.local) == (553, Outcome.FAILED, True)
+        assert srv.messages == []

@@ -298,3 +298,41 @@ def _check_contents(
         rep.error(line, f"contents entry {n} {_q(entry)} matches no article{hint}")
     for a in unmatched:
         rep.warning(a.line, f"article {_q(a.title)} is not in the contents (本期导读)")
+
+
+# --- text that becomes a header --------------------------------------------------
+# The masthead's title, organisation and issue line go into the Subject (and may go
+# into a From name through the subject template); a line break or control character
+# there would end the header or change it. Reported as errors, so that no send,
+# schedule or watched folder starts such an issue (``message`` refuses it too).
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def check_header_text(rep: _Problems, line: int, what: str, value: str) -> None:
+    """An error at ``line`` if ``value`` holds a character no header may carry."""
+    from mailer.message import header_problem  # the one rule, shared with the builder
+
+    problem = header_problem(value)
+    if problem:
+        rep.error(line, f"the {what} {_q(value)} {problem}; it goes into the e-mail's "
+                        "Subject, where it cannot be: put it on one line without it")
+
+
+def check_lone_cr(rep: _Problems, text: str, header_lines: int) -> None:
+    """A carriage return that ends a line on its own in a file whose lines end with
+    LF or CRLF: the text after it silently became a line of its own (a bare CR in the
+    title line would replace the title). An error up to ``header_lines`` (where the
+    masthead is), a warning after it. A file whose every line ends with CR is fine."""
+    if "\r" not in text or "\n" not in text:
+        return
+    line = 1
+    for m in _LINE_END.finditer(text):
+        if m.group() == "\r":
+            message = (f"a carriage return (CR) alone ends this line inside a file whose "
+                       f"lines end with LF; the text after it became line {line + 1}")
+            if line <= header_lines:
+                rep.error(line, message + ": remove the stray CR")
+            else:
+                rep.warning(line, message)
+        line += 1

@@ -29,6 +29,8 @@ from .common import (
     _join_breaks,
     _Problems,
     _q,
+    check_header_text,
+    check_lone_cr,
     is_safe_href,
     split_names,
 )
@@ -70,6 +72,9 @@ def parse_markdown(text: str) -> ParseResult:
         if km:
             key_lines.setdefault(km[1], i)
     masthead, send_at, overrides = _front_matter(data, key_lines, rep)
+    check_lone_cr(rep, text.lstrip("\ufeff"), close + 1)
+    for key, value in (("title", masthead.title), ("organisation", masthead.organisation)):
+        check_header_text(rep, key_lines.get(key, 0), key, value)
 
     offset = close + 1  # body line 0 is file line offset + 1
     walker = _MarkdownBody(rep, offset)

@@ -21,6 +21,8 @@ from .common import (
     _group,
     _Problems,
     _q,
+    check_header_text,
+    check_lone_cr,
     is_safe_href,
 )
 
@@ -87,11 +89,14 @@ def parse_text(text: str) -> ParseResult:
     first article; everything else is reported as a ``Problem``.
     """
     rep = _Problems()
-    text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    source = text.lstrip("\ufeff")
+    text = source.replace("\r\n", "\n").replace("\r", "\n")
     lines = [ln.strip() for ln in text.split("\n")]
     rows = [(i + 1, s) for i, s in enumerate(lines) if s]  # (1-based line, text)
 
     first_article = next((k for k, (_, s) in enumerate(rows) if s.startswith(_STARS)), len(rows))
+    check_lone_cr(rep, source, rows[first_article][0] - 1 if first_article < len(rows)
+                  else len(lines))
     contents_at = next(
         (k for k, (_, s) in enumerate(rows[:first_article]) if _CONTENTS_RE.match(s)), None
     )
@@ -145,6 +150,11 @@ def _plain_masthead(rows: list[tuple[int, str]], rep: _Problems) -> Masthead:
     above = [s for _, s in rows[:at]]
     title = above[-1] if above else ""
     organisation = above[-2] if len(above) >= 2 else ""
+    check_header_text(rep, issue_line, "issue line", issue_text)
+    if title:
+        check_header_text(rep, rows[at - 1][0], "title", title)
+    if organisation:
+        check_header_text(rep, rows[at - 2][0], "organisation", organisation)
     notice = " ".join(above[:-2])
     if not title:
         rep.error(issue_line, "no title line (简 报) above the issue line")
