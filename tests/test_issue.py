@@ -413,10 +413,75 @@ def test_split_names(text: str, names: tuple[str, ...]) -> None:
         ("https://exa mple.org", False),
         ("//example.org", False),
         ("", False),
+        # Where the parser's and the renderer's copies of the rule disagreed, or both
+        # let a trick through: the one rule now refuses all of these.
+        ("https://example.org ", False),  # the renderer stripped and kept it
+        ("https://:443/", False),  # a port but no host: the renderer kept it
+        ("https://exa\x7fmple.org", False),  # DEL: the parser kept it
+        ("https://[::1", False),  # the renderer raised ValueError
+        ("https://example.org:port/", False),
+        ("https://\u200bexample.org", False),  # an invisible character
+        ("https://example.org/\u202eexe.txt", False),  # right-to-left override
+        ("https://example.org/\u4e2d", False),  # unencoded: parsers percent-encode it
+        ("https://bank.example@evil.example/", False),  # goes to evil.example
+        ("https:\\\\evil.example", False),
+        ("mailto:javascript:alert(1)", False),  # both copies kept it
+        ("mailto:office", False),
+        ("mailto:a@example.org%0Abcc:b@example.org", False),
+        ("mailto:?to=a@example.org", False),
+        ("Mailto:a@example.org,b@example.org?subject=%E7%AE%80%E6%8A%A5", True),
+        ("https://xn--fsqu00a.xn--fiqs8s/%E8%B7%AF", True),
+        ("https://example.org:8443/a#b", True),
+        (None, False),
     ],
 )
-def test_is_safe_href(url: str, safe: bool) -> None:
+def test_is_safe_href(url: str | None, safe: bool) -> None:
     assert is_safe_href(url) is safe
+
+
+# One link of each kind, as staff might write them; the same in .txt and .md.
+LINKS = {
+    "https://example.org/a?b=1": True,
+    "HTTPS://example.org/b": True,
+    "mailto:office@example.org": True,
+    "http://example.org/": False,
+    "javascript:alert(1)": False,
+    "JavaScript:alert(1)": False,
+    "data:text/html,x": False,
+    "vbscript:msgbox(1)": False,
+    "a/relative.html": False,
+    "/rooted": False,
+    "//example.org/": False,
+    "https:///no-host": False,
+    "https://bank.example@evil.example/": False,
+    "mailto:javascript:alert(1)": False,
+}
+
+
+def test_text_and_markdown_keep_and_refuse_the_same_links(tmp_path: Path) -> None:
+    """Both parsers ask one rule: the same spans, the same warnings, word for word."""
+    line = "".join(f"[链{n}]({url})、" for n, url in enumerate(LINKS)) + "完。"
+    txt = tmp_path / "issue.txt"
+    txt.write_text(plain(body=f"☆第一篇文章。\n\n{line}"), encoding="utf-8")
+    md = tmp_path / "issue.md"
+    md.write_text(f"+++\n{FRONT}+++\n\n## 第一篇文章。\n\n{line}\n", encoding="utf-8")
+    results = [parse_file(txt), parse_file(md)]
+    spans = [r.issue.articles[0].blocks[0].spans for r in results]
+    assert spans[0] == spans[1]
+    kept = {sp.text: sp.href for sp in spans[0] if sp.href is not None}
+    assert kept == {
+        f"链{n}": url for n, (url, safe) in enumerate(LINKS.items())
+        if safe
+    }
+    warnings = [[p.message for p in r.warnings if "link" in p.message] for r in results]
+    assert warnings[0] == warnings[1]
+    refused = [url for url, safe in LINKS.items() if not safe]
+    assert len(warnings[0]) == len(refused)
+    for url, message in zip(refused, warnings[0], strict=True):
+        assert message.startswith(f"link to {url!r} dropped, only https: and mailto:"), message
+        assert f"its text '链{list(LINKS).index(url)}' is kept" in message, message
+    assert [p.line for p in results[0].warnings if "link" in p.message] == [20] * len(refused)
+    assert [p.line for p in results[1].warnings if "link" in p.message] == [13] * len(refused)
 
 
 # --- Markdown -------------------------------------------------------------------

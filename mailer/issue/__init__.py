@@ -16,8 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mailer.errors import IssueError
+from mailer.links import is_safe_href
 
-from .common import ParseResult, Problem, is_safe_href, split_names
+from .common import ParseResult, Problem, split_names
 from .markdown import parse_markdown, to_markdown
 from .text import parse_text
 

@@ -8,11 +8,11 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from markdown_it import MarkdownIt
 from markdown_it.rules_inline.state_inline import Delimiter, Scanned, StateInline
 
+from mailer.links import is_safe_href
 from mailer.models import Article, EndBlock, EndLine, Issue, Span
 
 Severity = Literal["error", "warning"]
@@ -75,18 +75,17 @@ def _q(text: str, width: int = 24) -> str:
 # --- links ----------------------------------------------------------------------
 
 
-def is_safe_href(url: str) -> bool:
-    """True for the only links an issue may carry: ``https://host…`` and ``mailto:…``."""
-    if not url or url != url.strip() or any(c.isspace() or ord(c) < 32 for c in url):
-        return False
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    scheme = parts.scheme.lower()
-    if scheme == "https":
-        return bool(parts.hostname)
-    return scheme == "mailto" and bool(parts.path)
+def _checked_href(url: str, label: str, line: int, rep: _Problems) -> str | None:
+    """``url`` if an issue may link to it, else ``None`` with a warning: one message
+    for both source formats."""
+    if is_safe_href(url):
+        return url
+    rep.warning(
+        line,
+        f"link to {_q(url, 40)} dropped, only https: and mailto: links are allowed; "
+        f"its text {_q(label)} is kept",
+    )
+    return None
 
 
 class _Markdown(MarkdownIt):

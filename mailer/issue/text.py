@@ -16,12 +16,12 @@ from .common import (
     ParseResult,
     _Char,
     _check_contents,
+    _checked_href,
     _end_block,
     _end_start,
     _group,
     _Problems,
     _q,
-    is_safe_href,
 )
 
 # --- plain text -----------------------------------------------------------------
@@ -265,14 +265,7 @@ def _plain_spans(rows: list[tuple[int, str]], rep: _Problems) -> tuple[Span, ...
     pos = 0
     for m in _LINK_RE.finditer(text):
         chars += [(c, False, None) for c in text[pos : m.start()]]
-        href: str | None = _MD.normalizeLink(m["url"])
-        if not is_safe_href(href or ""):
-            rep.warning(
-                line_at(m.start()),
-                f"link to {_q(m['url'], 40)} dropped, only https: and mailto: links are "
-                f"allowed; its text {_q(m['label'])} is kept",
-            )
-            href = None
+        href = _checked_href(_MD.normalizeLink(m["url"]), m["label"], line_at(m.start()), rep)
         chars += [(c, False, href) for c in m["label"]]
         pos = m.end()
     chars += [(c, False, None) for c in text[pos:]]
