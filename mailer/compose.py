@@ -34,7 +34,7 @@ def file_sha256(path: Path) -> str:
 def load_issue(path: Path) -> tuple[Issue, str]:
     """Parse an issue file that must be fit to send: any error refuses it."""
     result = parse_file(path)
-    errors = [p for p in result.problems if p.severity == "error"]
+    errors = result.errors
     if errors:
         first = errors[0]
         where = f"line {first.line}: " if first.line else ""

@@ -296,7 +296,7 @@ class Daemon:
         except (OSError, IssueError) as e:
             event(logging.ERROR, "issue.unreadable", file=path.name, error=str(e))
             return
-        errors = [p for p in result.problems if p.severity == "error"]
+        errors = result.errors
         if errors:
             if seen.reported != sha:
                 seen.reported = sha
