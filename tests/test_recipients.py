@@ -442,3 +442,40 @@ def test_report_to_never_unsubscribes_itself_whatever_the_config(
         with pytest.raises(InvalidInput, match="changed by staff only"):
             store.unsubscribe(uid, "report-to", source="one-click", actor="web")
     assert members(run, "--list", "report-to")[0]["status"] == "active"
+
+
+# --- the order of lists: report-to, copy-to, send-to ---------------------------
+
+
+def test_role_rank_is_report_to_copy_to_send_to() -> None:
+    from mailer.models import Role
+
+    assert sorted(Role, key=lambda r: r.rank) == [Role.REPORT_TO, Role.COPY_TO, Role.SEND_TO]
+
+
+def test_an_address_on_copy_to_and_send_to_gets_its_copy_as_copy_to(
+    run: Run, config_file: Path, db_path: Path
+) -> None:
+    """The end block put 送 before 发 while the ledger only put report-to first, so
+    an address on both a copy-to and a send-to list counted as 发. One order now."""
+    from mailer import config as config_mod
+    from mailer.compose import end_block
+
+    from .sample_issue import sample_issue
+
+    with config_file.open("a", encoding="utf-8") as f:
+        f.write('\n[lists.copy-to]\nrole = "copy-to"\ntitle = "简报抄送名单"\n'
+                'footer_label = "送"\n')
+    run("init")
+    for slug in ("send-to", "copy-to", "report-to"):
+        run("recipients", "add", f"{slug}@unit.example.org", "--list", slug,
+            "--unit", f"{slug} 单位", "--create-unit")
+    run("recipients", "add", "both@unit.example.org", "--list", "send-to", "--unit", "两者",
+        "--create-unit")
+    run("recipients", "add", "both@unit.example.org", "--list", "copy-to", "--unit", "两者")
+    with Store.open(db_path) as store:
+        assert store.audience(["send-to", "copy-to", "report-to"]) == {
+            "report-to": 1, "copy-to": 2, "send-to": 1,
+        }
+        block, _ = end_block(store, config_mod.load(config_file), sample_issue())
+    assert [ln.label for ln in block.lines] == ["报", "送", "发"]
