@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import sqlite3
@@ -13,7 +14,7 @@ import pytest
 
 from mailer.store import Store
 
-from .conftest import REPO, Run, assert_one_line_error, snapshot
+from .conftest import REPO, Run, assert_one_line_error, refuse_with, snapshot
 
 HEADER = "email,name,unit,group\n"
 
@@ -479,3 +480,31 @@ def test_an_address_on_copy_to_and_send_to_gets_its_copy_as_copy_to(
         }
         block, _ = end_block(store, config_mod.load(config_file), sample_issue())
     assert [ln.label for ln in block.lines] == ["报", "送", "发"]
+
+
+def test_export_refusals_are_one_line_and_write_nothing(
+    run: Run, initialised: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Export wrote its file with its own copy of the atomic write, without the
+    one-line refusal: a missing folder ended in a FileNotFoundError traceback."""
+    run("recipients", "import", str(REPO / "recipients" / "send-to.csv"), "--list", "send-to")
+    missing = tmp_path / "missing" / "x.csv"
+    refused = run("recipients", "export", "-o", str(missing), ok=False)
+    assert_one_line_error(refused, str(missing), "does not exist", "create it")
+    assert not missing.parent.exists()
+    refused = run("recipients", "export", "-o", str(tmp_path), ok=False)
+    assert_one_line_error(refused, str(tmp_path), "is a folder", "give a file name")
+    target = tmp_path / "x.csv"
+    with monkeypatch.context() as m:  # root ignores file modes: make the folder refuse
+        m.setattr("tempfile.mkstemp", refuse_with(errno.EACCES))
+        refused = run("recipients", "export", "-o", str(target), ok=False)
+    assert_one_line_error(refused, str(target), "permission denied")
+    target.write_text("the good old one", encoding="utf-8")
+    with monkeypatch.context() as m:
+        m.setattr("os.replace", refuse_with(errno.ENOSPC))
+        refused = run("recipients", "export", "-o", str(target), ok=False)
+    assert_one_line_error(refused, str(target), "disk is full")
+    assert target.read_text(encoding="utf-8") == "the good old one"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".x.csv")]
+    run("recipients", "export", "-o", str(target))
+    assert target.read_bytes().startswith(b"\xef\xbb\xbfemail,")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import click
 
 from ..compose import compose, load_issue
 from ..errors import InvalidInput, IssueError
+from ..files import make_folder, write_atomic
 from ..issue import parse_file, to_markdown
 from ..message import PreparedMessage, make_message_id
 from ..render import UNSUBSCRIBE_PLACEHOLDER
@@ -69,24 +68,9 @@ def issue_check(file: Path) -> None:
     click.echo("ok" + (f" ({len(result.warnings)} warnings)" if result.warnings else ""))
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write beside the target and rename: never half a file where a good one was."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.")
-    except OSError as e:  # a missing or read-only folder: one line, not a traceback
-        raise InvalidInput(f"cannot write {path}: {e.strerror} ({path.parent})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @issue.command("convert")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--output", "-o", type=click.Path(path_type=Path),
               help="Where to write (default: the same name with .md).")
 @click.option("--force", is_flag=True, help="Replace an existing file.")
 def issue_convert(file: Path, output: Path | None, force: bool) -> None:
@@ -105,7 +89,7 @@ def issue_convert(file: Path, output: Path | None, force: bool) -> None:
     target = output or file.with_suffix(".md")
     if target.resolve() == file.resolve():
         raise InvalidInput(f"{target} is the input file; choose another --output")
-    if target.exists() and not force:
+    if target.exists() and not target.is_dir() and not force:  # write_atomic refuses a folder
         raise InvalidInput(f"{target} exists; add --force to replace it")
     write_atomic(target, to_markdown(result.issue).encode("utf-8"))
     click.echo(f"wrote {target}")
@@ -116,7 +100,7 @@ def issue_convert(file: Path, output: Path | None, force: bool) -> None:
 @click.option("--list", "list_slug", default="send-to", show_default=True, metavar="LIST",
               help="Which list's version to render.")
 @click.option("--out", "out_dir", required=True,
-              type=click.Path(file_okay=False, path_type=Path),
+              type=click.Path(path_type=Path),
               help="Folder for issue.html, issue.txt and issue.eml.")
 @pass_state
 def render(state: State, file: Path, list_slug: str, out_dir: Path) -> None:
@@ -144,7 +128,7 @@ def render(state: State, file: Path, list_slug: str, out_dir: Path) -> None:
         to_name="预览", to_address=state.config.sender.reply_to or state.config.sender.address,
         message_id=make_message_id(0, 0, outbox.msgid_domain), unsubscribe_url=url,
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     html = rendered.html.replace(UNSUBSCRIBE_PLACEHOLDER, url or "")
     text = rendered.text.replace(UNSUBSCRIBE_PLACEHOLDER, url or "")
     write_atomic(out_dir / "issue.html", html.encode("utf-8"))
