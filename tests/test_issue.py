@@ -696,6 +696,29 @@ def test_markdown_file_with_bom(sample: ParseResult, tmp_path: Path) -> None:
     assert parse_file(path).issue == sample.issue
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "gb18030", "utf-16"])
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_issue_file_encodings_and_line_endings(
+    sample: ParseResult, tmp_path: Path, encoding: str, newline: str
+) -> None:
+    """What staff's editors save: mailer.charset decodes, the parser splits lines."""
+    sources = {
+        tmp_path / "issue.txt": SAMPLE.read_text(encoding="utf-8"),
+        tmp_path / "issue.md": to_markdown(sample.issue),
+    }
+    for path, text in sources.items():
+        path.write_bytes(text.replace("\n", newline).encode(encoding))
+        assert parse_file(path).issue == sample.issue
+    assert parse_file(tmp_path / "issue.txt").issue.articles[0].line == 24
+
+
+def test_binary_issue_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "issue.txt"
+    path.write_bytes("简 报\n".encode("utf-16-le"))  # UTF-16 without its BOM
+    with pytest.raises(IssueError, match=r"issue\.txt: NUL bytes, so not a text file"):
+        parse_file(path)
+
+
 def test_unknown_suffix_raises(tmp_path: Path) -> None:
     path = tmp_path / "issue.docx"
     path.write_bytes(SAMPLE.read_bytes())

@@ -220,7 +220,10 @@ def test_dry_run_saves_nothing(run: Run, initialised: Path) -> None:
     [
         (b"name,unit\n\xe6\x9d\x8e,x\n", "missing column email"),
         (b"", "the file is empty"),
-        (b"email,unit\n\x81\x20\xff\xfe\x00\x81\n", "neither UTF-8 nor GBK"),
+        (b"email,unit\n\x81\x20\xff\xfe\x81\x81\n", "bad.csv: neither UTF-8 nor GB18030 (GBK)"),
+        # Issue files refused NUL bytes, CSVs decoded them as UTF-8 (one rule now):
+        (b"email,unit\n\x81\x20\xff\xfe\x00\x81\n", "bad.csv: NUL bytes, so not a text file"),
+        ("email,unit\n".encode("utf-16-le"), "UTF-16 without a BOM"),
     ],
 )
 def test_unreadable_files(
