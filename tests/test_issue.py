@@ -542,6 +542,41 @@ def test_handwritten_markdown() -> None:
     assert parse_markdown(to_markdown(issue)).issue == issue
 
 
+B = True
+
+
+@pytest.mark.parametrize(
+    ("source", "spans"),
+    [
+        ("工作**“两新”**党建。", (("工作", 0), ("“两新”", B), ("党建。", 0))),
+        ("**一**二**三**。", (("一", B), ("二", 0), ("三", B), ("。", 0))),
+        ("** 不是粗体**。", (("** 不是粗体**。", 0),)),
+        ("**甲*乙**。", (("甲*乙", B), ("。", 0))),
+        ("**[链](https://example.org)**。", (("链", B), ("。", 0))),
+        # Where the plain-text parser's own pairing disagreed with Markdown's:
+        ("**甲 **乙**。", (("**甲 ", 0), ("乙", B), ("。", 0))),  # was bold "甲 **乙"
+        ("*** 甲**。", (("*** 甲**。", 0),)),  # was bold "* 甲"
+        ("**甲****乙**。", (("甲****乙", B), ("。", 0))),  # was bold "甲乙"
+    ],
+)
+def test_text_and_markdown_make_the_same_runs_bold(
+    source: str, spans: tuple[tuple[str, bool], ...]
+) -> None:
+    """One rule for ``**…**``: markdown-it's pairing with ``_emphasis``, for both."""
+    text = parse_text(plain(body=f"☆第一篇文章。\n\n{source}")).issue
+    md = parse_markdown(f"+++\n{FRONT}+++\n\n## 第一篇文章。\n\n{source}\n").issue
+    got = text.articles[0].blocks[0].spans
+    assert [(sp.text, sp.bold) for sp in got] == [(t, bool(b)) for t, b in spans]
+    assert md.articles[0].blocks[0].spans == got
+
+
+def test_plain_text_keeps_the_stars_markdown_reads_as_italic() -> None:
+    text = parse_text(plain(body="☆第一篇文章。\n\n***重点***与*一般*。")).issue
+    assert text.articles[0].blocks[0].spans == (
+        Span("*"), Span("重点", bold=True), Span("*与*一般*。"),
+    )
+
+
 def test_markdown_local_send_at_and_no_total() -> None:
     issue = Issue(
         Masthead("", "协会", "简 报", 2020, 3, None, "协会编印", dt.date(2020, 3, 1)),
