@@ -18,12 +18,11 @@ from .config import Config, SigningKey
 from .errors import IssueError
 from .issue import parse_file
 from .message import MessageParts, PreparedMessage
-from .models import Campaign, EndBlock, EndLine, Issue, MailingList, Role
+from .models import Campaign, EndBlock, EndLine, Issue, MailingList
 from .render import UNSUBSCRIBE_PLACEHOLDER, Audience, Rendered, render_issue
 from .store import Store
 from .tokens import make_token, unsubscribe_url
 
-ROLE_ORDER = {Role.REPORT_TO: 0, Role.COPY_TO: 1, Role.SEND_TO: 2}
 NAME_SEPARATOR = "，"  # not 、, which unit names such as 各区、县（市）委组织部 contain
 
 
@@ -34,7 +33,7 @@ def file_sha256(path: Path) -> str:
 def load_issue(path: Path) -> tuple[Issue, str]:
     """Parse an issue file that must be fit to send: any error refuses it."""
     result = parse_file(path)
-    errors = [p for p in result.problems if p.severity == "error"]
+    errors = result.errors
     if errors:
         first = errors[0]
         where = f"line {first.line}: " if first.line else ""
@@ -58,7 +57,7 @@ def end_block(store: Store, config: Config, issue: Issue) -> tuple[EndBlock, lis
     lines: list[EndLine] = []
     warnings: list[str] = []
     configured = {lc.slug: lc for lc in config.lists}
-    for ml in sorted(store.lists(), key=lambda m: ROLE_ORDER.get(m.role, 9)):
+    for ml in sorted(store.lists(), key=lambda m: m.role.rank):
         lc = configured.get(ml.slug)
         collective = lc.collective_label if lc else None
         units = [] if collective else store.active_units(ml.slug)

@@ -124,6 +124,18 @@ class Role(enum.StrEnum):
     SEND_TO = "send-to"  # 发
     COPY_TO = "copy-to"  # 送 / 抄送
 
+    @property
+    def rank(self) -> int:
+        """Where lists of this role come, lowest first: report-to (报), then copy-to
+        (送/抄送), then send-to (发). The end block prints its lines in this order, and
+        an address on two lists of a campaign gets its one copy as the earlier list.
+        Sort with ``key=lambda ml: ml.role.rank`` (stable: equal roles keep their order).
+        """
+        return _ROLE_ORDER.index(self)
+
+
+_ROLE_ORDER = (Role.REPORT_TO, Role.COPY_TO, Role.SEND_TO)
+
 
 class Status(enum.StrEnum):
     """Why mail to an address on a list flows or stops; rows are never deleted."""

@@ -1,7 +1,8 @@
 """Recipients files: the CSV staff keep in Excel, read and written.
 
 Excel on Chinese Windows saves CSV in GBK (GB18030 is its superset), other tools in
-UTF-8 with or without a BOM; headers come in English or in the Chinese staff use.
+UTF-8 with or without a BOM (``mailer.charset`` tells them apart); headers come in
+English or in the Chinese staff use.
 Reading validates every row and names the file and line of each bad one; nothing
 here touches the database.
 """
@@ -14,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .charset import decode
 from .errors import InvalidInput
 from .models import Member
 from .store import ImportRow
@@ -27,7 +29,6 @@ HEADERS: dict[str, tuple[str, ...]] = {
     "group": ("group", "片组", "分组"),
 }
 REQUIRED = ("email", "unit")
-ENCODINGS = ("utf-8-sig", "gb18030")
 
 
 @dataclass
@@ -35,33 +36,6 @@ class ReadResult:
     rows: list[ImportRow]
     problems: list[str]  # "file line N: what is wrong"
     encoding: str
-
-
-def decode(data: bytes, source: str, encoding: str | None = None) -> tuple[str, str]:
-    """Return (text, encoding used). UTF-8 is tried first: GBK bytes are almost never
-    valid UTF-8, while UTF-8 bytes often decode as (wrong) GB18030."""
-    if encoding:
-        candidates: tuple[str, ...] = (encoding,)
-    elif data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        candidates = ("utf-16",)  # Excel's "Unicode text"
-    else:
-        candidates = ENCODINGS
-    for enc in candidates:
-        try:
-            return data.decode(enc), enc
-        except LookupError:
-            raise InvalidInput(f"unknown encoding {enc!r}; try utf-8 or gb18030") from None
-        except UnicodeDecodeError as e:
-            if len(candidates) == 1:
-                line = data[: e.start].count(b"\n") + 1
-                raise InvalidInput(
-                    f"{source} line {line}: not valid {enc}; try another --encoding "
-                    "(utf-8, gb18030) or save the file again as CSV UTF-8"
-                ) from None
-    raise InvalidInput(
-        f"{source}: the file is neither UTF-8 nor GBK/GB18030 text; save it from Excel "
-        "as 'CSV UTF-8' or pass --encoding"
-    )
 
 
 def _column_map(header: list[str], source: str) -> dict[str, int]:
@@ -91,7 +65,8 @@ def read(path: Path, *, encoding: str | None = None) -> ReadResult:
         raise InvalidInput(f"{path}: no such file") from None
     except OSError as e:
         raise InvalidInput(f"{path}: cannot read: {e.strerror}") from None
-    text, used = decode(data, source, encoding)
+    text, used = decode(data, source, encoding=encoding, hint=(
+        "save it from Excel as 'CSV UTF-8', or pass --encoding (utf-8, gb18030)"))
     try:
         dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(
             text.split("\n", 1)[0], delimiters=",;\t"

@@ -17,13 +17,13 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import cssutils
 import jinja2
 import markupsafe
 import premailer
 
+from mailer.links import is_safe_href
 from mailer.models import Block, EndBlock, Issue, Masthead, Role, Span
 from mailer.models import may_unsubscribe as unsubscribable
 
@@ -164,29 +164,6 @@ def _runs_filter(text: str) -> markupsafe.Markup:
 
 def _ideograph(c: str) -> bool:
     return unicodedata.category(c) == "Lo" and unicodedata.east_asian_width(c) == "W"
-
-
-# --- links --------------------------------------------------------------------
-
-
-def safe_href(href: str | None) -> str | None:
-    """``href`` if it is an https or mailto link, else ``None`` (shown as plain text).
-
-    The parser already filters links; this is the second line of defence, applied
-    where the ``<a>`` is written.
-    """
-    if not href:
-        return None
-    href = href.strip()
-    if any(c.isspace() or unicodedata.category(c) == "Cc" for c in href):
-        return None
-    parts = urlsplit(href)
-    scheme = parts.scheme.lower()
-    if scheme == "https" and parts.netloc:
-        return href
-    if scheme == "mailto" and parts.path:
-        return href
-    return None
 
 
 # --- plain-text layout ----------------------------------------------------------
@@ -349,7 +326,10 @@ class _FooterView:
 
 
 def _span_view(span: Span) -> _SpanView:
-    return _SpanView(text=span.text, bold=span.bold, href=safe_href(span.href))
+    # The parsers already drop unsafe links; this is the second line of defence, for
+    # an Issue built some other way, applied where the <a> is written.
+    href = span.href if is_safe_href(span.href) else None
+    return _SpanView(text=span.text, bold=span.bold, href=href)
 
 
 def _block_view(block: Block) -> _BlockView:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from click.testing import CliRunner, Result
@@ -104,3 +105,13 @@ def assert_one_line_error(result: Result, *fragments: str) -> None:
     assert "Traceback" not in result.output
     for fragment in fragments:
         assert fragment in lines[-1], lines[-1]
+
+
+def refuse_with(code: int) -> Callable[..., NoReturn]:
+    """A stand-in for an OS call that fails with ``errno`` ``code`` (as root, file
+    modes alone cannot make a folder refuse)."""
+
+    def fail(*args: object, **kwargs: object) -> NoReturn:
+        raise OSError(code, os.strerror(code))
+
+    return fail

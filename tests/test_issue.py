@@ -413,10 +413,75 @@ def test_split_names(text: str, names: tuple[str, ...]) -> None:
         ("https://exa mple.org", False),
         ("//example.org", False),
         ("", False),
+        # Where the parser's and the renderer's copies of the rule disagreed, or both
+        # let a trick through: the one rule now refuses all of these.
+        ("https://example.org ", False),  # the renderer stripped and kept it
+        ("https://:443/", False),  # a port but no host: the renderer kept it
+        ("https://exa\x7fmple.org", False),  # DEL: the parser kept it
+        ("https://[::1", False),  # the renderer raised ValueError
+        ("https://example.org:port/", False),
+        ("https://\u200bexample.org", False),  # an invisible character
+        ("https://example.org/\u202eexe.txt", False),  # right-to-left override
+        ("https://example.org/\u4e2d", False),  # unencoded: parsers percent-encode it
+        ("https://bank.example@evil.example/", False),  # goes to evil.example
+        ("https:\\\\evil.example", False),
+        ("mailto:javascript:alert(1)", False),  # both copies kept it
+        ("mailto:office", False),
+        ("mailto:a@example.org%0Abcc:b@example.org", False),
+        ("mailto:?to=a@example.org", False),
+        ("Mailto:a@example.org,b@example.org?subject=%E7%AE%80%E6%8A%A5", True),
+        ("https://xn--fsqu00a.xn--fiqs8s/%E8%B7%AF", True),
+        ("https://example.org:8443/a#b", True),
+        (None, False),
     ],
 )
-def test_is_safe_href(url: str, safe: bool) -> None:
+def test_is_safe_href(url: str | None, safe: bool) -> None:
     assert is_safe_href(url) is safe
+
+
+# One link of each kind, as staff might write them; the same in .txt and .md.
+LINKS = {
+    "https://example.org/a?b=1": True,
+    "HTTPS://example.org/b": True,
+    "mailto:office@example.org": True,
+    "http://example.org/": False,
+    "javascript:alert(1)": False,
+    "JavaScript:alert(1)": False,
+    "data:text/html,x": False,
+    "vbscript:msgbox(1)": False,
+    "a/relative.html": False,
+    "/rooted": False,
+    "//example.org/": False,
+    "https:///no-host": False,
+    "https://bank.example@evil.example/": False,
+    "mailto:javascript:alert(1)": False,
+}
+
+
+def test_text_and_markdown_keep_and_refuse_the_same_links(tmp_path: Path) -> None:
+    """Both parsers ask one rule: the same spans, the same warnings, word for word."""
+    line = "".join(f"[链{n}]({url})、" for n, url in enumerate(LINKS)) + "完。"
+    txt = tmp_path / "issue.txt"
+    txt.write_text(plain(body=f"☆第一篇文章。\n\n{line}"), encoding="utf-8")
+    md = tmp_path / "issue.md"
+    md.write_text(f"+++\n{FRONT}+++\n\n## 第一篇文章。\n\n{line}\n", encoding="utf-8")
+    results = [parse_file(txt), parse_file(md)]
+    spans = [r.issue.articles[0].blocks[0].spans for r in results]
+    assert spans[0] == spans[1]
+    kept = {sp.text: sp.href for sp in spans[0] if sp.href is not None}
+    assert kept == {
+        f"链{n}": url for n, (url, safe) in enumerate(LINKS.items())
+        if safe
+    }
+    warnings = [[p.message for p in r.warnings if "link" in p.message] for r in results]
+    assert warnings[0] == warnings[1]
+    refused = [url for url, safe in LINKS.items() if not safe]
+    assert len(warnings[0]) == len(refused)
+    for url, message in zip(refused, warnings[0], strict=True):
+        assert message.startswith(f"link to {url!r} dropped, only https: and mailto:"), message
+        assert f"its text '链{list(LINKS).index(url)}' is kept" in message, message
+    assert [p.line for p in results[0].warnings if "link" in p.message] == [20] * len(refused)
+    assert [p.line for p in results[1].warnings if "link" in p.message] == [13] * len(refused)
 
 
 # --- Markdown -------------------------------------------------------------------
@@ -475,6 +540,41 @@ def test_handwritten_markdown() -> None:
         copies=60,
     )
     assert parse_markdown(to_markdown(issue)).issue == issue
+
+
+B = True
+
+
+@pytest.mark.parametrize(
+    ("source", "spans"),
+    [
+        ("工作**“两新”**党建。", (("工作", 0), ("“两新”", B), ("党建。", 0))),
+        ("**一**二**三**。", (("一", B), ("二", 0), ("三", B), ("。", 0))),
+        ("** 不是粗体**。", (("** 不是粗体**。", 0),)),
+        ("**甲*乙**。", (("甲*乙", B), ("。", 0))),
+        ("**[链](https://example.org)**。", (("链", B), ("。", 0))),
+        # Where the plain-text parser's own pairing disagreed with Markdown's:
+        ("**甲 **乙**。", (("**甲 ", 0), ("乙", B), ("。", 0))),  # was bold "甲 **乙"
+        ("*** 甲**。", (("*** 甲**。", 0),)),  # was bold "* 甲"
+        ("**甲****乙**。", (("甲****乙", B), ("。", 0))),  # was bold "甲乙"
+    ],
+)
+def test_text_and_markdown_make_the_same_runs_bold(
+    source: str, spans: tuple[tuple[str, bool], ...]
+) -> None:
+    """One rule for ``**…**``: markdown-it's pairing with ``_emphasis``, for both."""
+    text = parse_text(plain(body=f"☆第一篇文章。\n\n{source}")).issue
+    md = parse_markdown(f"+++\n{FRONT}+++\n\n## 第一篇文章。\n\n{source}\n").issue
+    got = text.articles[0].blocks[0].spans
+    assert [(sp.text, sp.bold) for sp in got] == [(t, bool(b)) for t, b in spans]
+    assert md.articles[0].blocks[0].spans == got
+
+
+def test_plain_text_keeps_the_stars_markdown_reads_as_italic() -> None:
+    text = parse_text(plain(body="☆第一篇文章。\n\n***重点***与*一般*。")).issue
+    assert text.articles[0].blocks[0].spans == (
+        Span("*"), Span("重点", bold=True), Span("*与*一般*。"),
+    )
 
 
 def test_markdown_local_send_at_and_no_total() -> None:
@@ -629,6 +729,29 @@ def test_markdown_file_with_bom(sample: ParseResult, tmp_path: Path) -> None:
     path = tmp_path / "issue.md"
     path.write_text("\ufeff" + to_markdown(sample.issue), encoding="utf-8")
     assert parse_file(path).issue == sample.issue
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "gb18030", "utf-16"])
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_issue_file_encodings_and_line_endings(
+    sample: ParseResult, tmp_path: Path, encoding: str, newline: str
+) -> None:
+    """What staff's editors save: mailer.charset decodes, the parser splits lines."""
+    sources = {
+        tmp_path / "issue.txt": SAMPLE.read_text(encoding="utf-8"),
+        tmp_path / "issue.md": to_markdown(sample.issue),
+    }
+    for path, text in sources.items():
+        path.write_bytes(text.replace("\n", newline).encode(encoding))
+        assert parse_file(path).issue == sample.issue
+    assert parse_file(tmp_path / "issue.txt").issue.articles[0].line == 24
+
+
+def test_binary_issue_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "issue.txt"
+    path.write_bytes("简 报\n".encode("utf-16-le"))  # UTF-16 without its BOM
+    with pytest.raises(IssueError, match=r"issue\.txt: NUL bytes, so not a text file"):
+        parse_file(path)
 
 
 def test_unknown_suffix_raises(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import errno
 import re
 import shutil
 from email.message import EmailMessage
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, Run, assert_one_line_error
+from .conftest import REPO, Run, assert_one_line_error, refuse_with
 
 ISSUE = REPO / "tests" / "data" / "bulletin-2015-09.txt"
 SUBJECT = "简报 2015年第9期（总第33期）"
@@ -138,3 +139,43 @@ def test_check_refuses_a_title_that_cannot_be_a_subject(run: Run, sample: Path, 
     assert "Traceback" not in result.output
     errors = [ln for ln in result.stderr.splitlines() if "line 8" in ln]
     assert len(errors) == 1, result.stderr
+
+
+def test_convert_refusals_are_one_line_and_write_nothing(
+    run: Run, sample: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = sample.parent / "a-folder.md"
+    folder.mkdir()
+    for args in ((), ("--force",)):
+        refused = run("issue", "convert", str(sample), "-o", str(folder), *args, ok=False)
+        assert_one_line_error(refused, str(folder), "is a folder")
+    target = sample.parent / "issue.md"
+    with monkeypatch.context() as m:  # root ignores file modes: make the folder refuse
+        m.setattr("tempfile.mkstemp", refuse_with(errno.EACCES))
+        refused = run("issue", "convert", str(sample), "-o", str(target), ok=False)
+    assert_one_line_error(refused, str(target), "permission denied", "choose a folder")
+    assert not target.exists()
+    target.write_text("the good old one", encoding="utf-8")
+    with monkeypatch.context() as m:  # the disk fills up while writing
+        m.setattr("os.replace", refuse_with(errno.ENOSPC))
+        refused = run("issue", "convert", str(sample), "-o", str(target), "--force", ok=False)
+    assert_one_line_error(refused, str(target), "disk is full")
+    assert target.read_text(encoding="utf-8") == "the good old one"
+    assert not [p.name for p in sample.parent.iterdir() if p.name.startswith(".")]  # no temp
+
+
+def test_render_refusals_are_one_line(
+    run: Run, initialised: Path, sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a_file = tmp_path / "preview"
+    a_file.write_text("not a folder", encoding="utf-8")
+    refused = run("render", str(sample), "--out", str(a_file), ok=False)
+    assert_one_line_error(refused, str(a_file), "not a folder")
+    (tmp_path / "out" / "issue.html").mkdir(parents=True)
+    refused = run("render", str(sample), "--out", str(tmp_path / "out"), ok=False)
+    assert_one_line_error(refused, str(tmp_path / "out" / "issue.html"), "is a folder")
+    with monkeypatch.context() as m:
+        m.setattr("pathlib.Path.mkdir", refuse_with(errno.EACCES))
+        refused = run("render", str(sample), "--out", str(tmp_path / "new"), ok=False)
+    assert_one_line_error(refused, str(tmp_path / "new"), "permission denied")
+    assert not (tmp_path / "new").exists()

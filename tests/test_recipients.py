@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import sqlite3
@@ -13,7 +14,7 @@ import pytest
 
 from mailer.store import Store
 
-from .conftest import REPO, Run, assert_one_line_error, snapshot
+from .conftest import REPO, Run, assert_one_line_error, refuse_with, snapshot
 
 HEADER = "email,name,unit,group\n"
 
@@ -219,7 +220,10 @@ def test_dry_run_saves_nothing(run: Run, initialised: Path) -> None:
     [
         (b"name,unit\n\xe6\x9d\x8e,x\n", "missing column email"),
         (b"", "the file is empty"),
-        (b"email,unit\n\x81\x20\xff\xfe\x00\x81\n", "neither UTF-8 nor GBK"),
+        (b"email,unit\n\x81\x20\xff\xfe\x81\x81\n", "bad.csv: neither UTF-8 nor GB18030 (GBK)"),
+        # Issue files refused NUL bytes, CSVs decoded them as UTF-8 (one rule now):
+        (b"email,unit\n\x81\x20\xff\xfe\x00\x81\n", "bad.csv: NUL bytes, so not a text file"),
+        ("email,unit\n".encode("utf-16-le"), "UTF-16 without a BOM"),
     ],
 )
 def test_unreadable_files(
@@ -442,3 +446,68 @@ def test_report_to_never_unsubscribes_itself_whatever_the_config(
         with pytest.raises(InvalidInput, match="changed by staff only"):
             store.unsubscribe(uid, "report-to", source="one-click", actor="web")
     assert members(run, "--list", "report-to")[0]["status"] == "active"
+
+
+# --- the order of lists: report-to, copy-to, send-to ---------------------------
+
+
+def test_role_rank_is_report_to_copy_to_send_to() -> None:
+    from mailer.models import Role
+
+    assert sorted(Role, key=lambda r: r.rank) == [Role.REPORT_TO, Role.COPY_TO, Role.SEND_TO]
+
+
+def test_an_address_on_copy_to_and_send_to_gets_its_copy_as_copy_to(
+    run: Run, config_file: Path, db_path: Path
+) -> None:
+    """The end block put 送 before 发 while the ledger only put report-to first, so
+    an address on both a copy-to and a send-to list counted as 发. One order now."""
+    from mailer import config as config_mod
+    from mailer.compose import end_block
+
+    from .sample_issue import sample_issue
+
+    with config_file.open("a", encoding="utf-8") as f:
+        f.write('\n[lists.copy-to]\nrole = "copy-to"\ntitle = "简报抄送名单"\n'
+                'footer_label = "送"\n')
+    run("init")
+    for slug in ("send-to", "copy-to", "report-to"):
+        run("recipients", "add", f"{slug}@unit.example.org", "--list", slug,
+            "--unit", f"{slug} 单位", "--create-unit")
+    run("recipients", "add", "both@unit.example.org", "--list", "send-to", "--unit", "两者",
+        "--create-unit")
+    run("recipients", "add", "both@unit.example.org", "--list", "copy-to", "--unit", "两者")
+    with Store.open(db_path) as store:
+        assert store.audience(["send-to", "copy-to", "report-to"]) == {
+            "report-to": 1, "copy-to": 2, "send-to": 1,
+        }
+        block, _ = end_block(store, config_mod.load(config_file), sample_issue())
+    assert [ln.label for ln in block.lines] == ["报", "送", "发"]
+
+
+def test_export_refusals_are_one_line_and_write_nothing(
+    run: Run, initialised: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Export wrote its file with its own copy of the atomic write, without the
+    one-line refusal: a missing folder ended in a FileNotFoundError traceback."""
+    run("recipients", "import", str(REPO / "recipients" / "send-to.csv"), "--list", "send-to")
+    missing = tmp_path / "missing" / "x.csv"
+    refused = run("recipients", "export", "-o", str(missing), ok=False)
+    assert_one_line_error(refused, str(missing), "does not exist", "create it")
+    assert not missing.parent.exists()
+    refused = run("recipients", "export", "-o", str(tmp_path), ok=False)
+    assert_one_line_error(refused, str(tmp_path), "is a folder", "give a file name")
+    target = tmp_path / "x.csv"
+    with monkeypatch.context() as m:  # root ignores file modes: make the folder refuse
+        m.setattr("tempfile.mkstemp", refuse_with(errno.EACCES))
+        refused = run("recipients", "export", "-o", str(target), ok=False)
+    assert_one_line_error(refused, str(target), "permission denied")
+    target.write_text("the good old one", encoding="utf-8")
+    with monkeypatch.context() as m:
+        m.setattr("os.replace", refuse_with(errno.ENOSPC))
+        refused = run("recipients", "export", "-o", str(target), ok=False)
+    assert_one_line_error(refused, str(target), "disk is full")
+    assert target.read_text(encoding="utf-8") == "the good old one"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".x.csv")]
+    run("recipients", "export", "-o", str(target))
+    assert target.read_bytes().startswith(b"\xef\xbb\xbfemail,")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import click
 
 from .. import campaigns
 from ..errors import InvalidInput, IssueError
+from ..files import make_folder, write_atomic
 from ..issue import parse_file, to_markdown
 from .base import State, cli, pass_state
 
@@ -67,24 +66,9 @@ def issue_check(file: Path) -> None:
     click.echo("ok" + (f" ({len(result.warnings)} warnings)" if result.warnings else ""))
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write beside the target and rename: never half a file where a good one was."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.")
-    except OSError as e:  # a missing or read-only folder: one line, not a traceback
-        raise InvalidInput(f"cannot write {path}: {e.strerror} ({path.parent})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @issue.command("convert")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--output", "-o", type=click.Path(path_type=Path),
               help="Where to write (default: the same name with .md).")
 @click.option("--force", is_flag=True, help="Replace an existing file.")
 def issue_convert(file: Path, output: Path | None, force: bool) -> None:
@@ -103,7 +87,7 @@ def issue_convert(file: Path, output: Path | None, force: bool) -> None:
     target = output or file.with_suffix(".md")
     if target.resolve() == file.resolve():
         raise InvalidInput(f"{target} is the input file; choose another --output")
-    if target.exists() and not force:
+    if target.exists() and not target.is_dir() and not force:  # write_atomic refuses a folder
         raise InvalidInput(f"{target} exists; add --force to replace it")
     write_atomic(target, to_markdown(result.issue).encode("utf-8"))
     click.echo(f"wrote {target}")
@@ -114,7 +98,7 @@ def issue_convert(file: Path, output: Path | None, force: bool) -> None:
 @click.option("--list", "list_slug", default="send-to", show_default=True, metavar="LIST",
               help="Which list's version to render.")
 @click.option("--out", "out_dir", required=True,
-              type=click.Path(file_okay=False, path_type=Path),
+              type=click.Path(path_type=Path),
               help="Folder for issue.html, issue.txt and issue.eml.")
 @pass_state
 def render(state: State, file: Path, list_slug: str, out_dir: Path) -> None:
@@ -132,7 +116,7 @@ def render(state: State, file: Path, list_slug: str, out_dir: Path) -> None:
         shown = campaigns.preview(state.config, store, file, list_slug)
     for w in shown.warnings:
         click.secho(f"warning: {w}", fg="yellow", err=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     write_atomic(out_dir / "issue.html", shown.html.encode("utf-8"))
     write_atomic(out_dir / "issue.txt", shown.text.encode("utf-8"))
     write_atomic(out_dir / "issue.eml", shown.eml)

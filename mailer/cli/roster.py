@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import os
 import sys
-import tempfile
 import zoneinfo
 from dataclasses import asdict
 from pathlib import Path
@@ -16,6 +14,7 @@ from rich.table import Table
 
 from .. import recipients_file
 from ..errors import ImportRejected, InvalidInput
+from ..files import write_atomic
 from ..models import Event, Member, Status
 from ..stamps import stamp as to_stamp
 from ..store import Store
@@ -246,7 +245,7 @@ def recipients_resubscribe(state: State, email: str, list_slug: str, reason: str
     show_default=True,
     help="Which subscriptions to export.",
 )
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--output", "-o", type=click.Path(path_type=Path),
               help="Write to this file (UTF-8 with BOM, opens in Excel) instead of stdout.")
 @pass_state
 def recipients_export(
@@ -268,16 +267,7 @@ def recipients_export(
         return
     buf = io.StringIO()
     n = recipients_file.write(members, buf)
-    # Written beside the target and renamed, so an interrupted export never leaves
-    # half a file where a good one was.
-    fd, tmp = tempfile.mkstemp(dir=output.resolve().parent, prefix=f".{output.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8-sig", newline="") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(output, buf.getvalue().encode("utf-8-sig"))  # the BOM: Excel reads UTF-8
     click.echo(f"wrote {n} recipients to {output}", err=True)
 
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from mailer.errors import IssueError
+from mailer.charset import decode
+from mailer.errors import InvalidInput, IssueError
+from mailer.links import is_safe_href
 
-from .common import ParseResult, Problem, is_safe_href, split_names
+from .common import ParseResult, Problem, split_names
 from .markdown import parse_markdown, to_markdown
 from .text import parse_text
 
@@ -42,30 +44,11 @@ _PARSERS: dict[str, Callable[[str], ParseResult]] = {
 }
 
 
-def _decode(data: bytes, name: str) -> str:
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        try:
-            return data.decode("utf-16")
-        except UnicodeDecodeError as e:
-            raise IssueError(f"{name}: broken UTF-16 text at byte {e.start}") from e
-    if b"\x00" in data:
-        raise IssueError(f"{name}: this is a binary file, not text; save the issue as .txt or .md")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as first:
-        try:
-            return data.decode("gb18030")
-        except UnicodeDecodeError:
-            raise IssueError(
-                f"{name}: neither UTF-8 nor GB18030 text (bad byte at offset {first.start}); "
-                "save the file as UTF-8"
-            ) from first
-
-
 def parse_file(path: Path) -> ParseResult:
     """Parse ``path`` by its suffix (.txt plain text, .md Markdown).
 
-    The bytes are UTF-8 (a BOM is fine), else GB18030 as Chinese Windows saves them.
+    The bytes are UTF-8 (a BOM is fine), else GB18030 as Chinese Windows saves them,
+    or UTF-16 with a BOM (see ``mailer.charset``).
     Raises ``IssueError`` naming the file if it cannot be read, decoded or parsed.
     """
     parser = _PARSERS.get(path.suffix.lower())
@@ -78,7 +61,10 @@ def parse_file(path: Path) -> ParseResult:
         data = path.read_bytes()
     except OSError as e:
         raise IssueError(f"{path}: cannot read the file ({e.strerror or e})") from e
-    text = _decode(data, str(path))
+    try:
+        text, _ = decode(data, str(path), hint="save the issue as UTF-8 text (.txt or .md)")
+    except InvalidInput as e:
+        raise IssueError(str(e)) from None
     try:
         return parser(text)
     except IssueError as e:

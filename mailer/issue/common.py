@@ -8,11 +8,12 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from markdown_it import MarkdownIt
 from markdown_it.rules_inline.state_inline import Delimiter, Scanned, StateInline
+from markdown_it.token import Token
 
+from mailer.links import is_safe_href
 from mailer.models import Article, EndBlock, EndLine, Issue, Span
 
 Severity = Literal["error", "warning"]
@@ -75,18 +76,17 @@ def _q(text: str, width: int = 24) -> str:
 # --- links ----------------------------------------------------------------------
 
 
-def is_safe_href(url: str) -> bool:
-    """True for the only links an issue may carry: ``https://host…`` and ``mailto:…``."""
-    if not url or url != url.strip() or any(c.isspace() or ord(c) < 32 for c in url):
-        return False
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    scheme = parts.scheme.lower()
-    if scheme == "https":
-        return bool(parts.hostname)
-    return scheme == "mailto" and bool(parts.path)
+def _checked_href(url: str, label: str, line: int, rep: _Problems) -> str | None:
+    """``url`` if an issue may link to it, else ``None`` with a warning: one message
+    for both source formats."""
+    if is_safe_href(url):
+        return url
+    rep.warning(
+        line,
+        f"link to {_q(url, 40)} dropped, only https: and mailto: links are allowed; "
+        f"its text {_q(label)} is kept",
+    )
+    return None
 
 
 class _Markdown(MarkdownIt):
@@ -102,8 +102,9 @@ def _emphasis(state: StateInline, silent: bool) -> bool:
 
     CommonMark will not open ``**`` between a letter and punctuation, so
     ``工作**“两新”**党建`` stays literal; 简报 text is full of such runs. A ``*`` run
-    here opens unless followed by a space and closes unless preceded by one, the
-    same rule the plain-text parser uses, so both formats agree. ``_`` is unchanged.
+    here opens unless followed by a space and closes unless preceded by one; the one
+    rule the plain-text parser uses too (``_bold_runs``), so both formats agree. ``_`` is
+    unchanged.
     """
     start = state.pos
     marker = state.src[start]
@@ -138,6 +139,18 @@ def _emphasis(state: StateInline, silent: bool) -> bool:
 _MD = _Markdown("commonmark", {"html": False})
 _MD.inline.ruler.at("emphasis", _emphasis)
 
+
+def _star_emphasis(state: StateInline, silent: bool) -> bool:
+    return state.src[state.pos] == "*" and _emphasis(state, silent)
+
+
+# Plain text has no Markdown but ``**…**`` for bold: only the emphasis rule (``*``
+# runs only), with markdown-it pairing the runs exactly as it does for Markdown.
+# fragments_join stays off, so that each token stands for its own stretch of source.
+_BOLD_MD = MarkdownIt("zero").enable("emphasis")
+_BOLD_MD.inline.ruler.at("emphasis", _star_emphasis)
+_BOLD_MD.inline.ruler2.disable("fragments_join")
+
 # One character of block text with its formatting; "\n" stands for a line break.
 _Char = tuple[str, bool, str | None]
 
@@ -164,6 +177,26 @@ def _join_breaks(chars: Sequence[_Char]) -> list[_Char]:
         after = chars[i + 1][0] if i + 1 < len(chars) else " "
         if not (_wide(before) or _wide(after)) and before != " " and after != " ":
             out.append((" ", c[1], c[2]))
+    return out
+
+
+def _bold_runs(chars: Sequence[_Char]) -> list[_Char]:
+    """Turn ``**…**`` in plain text into bold by the rule ``_emphasis`` gives Markdown
+    (a ``*`` run opens unless a space follows, closes unless one precedes), so both
+    formats make the same runs bold. A lone ``*…*`` (italic in Markdown) stays text."""
+    tokens: list[Token] = []
+    _BOLD_MD.inline.parse("".join(c for c, _, _ in chars), _BOLD_MD, {}, tokens)
+    out: list[_Char] = []
+    pos = bold = 0
+    for tok in tokens:
+        if tok.type == "text" and tok.content:  # source text, as written
+            out += [(c, bold > 0, h) for c, _, h in chars[pos : pos + len(tok.content)]]
+            pos += len(tok.content)
+            continue
+        if tok.type in ("em_open", "em_close"):  # the one "*" stays
+            out.append((chars[pos][0], bold > 0, chars[pos][2]))
+        bold += {"strong_open": 1, "strong_close": -1}.get(tok.type, 0)
+        pos += 1  # a "*" of a strong pair is dropped
     return out
 
 

@@ -24,6 +24,7 @@ from .common import (
     ParseResult,
     _Char,
     _check_contents,
+    _checked_href,
     _end_block,
     _group,
     _join_breaks,
@@ -31,7 +32,6 @@ from .common import (
     _q,
     check_header_text,
     check_lone_cr,
-    is_safe_href,
     split_names,
 )
 
@@ -314,14 +314,13 @@ class _MarkdownBody:
         """Characters of an inline token; unsafe links lose their href (with a warning)."""
         out: list[_Char] = []
         bold = 0
-        hrefs: list[str | None] = []
+        link: tuple[str, int, int] | None = None  # the open link: href, first char, line
         for child in inline.children or []:
             t = child.type
-            href = hrefs[-1] if hrefs else None
             if t in ("text", "text_special", "code_inline", "html_inline"):
-                out += [(c, bold > 0, href) for c in child.content]
+                out += [(c, bold > 0, None) for c in child.content]
             elif t in ("softbreak", "hardbreak"):
-                out.append(("\n", bold > 0, href))
+                out.append(("\n", bold > 0, None))
                 line += 1
             elif t == "strong_open":
                 bold += 1
@@ -329,20 +328,17 @@ class _MarkdownBody:
                 bold -= 1
             elif t in ("em_open", "em_close"):
                 self._once(inline, "italic (*…*) is not used in a bulletin; kept as plain text")
-            elif t == "link_open":
-                url = str(child.attrGet("href") or "")
-                if not is_safe_href(url):
-                    self.rep.warning(
-                        line,
-                        f"link to {_q(url, 40)} dropped, only https: and mailto: links are "
-                        "allowed; its text is kept",
-                    )
-                hrefs.append(url if is_safe_href(url) else None)
-            elif t == "link_close":
-                hrefs.pop()
+            elif t == "link_open":  # links do not nest in Markdown
+                link = (str(child.attrGet("href") or ""), len(out), line)
+            elif t == "link_close" and link is not None:
+                url, first, at = link
+                label = "".join(c for c, _, _ in out[first:])
+                href = _checked_href(url, label, at, self.rep)
+                out[first:] = [(c, b, href) for c, b, _ in out[first:]]
+                link = None
             elif t == "image":
                 self.rep.warning(line, "images are not supported; only the alt text is kept")
-                out += [(c, bold > 0, href) for c in child.content]
+                out += [(c, bold > 0, None) for c in child.content]
         return out
 
     def _end_start(self, tokens: list[Token]) -> int:

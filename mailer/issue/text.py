@@ -14,8 +14,10 @@ from .common import (
     _MD,
     _STARS,
     ParseResult,
+    _bold_runs,
     _Char,
     _check_contents,
+    _checked_href,
     _end_block,
     _end_start,
     _group,
@@ -23,7 +25,6 @@ from .common import (
     _q,
     check_header_text,
     check_lone_cr,
-    is_safe_href,
 )
 
 # --- plain text -----------------------------------------------------------------
@@ -275,53 +276,8 @@ def _plain_spans(rows: list[tuple[int, str]], rep: _Problems) -> tuple[Span, ...
     pos = 0
     for m in _LINK_RE.finditer(text):
         chars += [(c, False, None) for c in text[pos : m.start()]]
-        href: str | None = _MD.normalizeLink(m["url"])
-        if not is_safe_href(href or ""):
-            rep.warning(
-                line_at(m.start()),
-                f"link to {_q(m['url'], 40)} dropped, only https: and mailto: links are "
-                f"allowed; its text {_q(m['label'])} is kept",
-            )
-            href = None
+        href = _checked_href(_MD.normalizeLink(m["url"]), m["label"], line_at(m.start()), rep)
         chars += [(c, False, href) for c in m["label"]]
         pos = m.end()
     chars += [(c, False, None) for c in text[pos:]]
-    return _group(_pair_bold(chars))
-
-
-def _pair_bold(chars: list[_Char]) -> list[_Char]:
-    """Turn ``**…**`` pairs into bold: an opener is not followed by a space, a closer not
-    preceded by one (the rule ``_emphasis`` gives markdown-it)."""
-    s = "".join(c for c, _, _ in chars)
-    marks: list[int] = []
-    i = 0
-    while i < len(s) - 1:
-        if s[i] == s[i + 1] == "*":
-            marks.append(i)
-            i += 2
-        else:
-            i += 1
-    bold = [b for _, b, _ in chars]
-    drop: set[int] = set()
-    k = 0
-    while k < len(marks):
-        o = marks[k]
-        closer = None
-        if o + 2 < len(s) and not s[o + 2].isspace():
-            closer = next(
-                (
-                    j
-                    for j in range(k + 1, len(marks))
-                    if marks[j] > o + 2 and not s[marks[j] - 1].isspace()
-                ),
-                None,
-            )
-        if closer is None:
-            k += 1
-            continue
-        c = marks[closer]
-        drop.update((o, o + 1, c, c + 1))
-        for j in range(o + 2, c):
-            bold[j] = True
-        k = closer + 1
-    return [(ch, bold[j], h) for j, (ch, _, h) in enumerate(chars) if j not in drop]
+    return _group(_bold_runs(chars))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import AlreadySent, CampaignNotSending, InvalidInput, UnknownCampaign
-from ..models import Campaign, CampaignStatus, Delivery, DeliveryStatus, Role, Status
+from ..models import Campaign, CampaignStatus, Delivery, DeliveryStatus, Status
 from ..stamps import stamp as _stamp
 from .base import StoreBase
 
@@ -159,9 +159,10 @@ class LedgerMixin(StoreBase):
 
     def _write_deliveries(self, campaign_id: int, lists: Sequence[str]) -> int:
         # One row per active subscriber, in SQL so a million rows never pass through
-        # Python. report-to lists first: an address on both lists gets one copy, as 报.
+        # Python. report-to lists first (Role.rank): an address on both lists gets one
+        # copy, as 报.
         roles = {ml.slug: ml.role for ml in self.lists()}
-        ordered = sorted(lists, key=lambda s: roles[s] is not Role.REPORT_TO)
+        ordered = sorted(lists, key=lambda s: roles[s].rank)
         total = 0
         for slug in ordered:
             cur = self.db.execute(
@@ -182,7 +183,7 @@ class LedgerMixin(StoreBase):
         out: dict[str, int] = {}
         roles = {ml.slug: ml.role for ml in self.lists()}
         earlier: list[str] = []
-        for slug in sorted(lists, key=lambda s: roles[s] is not Role.REPORT_TO):
+        for slug in sorted(lists, key=lambda s: roles[s].rank):
             marks = ",".join("?" * len(earlier)) or "NULL"
             out[slug] = self.db.execute(
                 "SELECT COUNT(*) FROM subscriptions s JOIN lists l ON l.id = s.list_id "
