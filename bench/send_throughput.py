@@ -49,6 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+SAMPLE_ISSUE = REPO / "tests" / "data" / "bulletin-2015-09.txt"  # the real issue, as staff have it
 MESSAGE_SIZE = 100_000  # bytes on the wire per message, give or take a few
 SENDER = "bulletin@example.org"
 SECRET = "bench-secret-0123456789abcdef"
@@ -158,9 +159,10 @@ def padded_outbox(config: Any, store: Any, now: dt.datetime | None = None) -> An
     """The sample issue composed for send-to, its HTML and text padded with more of
     its own paragraphs so that one personalised message is about MESSAGE_SIZE bytes."""
     from mailer.compose import compose
-    from tests.sample_issue import sample_issue
+    from mailer.issue import parse_file
 
-    outbox = compose(sample_issue(), config=config, store=store, lists=[SLUG],
+    issue = parse_file(SAMPLE_ISSUE).issue
+    outbox = compose(issue, config=config, store=store, lists=[SLUG],
                      now=now or dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     rendered = outbox.render(SLUG)
     # Real paragraphs of the bulletin, each line well under the 998-byte limit.

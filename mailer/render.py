@@ -4,7 +4,8 @@ Rendering runs once per (issue, audience). What changes per recipient (the unsub
 URL) is left as ``UNSUBSCRIBE_PLACEHOLDER`` in both parts, for ``message`` to substitute
 into prepared bytes.
 
-The templates live in the repository's ``templates/`` folder: ``bulletin.html`` (with
+The templates live in the repository's ``templates/`` folder (installed as
+``mailer.templates``, found by :func:`mailer.resources.templates_dir`): ``bulletin.html`` (with
 ``bulletin.css`` included into its ``<style>``) and ``bulletin.txt``. premailer is used
 in exactly one place, :func:`inline_css`.
 """
@@ -16,7 +17,6 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import cssutils
 import jinja2
@@ -26,6 +26,7 @@ import premailer
 from mailer.links import is_safe_href
 from mailer.models import Block, EndBlock, Issue, Masthead, Role, Span
 from mailer.models import may_unsubscribe as unsubscribable
+from mailer.resources import templates_dir
 
 # cssutils logs every property it does not know (mso-*, -webkit-*) at ERROR/WARNING;
 # none of it is actionable for us, and it would flood the staff CLI.
@@ -40,7 +41,7 @@ safe inside an HTML attribute (no ``"``, ``<``, ``>``; ``&`` as ``&amp;``) and m
 contain spaces.
 """
 
-TEMPLATES_DIR = Path(__file__).parent.parent / "templates"
+TEMPLATES_DIR = templates_dir()
 TEXT_WIDTH = 72
 """Display columns of the plain-text part: 36 full-width characters."""
 

@@ -41,7 +41,6 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
@@ -58,16 +57,15 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-import mailer
-
 from .config import Config, IPNetwork, SigningKey
 from .errors import MailerError, StaffOnly, UnknownRecipient
 from .logs import LOGGER, event, fields, redact_access_log, setup_logging
 from .models import Status
+from .resources import templates_dir
 from .store import Clock, Store, Subscriber, utc_now
 from .tokens import read_token
 
-TEMPLATES = Path(mailer.__file__).resolve().parent.parent / "templates" / "web"
+TEMPLATES = templates_dir() / "web"
 ACTOR = "web"
 # A one-click body is 26 bytes and the page's forms are smaller; anything much
 # bigger is not one of ours.

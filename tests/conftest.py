@@ -14,7 +14,8 @@ from click.testing import CliRunner, Result
 from mailer.cli import cli
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE_ISSUE = REPO.parent / "shared" / "samples" / "bulletin-2015-09.txt"
+# The real issue staff have (the design folder's samples/bulletin-2015-09.txt), copied.
+SAMPLE_ISSUE = REPO / "tests" / "data" / "bulletin-2015-09.txt"
 
 CONFIG = """\
 [database]
