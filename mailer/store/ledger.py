@@ -328,7 +328,8 @@ class LedgerMixin(StoreBase):
         sql = (
             "SELECT d.id, d.campaign_id, d.recipient_id, r.uid, d.email, r.name, u.name, l.slug, "
             "d.status, d.attempts, d.message_id, d.last_code, d.last_response, d.sent_at, "
-            "d.updated_at FROM deliveries d JOIN recipients r ON r.id = d.recipient_id "
+            "d.updated_at, d.bounce_at, d.bounce_kind, d.bounce_text "
+            "FROM deliveries d JOIN recipients r ON r.id = d.recipient_id "
             "JOIN units u ON u.id = r.unit_id JOIN lists l ON l.id = d.list_id "
             "WHERE d.campaign_id = ?"
         )
@@ -341,7 +342,8 @@ class LedgerMixin(StoreBase):
             Delivery(id=r[0], campaign_id=r[1], recipient_id=r[2], uid=r[3], email=r[4],
                      name=r[5], unit=r[6], list_slug=r[7], status=DeliveryStatus(r[8]),
                      attempts=r[9], message_id=r[10], last_code=r[11], last_response=r[12],
-                     sent_at=r[13], updated_at=r[14])
+                     sent_at=r[13], updated_at=r[14], bounce_at=r[15], bounce_kind=r[16],
+                     bounce_text=r[17])
             for r in self.db.execute(sql + " ORDER BY l.id, u.id, d.email", params)
         ]
 
