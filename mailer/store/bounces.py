@@ -115,7 +115,7 @@ class BouncesMixin(StoreBase):
         elif b.kind != "complaint":
             return "ignored", "this delivery's bounce was already counted"
         where: dict[str, Any] = {"unit": unit, "list_slug": slug, "actor": ACTOR}
-        detail: dict[str, Any] = {"campaign": b.campaign_id, "kind": b.kind,
+        detail: dict[str, Any] = {"campaign": b.campaign_id, "bounce": b.kind,
                                   "status": b.status, "reply": b.text[:300]}
         if b.kind == "policy":
             # A refusal of our mail (spam filter, SPF/DMARC): fix the sending, not the member.
