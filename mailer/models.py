@@ -265,3 +265,8 @@ class Delivery:
     last_response: str | None
     sent_at: str | None
     updated_at: str | None
+    # What came back by mail later (mailer.bounces): when, the kind (hard, soft,
+    # policy, complaint) and the reply; None while nothing came back.
+    bounce_at: str | None = None
+    bounce_kind: str | None = None
+    bounce_text: str | None = None

@@ -28,6 +28,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from . import campaigns
+from .bounces.poll import Poller
 from .compose import Outbox, file_sha256
 from .config import Config
 from .errors import (
@@ -90,6 +91,7 @@ class Daemon:
         """Run until SIGTERM/SIGINT (or ``stopping`` is set)."""
         with database_lock(self.config.database):
             self.db = Database(self.config.database, clock=self.clock)
+            self.bounces = Poller(self.config, clock=self.clock)
             self.scheduler = AsyncIOScheduler(timezone=dt.UTC)
             self.scheduler.start()
             loop = asyncio.get_running_loop()
@@ -105,6 +107,7 @@ class Daemon:
                 while not self.stopping.is_set():
                     await self.sync()
                     await self.scan_folder()
+                    await self.bounces.tick()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.stopping.wait(), POLL_SECONDS)
             finally:
@@ -128,6 +131,7 @@ class Daemon:
         for run, _ in self.running.values():
             run.stop.set()
         await asyncio.gather(*(t for _, t in self.running.values()), return_exceptions=True)
+        await self.bounces.close()
         self.scheduler.shutdown(wait=False)
         if web_task is not None:
             server.should_exit = True

@@ -158,6 +158,21 @@ def test_permanent_refusal_fails_and_marks_bounced(
     assert len(srv.messages) == 11
 
 
+def test_a_refused_report_to_body_is_flagged_never_stopped(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    """An official recipient is fixed by a person: a 550 fails the delivery and is
+    flagged to staff; the body stays on report-to for the next issue."""
+    s = prepare(run, initialised, config_file, lists=("report-to", "send-to"))
+    bad = "zzb@sheng.example.org"
+    with smtp_server(Behaviour(pipelining=True, refuse={bad: 550})) as srv:
+        asyncio.run(sender(s, srv.port).run())
+    assert ledger(initialised)[bad]["status"] == "failed"
+    assert status_of(initialised, bad, "report-to") == "active"
+    history = run("history", bad).stdout
+    assert "bounce.flagged" in history and "550" in history
+
+
 def test_temporary_failures_are_retried_until_sent(
     run: CliRun, initialised: Path, config_file: Path, env: None
 ) -> None:

@@ -250,12 +250,25 @@ def _deliveries(state: State, rows: list[tuple[Campaign, Delivery]], *, as_json:
     for c, d in rows:
         reply = f"{d.last_code or ''} {d.last_response or ''}".strip()
         when = d.sent_at or d.updated_at
+        if d.bounce_at:  # accepted, then came back by mail (mailer.bounces)
+            reply = _returned(state, d)
         out.append([c.id, c.issue_label, d.unit, d.email, d.list_slug, d.status.value,
                     d.attempts, reply, state.local_time(when) if when else "",
                     d.message_id or ""])
     received = sum(1 for _, d in rows if d.status is DeliveryStatus.SENT)
+    returned = sum(1 for _, d in rows if d.bounce_at and d.bounce_kind != "complaint")
+    later = f", {returned} bounced later" if returned else ""
     _print_rows(state, header, out, as_json=as_json, as_csv=as_csv,
-                title=f"{len(rows)} deliveries, {received} accepted by the relay")
+                title=f"{len(rows)} deliveries, {received} accepted by the relay{later}")
+
+
+def _returned(state: State, d: Delivery) -> str:
+    """"accepted 2015-11-24 09:00, bounced 2015-11-24 09:07: 550 5.1.1 user unknown"."""
+    what = {"complaint": "complaint", "policy": "refused (policy)"}.get(
+        d.bounce_kind or "", f"bounced ({d.bounce_kind})" if d.bounce_kind == "soft"
+        else "bounced")
+    accepted = f"accepted {state.local_time(d.sent_at)}, " if d.sent_at else ""
+    return f"{accepted}{what} {state.local_time(d.bounce_at or '')}: {d.bounce_text or ''}"
 
 
 def _print_rows(state: State, header: list[str], rows: Sequence[Sequence[object]], *,
