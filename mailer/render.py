@@ -75,8 +75,9 @@ class Rendered:
 def render_issue(issue: Issue, audience: Audience, *, end: EndBlock | None = None) -> Rendered:
     """Render ``issue`` for ``audience``.
 
-    ``end`` is the end block (报尾) to print, normally built by the caller from the
-    list rows it sends to; by default the issue's own. Both parts carry
+    ``end`` is the end block (版记) to print: by default the issue's own, every line
+    as written; the caller passes one built from the lists only for an issue that has
+    none (``mailer.endblock``). An empty block prints nothing. Both parts carry
     ``UNSUBSCRIBE_PLACEHOLDER`` when the audience may unsubscribe (never on a
     report-to list, whose bodies are changed only by staff) and the secretariat's
     contact otherwise.
@@ -315,8 +316,10 @@ class _MastheadView:
 
 @dataclass(frozen=True)
 class _EndLineView:
+    kind: str  # an EndKind value
     label: str
     text: str
+    date: str  # the 印发 line's date, as written
 
 
 @dataclass(frozen=True)
@@ -392,9 +395,10 @@ def _context(issue: Issue, audience: Audience, end: EndBlock) -> dict[str, objec
             for a in issue.articles
         ),
         "end_lines": tuple(
-            _EndLineView(label=ln.label, text=ln.text or "、".join(ln.names)) for ln in end.lines
+            _EndLineView(kind=ln.kind.value, label=ln.label, text=ln.text or "、".join(ln.names),
+                         date=ln.date)
+            for ln in end.lines
         ),
-        "copies": end.copies,
         "footer": _footer_view(audience),
         "width": TEXT_WIDTH,
     }

@@ -19,7 +19,17 @@ from mailer.issue import (
     split_names,
     to_markdown,
 )
-from mailer.models import Article, Block, BlockKind, EndBlock, EndLine, Issue, Masthead, Span
+from mailer.models import (
+    Article,
+    Block,
+    BlockKind,
+    EndBlock,
+    EndKind,
+    EndLine,
+    Issue,
+    Masthead,
+    Span,
+)
 
 DATA = Path(__file__).parent / "data"
 SAMPLE = DATA / "bulletin-2015-09.txt"  # the real issue, unedited (test_the_sample_is_unedited)
@@ -366,10 +376,73 @@ def test_end_block_variants() -> None:
             EndLine("送", "市委宣传部", ("市委宣传部",)),
             EndLine("抄送", "各片组", ("各片组",)),
             EndLine("发", "协会会员", ("协会会员",)),
+            EndLine("共印", "共印 50 份", kind=EndKind.COPIES),
         ),
         copies=50,
     )
     assert result.problems == ()
+
+
+@pytest.mark.parametrize("label", ["报", "报送", "送", "抄报", "抄送", "主送", "发"])
+@pytest.mark.parametrize("colon", ["：", ":", " ： "])
+def test_every_end_block_label(label: str, colon: str) -> None:
+    """报送： was not a label: the line became a paragraph of the last article."""
+    text = "省委组织部、市委组织部，张仲灿"
+    result = parse_text(plain(end=f"{label}{colon}{text}"))
+    assert result.issue.end.lines == (
+        EndLine(label, text, ("省委组织部", "市委组织部", "张仲灿")),
+    )
+    assert result.issue.articles[-1].blocks[-1].text == "正文第一段。"
+    assert result.problems == ()
+
+
+def test_spaced_out_label_is_read_as_the_label() -> None:
+    result = parse_text(plain(end="抄　送：各片组\n主 送：各会员单位"))
+    assert [(ln.label, ln.text) for ln in result.issue.end.lines] == [
+        ("抄送", "各片组"), ("主送", "各会员单位"),
+    ]
+
+
+def test_end_block_keeps_every_line_as_written_in_order() -> None:
+    """The 印发 line and the copies line were dropped or moved to the end."""
+    end = (
+        "主送：各会员单位\n\n报送：省委组织部、市委组织部\n\n抄报：省委“两新”工委\n\n"
+        "抄送：各片组，张仲灿。\n\n"
+        "杭州市“两新”党务工作者协会秘书处　　二〇一五年十一月二十四日印发\n\n"
+        "（共印五十份）"
+    )
+    result = parse_text(plain(end=end))
+    assert result.problems == ()
+    lines = result.issue.end.lines
+    assert [ln.label for ln in lines] == ["主送", "报送", "抄报", "抄送", "印发", "共印"]
+    assert lines[3].text == ["抄送", "各片组，张仲灿。"][1]  # punctuation kept
+    assert lines[3].names == ("各片组", "张仲灿")
+    assert lines[4] == EndLine("印发", "杭州市“两新”党务工作者协会秘书处", kind=EndKind.ISSUED,
+                               date="二〇一五年十一月二十四日")
+    assert lines[4].written == "杭州市“两新”党务工作者协会秘书处　二〇一五年十一月二十四日印发"
+    assert lines[5] == EndLine("共印", "（共印五十份）", kind=EndKind.COPIES)
+    assert result.issue.end.copies == 50
+    # Written to Markdown and read back: the same lines.
+    back = parse_markdown(to_markdown(result.issue))
+    assert back.issue.end == result.issue.end
+    assert back.problems == ()
+
+
+def test_issued_line_without_a_date_and_copies_in_the_middle() -> None:
+    end = "报：市委组织部\n共印 30 份\n发：协会会员\n协会秘书处印发"
+    result = parse_text(plain(end=end))
+    assert [ln.written for ln in result.issue.end.lines] == [
+        "报：市委组织部", "共印 30 份", "发：协会会员", "协会秘书处印发",
+    ]
+    assert result.issue.end.copies == 30
+
+
+def test_a_block_made_with_only_a_count_prints_the_copies_line() -> None:
+    """A block built from the lists (or by another source) carries only the count."""
+    block = EndBlock((EndLine("发", "协会会员", ("协会会员",)),), copies=40)
+    assert block.lines[-1] == EndLine("共印", "（共印 40 份）", kind=EndKind.COPIES)
+    assert block == EndBlock((*block.lines,))
+    assert block.line("发") is not None and block.named == block.lines[:1]
 
 
 def test_wrapped_end_line_and_separate_copies_line() -> None:
@@ -537,6 +610,7 @@ def test_handwritten_markdown() -> None:
         (
             EndLine("报", "省委组织部、市委组织部", ("省委组织部", "市委组织部")),
             EndLine("发", "各会员单位", ("各会员单位",)),
+            EndLine("共印", "共印 60 份", kind=EndKind.COPIES),  # as written
         ),
         copies=60,
     )

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import click
 
-from .. import campaigns
-from ..errors import InvalidInput, IssueError
+from .. import campaigns, endblock
+from .. import config as config_mod
+from ..errors import InvalidInput, IssueError, NotInitialised
 from ..files import make_folder, write_atomic
 from ..issue import parse_file, to_markdown
+from ..models import Issue
 from .base import State, cli, pass_state
 
 
@@ -26,11 +28,13 @@ def issue() -> None:
 
 @issue.command("check")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-def issue_check(file: Path) -> None:
+@pass_state
+def issue_check(state: State, file: Path) -> None:
     """Show how an issue file parses, and every problem with its line number
 
     Exits 1 when there is an error (a contents entry with no article, no date,
-    no articles…); warnings alone exit 0.
+    no articles…); warnings alone exit 0. With a config and its database, also
+    says where the end block (版记) and the recipient lists disagree.
 
     Example:
 
@@ -55,15 +59,28 @@ def issue_check(file: Path) -> None:
         click.echo(f"    {n}. {a.title}  ({a.section_count} sections, "
                    f"{len(a.blocks)} blocks)")
     for line in i.end.lines:
-        click.echo(f"  {line.label}：{line.text}")
-    if i.end.copies is not None:
-        click.echo(f"  共印 {i.end.copies} 份")
+        click.echo(f"  {line.written}")
     for p in result.problems:
         click.secho(f"{file.name}: {p}", fg="red" if p.severity == "error" else "yellow",
                     err=True)
+    for w in _coverage(state, i):
+        click.secho(f"{file.name}: warning: {w}", fg="yellow", err=True)
     if not result.ok:
         raise click.exceptions.Exit(1)
     click.echo("ok" + (f" ({len(result.warnings)} warnings)" if result.warnings else ""))
+
+
+def _coverage(state: State, issue: Issue) -> list[str]:
+    """Where the end block and the lists disagree, when there is a config and a
+    database to ask; a check without them checks the file alone."""
+    if not config_mod.find_config_path(state.config_path).exists():
+        return []
+    try:
+        with state.store() as store:
+            _, warnings = endblock.printed(store, state.config, issue)
+    except NotInitialised:
+        return []
+    return warnings
 
 
 @issue.command("convert")

@@ -14,7 +14,17 @@ from typing import Any
 from markdown_it.token import Token
 
 from mailer.errors import IssueError
-from mailer.models import Article, Block, BlockKind, EndBlock, EndLine, Issue, Masthead, Span
+from mailer.models import (
+    Article,
+    Block,
+    BlockKind,
+    EndBlock,
+    EndKind,
+    EndLine,
+    Issue,
+    Masthead,
+    Span,
+)
 
 from .common import (
     _COPIES_RE,
@@ -32,6 +42,7 @@ from .common import (
     _q,
     check_header_text,
     check_lone_cr,
+    is_end_line,
     split_names,
 )
 
@@ -85,8 +96,9 @@ def parse_markdown(text: str) -> ParseResult:
             new = EndLine(label, overrides[key], split_names(overrides[key]))
             old = [ln for ln in end.lines if ln.label != label]
             pos = next((i for i, ln in enumerate(end.lines) if ln.label == label), None)
-            if pos is None:
-                pos = 0 if label == "报" else len(old)
+            if pos is None:  # 报 first; 发 after the last line that names bodies
+                named = [i for i, ln in enumerate(old) if ln.kind is EndKind.NAMES]
+                pos = 0 if label == "报" or not named else named[-1] + 1
             end = EndBlock((*old[:pos], new, *old[pos:]), end.copies)
 
     if not walker.articles:
@@ -349,7 +361,7 @@ class _MarkdownBody:
         for tok in tokens[last + 1 :]:
             if tok.type == "inline":
                 first = tok.content.split("\n")[0]
-                if not (_END_RE.match(first) or _COPIES_RE.fullmatch(first)):
+                if not is_end_line(first):
                     return len(tokens)
             elif tok.type not in ("paragraph_open", "paragraph_close"):
                 return len(tokens)
@@ -450,9 +462,7 @@ def to_markdown(issue: Issue) -> str:
             else:
                 out.append(_md_block_start(_md_spans(block.spans)))
             out.append("")
-    if issue.end.lines or issue.end.copies is not None:
+    if issue.end.lines:
         out += ["---", ""]
-        out += [f"{ln.label}：{_md_inline(ln.text)}\n" for ln in issue.end.lines]
-        if issue.end.copies is not None:
-            out += [f"共印 {issue.end.copies} 份", ""]
+        out += [_md_block_start(_md_inline(ln.written)) + "\n" for ln in issue.end.lines]
     return "\n".join(out).rstrip("\n") + "\n"
