@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import cssutils
@@ -373,21 +372,24 @@ def _footer_view(audience: Audience) -> _FooterView:
     )
 
 
-def _preheader(contents: Iterable[str], limit: int = 90) -> str:
-    """The inbox preview line: the first contents entries, about ``limit`` characters."""
-    text = "本期导读："
-    for i, entry in enumerate(contents, 1):
-        item = f"{i}、{entry}"
-        if len(text) + len(item) > limit and i > 1:
+def _preheader(issue: Issue, limit: int = 90) -> str:
+    """The inbox preview line, about ``limit`` characters: the first contents entries,
+    or the article titles of an issue without a contents list (本期导读)."""
+    if issue.contents:
+        text, items = "本期导读：", [f"{i}、{e}" for i, e in enumerate(issue.contents, 1)]
+    else:
+        text, items = "", [a.title for a in issue.articles]
+    for i, item in enumerate(items):
+        if len(text) + len(item) > limit and i:
             break
-        text += item
+        text += ("　" if i and not issue.contents else "") + item
     return text
 
 
 def _context(issue: Issue, audience: Audience, end: EndBlock) -> dict[str, object]:
     return {
         "subject": issue.subject_label,
-        "preheader": _preheader(issue.contents),
+        "preheader": _preheader(issue),
         "masthead": _masthead_view(issue.masthead),
         "contents": issue.contents,
         "articles": tuple(

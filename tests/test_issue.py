@@ -19,6 +19,7 @@ from mailer.issue import (
     split_names,
     to_markdown,
 )
+from mailer.issue.numerals import number_value
 from mailer.models import (
     Article,
     Block,
@@ -209,6 +210,11 @@ def test_sample_block_lines(sample: ParseResult) -> None:
         ("2016 年第 12 期 （总第 100 期）", 2016, 12, 100),
         ("2015年第9期", 2015, 9, None),
         ("２０１５年第９期", 2015, 9, None),
+        ("2015年第九期", 2015, 9, None),
+        ("2015 年第九期 总第三十三期", 2015, 9, 33),
+        ("二〇一五年第十二期（总第一百零五期）", 2015, 12, 105),
+        ("二○一六年第十期(总第一百二十期)", 2016, 10, 120),
+        ("二零一六年第廿一期 总第两百期", 2016, 21, 200),
     ],
 )
 def test_issue_line_variants(issue_line: str, year: int, number: int, total: int | None) -> None:
@@ -233,6 +239,63 @@ def test_missing_date_is_an_error() -> None:
 def test_impossible_date_is_an_error_on_its_line() -> None:
     result = parse_text(plain(date="2015 年 2 月 30 日"))
     assert result.errors == (Problem(12, "'2015 年 2 月 30 日' is not a valid date", "error"),)
+
+
+@pytest.mark.parametrize(
+    ("written", "date"),
+    [
+        ("二〇一五年十一月二十四日", dt.date(2015, 11, 24)),
+        ("二○一五年十一月二十四日", dt.date(2015, 11, 24)),  # ○ (U+25CB), as typed
+        ("二零一五年十一月二十四日", dt.date(2015, 11, 24)),
+        ("二〇一五年十一月廿四日", dt.date(2015, 11, 24)),
+        ("二〇一六年一月五日", dt.date(2016, 1, 5)),
+        ("二〇一六年十月十日", dt.date(2016, 10, 10)),
+        ("二〇一六年十二月卅一日", dt.date(2016, 12, 31)),
+        ("二〇一六年三月三十日", dt.date(2016, 3, 30)),
+        ("2016 年 三 月 二十 日", dt.date(2016, 3, 20)),
+    ],
+)
+def test_dates_in_chinese_numerals(written: str, date: dt.date) -> None:
+    result = parse_text(plain(date=written))
+    assert result.issue.masthead.date == date
+    assert result.problems == ()
+
+
+@pytest.mark.parametrize(
+    "written", ["二〇一五年十三月二十四日", "二〇一五年二月三十日", "二〇一五年二三月一日"]
+)
+def test_a_date_that_cannot_be_read_is_an_error_at_its_own_line(written: str) -> None:
+    """The error pointed at the issue-number line instead of the date's."""
+    result = parse_text(plain(date=written))
+    [error] = result.errors
+    assert error.line == 12 and repr(written) in error.message
+    assert result.issue.masthead.publisher == "杭州市“两新”党务工作者协会编印"
+
+
+def test_a_date_in_words_gets_the_hint() -> None:
+    result = parse_text(plain(date="二〇一五年某月某日"))
+    [error] = result.errors
+    assert error.line == 12
+    assert error.message.endswith("write it as 2015 年 11 月 24 日 (or 二〇一五年十一月二十四日)")
+
+
+def test_an_issue_number_that_cannot_be_read_is_an_error_at_its_line() -> None:
+    result = parse_text(plain(issue_line="2015年第九九十期 总第三十三期"))
+    [error] = result.errors
+    assert error.line == 8 and "'九九十'" in error.message and "第九期" in error.message
+    with pytest.raises(IssueError, match=r"^line 8: '2015年第9期总第33页' is not an issue line"):
+        parse_text(plain(issue_line="2015年第9期总第33页"))
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("9", 9), ("９", 9), ("九", 9), ("十", 10), ("十一", 11), ("二十四", 24), ("廿四", 24),
+     ("卅一", 31), ("三十三", 33), ("一百", 100), ("一百零五", 105), ("一百二十", 120),
+     ("两百", 200), ("二〇一五", 2015), ("二○一五", 2015), ("一千零一", 1001),
+     ("二三", 23), ("二三十", None), ("十十", None), ("百十", 110), ("", None), ("x", None)],
+)
+def test_number_value(text: str, value: int | None) -> None:
+    assert number_value(text) == value
 
 
 def test_no_issue_line_raises() -> None:
