@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from mailer.issue import (
     to_markdown,
 )
 from mailer.issue.numerals import number_value
+from mailer.issue.punctuation import check_source, fix_issue, fix_text
 from mailer.models import (
     Article,
     Block,
@@ -1085,3 +1087,63 @@ def test_a_bare_cr_in_the_markdown_front_matter_is_an_error() -> None:
 def test_the_sample_has_no_header_problems() -> None:
     assert not parse_file(SAMPLE).errors
     assert not parse_file(DATA / "handwritten.md").errors
+
+
+# --- punctuation (GB/T 15834) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "fixed", "counts"),
+    [
+        ("落实党建工作责任制,发挥政治核心作用。", "落实党建工作责任制，发挥政治核心作用。",
+         {",": 1}),
+        ("党建工作:全覆盖、常态化;接地气?是的!", "党建工作：全覆盖、常态化；接地气？是的！",
+         {":": 1, ";": 1, "?": 1, "!": 1}),
+        ("他说:\"小创意发挥大作用\"。", "他说：“小创意发挥大作用”。", {":": 1, '"': 2}),
+        ("\"两新\"组织与'党群聊吧'", "“两新”组织与‘党群聊吧’", {'"': 2, "'": 2}),
+        ("是不是?", "是不是？", {"?": 1}),  # at the end of the line
+        # Not between Chinese characters: left alone.
+        ("上午9:00开会,地址:https://a.org/?b=1,2", "上午9:00开会，地址:https://a.org/?b=1,2",
+         {",": 1}),
+        ("Hello, world: don't \"stop\"", "Hello, world: don't \"stop\"", {}),
+        ("共 106 家, 2015 年", "共 106 家, 2015 年", {}),
+        ("已经是全角，：；？！“”", "已经是全角，：；？！“”", {}),
+    ],
+)
+def test_fix_text(text: str, fixed: str, counts: dict[str, int]) -> None:
+    assert fix_text(text) == (fixed, Counter(counts))
+
+
+def test_punctuation_of_the_sample_is_found_by_line_and_never_changed(
+    sample: ParseResult,
+) -> None:
+    found = check_source(SAMPLE.read_text(encoding="utf-8"))
+    lines = SAMPLE.read_text(encoding="utf-8").split("\n")
+    assert [f.line for f in found][:3] == [18, 19, 20]  # the contents entries
+    assert str(found[2]) == ("line 20: half-width punctuation between Chinese characters: "
+                             "':', ',' (GB/T 15834 writes ：，)")
+    for f in found:
+        assert sum(f.counts.values()) == sum(fix_text(lines[f.line - 1])[1].values()) > 0
+    assert sample.problems == ()  # not a parse problem: the text is as staff wrote it
+    assert "万向职院落实党建工作责任制,发挥政治核心作用。" in sample.issue.contents
+
+
+def test_fix_issue_changes_only_the_marks(sample: ParseResult) -> None:
+    fixed, n = fix_issue(sample.issue)
+    assert n == sum(sum(f.counts.values())
+                    for f in check_source(SAMPLE.read_text(encoding="utf-8")))
+    assert fixed.contents[0] == "万向职院落实党建工作责任制，发挥政治核心作用。"
+    assert fixed.articles[0].title == "万向职院落实党建工作责任制，发挥政治核心作用。"
+    assert len(fixed.articles) == 5
+    for a, b in zip(sample.issue.articles, fixed.articles, strict=True):
+        for x, y in zip(a.blocks, b.blocks, strict=True):
+            assert [(s.bold, s.href, len(s.text)) for s in x.spans] == [
+                (s.bold, s.href, len(s.text)) for s in y.spans]
+    assert fix_issue(fixed) == (fixed, 0)
+    assert check_source(to_markdown(fixed), markdown=True) == []
+
+
+def test_markdown_front_matter_quotes_are_not_punctuation() -> None:
+    md = f'+++\n{FRONT}+++\n\n## 文章\n\n正文,"两新"。\n'
+    [finding] = check_source(md, markdown=True)
+    assert finding.line == 13 and finding.counts == Counter({",": 1, '"': 2})

@@ -11,9 +11,10 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from mailer.cli import cli
+from mailer.issue import check_punctuation
 
 from .conftest import REPO, Run, assert_one_line_error, refuse_with
 
@@ -288,25 +289,30 @@ def test_no_end_block_and_nothing_on_the_lists_prints_no_empty_block(
     assert 'class="endt"' not in (out / "issue.html").read_text(encoding="utf-8")
 
 
+def coverage(result: Result) -> list[str]:
+    """The coverage warnings of `issue check` (not its punctuation report)."""
+    return [ln for ln in result.stderr.splitlines() if "half-width" not in ln]
+
+
 def test_check_reports_coverage_given_the_database(
     run: Run, config_file: Path, sample: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Without a database (or without a config) the file alone is checked.
-    assert run("issue", "check", str(sample)).stderr == ""
+    assert coverage(run("issue", "check", str(sample))) == []
     monkeypatch.chdir(sample.parent)
     monkeypatch.delenv("MAILER_CONFIG", raising=False)
     alone = CliRunner().invoke(cli, ["issue", "check", str(sample)])
-    assert alone.exit_code == 0 and alone.stderr == "", alone.output
+    assert alone.exit_code == 0 and coverage(alone) == [], alone.output
 
     run("init")
     for slug in ("report-to", "send-to"):
         run("recipients", "import", str(REPO / "recipients" / f"{slug}.csv"), "--list", slug)
-    assert run("issue", "check", str(sample)).stderr == ""  # every body has an address
+    assert coverage(run("issue", "check", str(sample))) == []  # every body has an address
     run("recipients", "remove", "zhangzhongcan@example.org", "--list", "report-to")
     run("recipients", "add", "office@shengzf.example.org", "--list", "report-to",
         "--unit", "省政府办公厅", "--create-unit")
     result = run("issue", "check", str(sample))
-    assert result.stderr.splitlines() == [
+    assert coverage(result) == [
         f"{sample.name}: warning: 张仲灿: no address on report-to; they will not receive it",
         f"{sample.name}: warning: report-to: the 报： line does not name 1 unit on the list "
         "(省政府办公厅); they receive it all the same",
@@ -320,14 +326,56 @@ def test_a_collective_label_covers_the_list_and_its_absence_is_reported(
     run("recipients", "import", str(REPO / "recipients" / "send-to.csv"), "--list", "send-to")
     run("recipients", "import", str(REPO / "recipients" / "report-to.csv"), "--list",
         "report-to")
-    assert run("issue", "check", str(sample)).stderr == ""  # 发：协会会员 covers send-to
+    assert coverage(run("issue", "check", str(sample))) == []  # 发：协会会员 covers send-to
     text = sample.read_text(encoding="utf-8").replace("发：协会会员", "发：万华集团、娃哈哈集团")
     sample.write_text(text, encoding="utf-8")
-    [warning] = run("issue", "check", str(sample)).stderr.splitlines()
+    [warning] = coverage(run("issue", "check", str(sample)))
     assert warning.startswith(f"{sample.name}: warning: send-to: the 发： line does not name "
                               "10 units on the list (祐康集团、")
     assert warning.endswith("and 5 more); they receive it all the same; write 协会会员 on it "
                             "to cover the whole list")
     # 报送 speaks of report-to as 报 does.
     sample.write_text(text.replace("\n报：", "\n报送："), encoding="utf-8")
-    assert len(run("issue", "check", str(sample)).stderr.splitlines()) == 1
+    assert len(coverage(run("issue", "check", str(sample)))) == 1
+
+
+# --- punctuation (GB/T 15834) ------------------------------------------------------
+
+
+def test_check_reports_half_width_punctuation_and_changes_nothing(
+    run: Run, sample: Path
+) -> None:
+    before = sample.read_bytes()
+    result = run("issue", "check", str(sample))
+    report = [ln for ln in result.stderr.splitlines() if "half-width" in ln]
+    assert report[0] == (f"{sample.name}: line 18: half-width punctuation between Chinese "
+                         "characters: ',' (GB/T 15834 writes ，)")
+    found = check_punctuation(sample)
+    assert report[:-1] == [f"{sample.name}: {f}" for f in found]
+    counted = sum(sum(f.counts.values()) for f in found)
+    assert counted > len(found) > 5
+    assert report[-1] == (f"{sample.name}: {counted} half-width marks on "
+                          f"{len(report) - 1} lines; `mailer issue convert {sample} "
+                          "--fix-punctuation` writes them full-width")
+    assert result.stdout.rstrip().endswith("ok")  # a warning, not an error
+    assert sample.read_bytes() == before
+
+
+def test_convert_fixes_punctuation_only_when_asked(run: Run, sample: Path) -> None:
+    kept = sample.parent / "kept.md"
+    run("issue", "convert", str(sample), "-o", str(kept))
+    assert "责任制,发挥" in kept.read_text(encoding="utf-8")
+
+    fixed = sample.parent / "fixed.md"
+    out = run("issue", "convert", str(sample), "-o", str(fixed), "--fix-punctuation").stdout
+    m = re.fullmatch(rf"wrote {re.escape(str(fixed))} \((\d+) punctuation marks made "
+                     r"full-width\)\n", out)
+    assert m is not None, out
+    n = int(m[1])
+    report = run("issue", "check", str(sample)).stderr
+    assert f": {n} half-width marks on " in report
+    text = fixed.read_text(encoding="utf-8")
+    assert "责任制，发挥" in text and "责任制,发挥" not in text
+    check = run("issue", "check", str(fixed))
+    assert "half-width" not in check.stderr
+    assert len(articles(check.stdout)) == 5

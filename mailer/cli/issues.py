@@ -10,7 +10,7 @@ from .. import campaigns, endblock
 from .. import config as config_mod
 from ..errors import InvalidInput, IssueError, NotInitialised
 from ..files import make_folder, write_atomic
-from ..issue import parse_file, to_markdown
+from ..issue import check_punctuation, fix_issue, parse_file, to_markdown
 from ..models import Issue
 from .base import State, cli, pass_state
 
@@ -65,9 +65,22 @@ def issue_check(state: State, file: Path) -> None:
                     err=True)
     for w in _coverage(state, i):
         click.secho(f"{file.name}: warning: {w}", fg="yellow", err=True)
+    _punctuation(file)
     if not result.ok:
         raise click.exceptions.Exit(1)
     click.echo("ok" + (f" ({len(result.warnings)} warnings)" if result.warnings else ""))
+
+
+def _punctuation(file: Path) -> None:
+    """Report half-width marks between Chinese characters; never changes the file."""
+    found = check_punctuation(file)
+    for f in found:
+        click.secho(f"{file.name}: {f}", fg="yellow", err=True)
+    if found:
+        n = sum(sum(f.counts.values()) for f in found)
+        click.secho(f"{file.name}: {n} half-width mark{'s' if n != 1 else ''} on "
+                    f"{len(found)} line{'s' if len(found) != 1 else ''}; `mailer issue convert "
+                    f"{file} --fix-punctuation` writes them full-width", fg="yellow", err=True)
 
 
 def _coverage(state: State, issue: Issue) -> list[str]:
@@ -88,15 +101,19 @@ def _coverage(state: State, issue: Issue) -> list[str]:
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               help="Where to write (default: the same name with .md).")
 @click.option("--force", is_flag=True, help="Replace an existing file.")
-def issue_convert(file: Path, output: Path | None, force: bool) -> None:
+@click.option("--fix-punctuation", "fix", is_flag=True,
+              help="Write half-width , : ; ? ! and straight quotes between Chinese "
+                   "characters full-width (GB/T 15834).")
+def issue_convert(file: Path, output: Path | None, force: bool, fix: bool) -> None:
     """Write the Markdown form of a plain-text issue, ready to edit
 
-    The Markdown file parses back to the same issue.
+    The Markdown file parses back to the same issue. The text is kept as
+    written unless --fix-punctuation is given.
 
     Example:
 
     \b
-        mailer issue convert issues/2015-09.txt -o issues/2015-09.md
+        mailer issue convert issues/2015-09.txt -o issues/2015-09.md --fix-punctuation
     """
     result = parse_file(file)
     if not result.ok:
@@ -106,8 +123,10 @@ def issue_convert(file: Path, output: Path | None, force: bool) -> None:
         raise InvalidInput(f"{target} is the input file; choose another --output")
     if target.exists() and not target.is_dir() and not force:  # write_atomic refuses a folder
         raise InvalidInput(f"{target} exists; add --force to replace it")
-    write_atomic(target, to_markdown(result.issue).encode("utf-8"))
-    click.echo(f"wrote {target}")
+    issue, fixed = fix_issue(result.issue) if fix else (result.issue, 0)
+    write_atomic(target, to_markdown(issue).encode("utf-8"))
+    click.echo(f"wrote {target}" + (f" ({fixed} punctuation mark{'s' if fixed != 1 else ''} "
+                                    "made full-width)" if fix else ""))
 
 
 @cli.command()
