@@ -228,6 +228,20 @@ def test_end_block_warning_names_the_body_missing_from_the_list(
         assert re.search(r">发：</td><td[^>]*>协会会员</td>", html.get_content())
 
 
+def test_schedule_and_render_report_coverage_in_staff_words(
+    run: Run, ready: Path, relay: Server, issue_file: Path, tmp_path: Path
+) -> None:
+    run("recipients", "add", "office@shengzf.example.org", "--list", "report-to",
+        "--unit", "省政府办公厅", "--create-unit")
+    expected = ["warning: report-to: the 报： line does not name 1 unit on the list "
+                "(省政府办公厅); they receive it all the same"]
+    result = run("schedule", str(issue_file), "--at", "2099-01-01 09:00")
+    assert [ln for ln in result.stderr.splitlines() if ln.startswith("warning:")] == expected
+    result = run("render", str(issue_file), "--out", str(tmp_path / "d"))
+    assert [ln for ln in result.stderr.splitlines() if ln.startswith("warning:")] == expected
+    assert relay.messages == []
+
+
 def test_resume_refused_when_the_issue_file_changed(
     run: Run, ready: Path, relay: Server, issue_file: Path
 ) -> None:
