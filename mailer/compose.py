@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from .endblock import printed
 from .errors import IssueError
 from .issue import parse_file
 from .message import MessageParts, PreparedMessage
-from .models import Campaign, EndBlock, Issue, MailingList
+from .models import EndBlock, Issue, MailingList
 from .render import UNSUBSCRIBE_PLACEHOLDER, Audience, Rendered, render_issue
 from .store import Store
 from .tokens import make_token, unsubscribe_url
@@ -156,24 +156,3 @@ def compose(
         issue=issue, source=source, sha256=sha256, lists=chosen, end=end, warnings=warnings,
         config=config, date=now or dt.datetime.now(dt.UTC),
     )
-
-
-def campaign_outbox(config: Config, store: Store, campaign: Campaign, *,
-                    warn: Callable[[str], None] = lambda w: None) -> Outbox:
-    """The outbox a campaign started (or was scheduled) with: its file must still be
-    there and unchanged, so a resumed campaign sends the same message."""
-    path = Path(campaign.source_path or "")
-    hint = (f"put the original back, or start anew with `mailer send FILE --again` "
-            f"(campaign {campaign.id} keeps its record)")
-    if not campaign.source_path or not path.is_file():
-        raise IssueError(f"campaign {campaign.id}: its issue file {path} is gone; {hint}")
-    # The hash first: an edit that also breaks parsing is still reported as an edit.
-    if file_sha256(path) != campaign.source_sha256:
-        raise IssueError(f"campaign {campaign.id}: {path.name} changed since it was "
-                         f"scheduled or started; {hint}")
-    issue, sha = load_issue(path)
-    outbox = compose(issue, config=config, store=store, lists=campaign.lists, source=path,
-                     sha256=sha)
-    for w in outbox.warnings:
-        warn(w)
-    return outbox

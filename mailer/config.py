@@ -19,7 +19,7 @@ import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from .errors import ConfigError, InvalidInput, UnknownList
 from .models import Role
@@ -241,13 +241,20 @@ class _Table:
             raise self.error(key, f"expected {kind_name}, got {_show(value)}")
         return value
 
-    def text(self, key: str, default: Any = None) -> Any:
-        value = self._get(key, default, str, "a string")
+    @overload
+    def text(self, key: str, default: str) -> str: ...
+
+    @overload
+    def text(self, key: str, default: None = None) -> str | None: ...
+
+    def text(self, key: str, default: str | None = None) -> str | None:
+        """A non-empty string; ``default`` when absent (``REQUIRED``: an error)."""
+        value: str | None = self._get(key, default, str, "a string")
         if isinstance(value, str) and not value.strip():
             raise self.error(key, "must not be empty")
         return value
 
-    def integer(self, key: str, default: Any, *, low: int, high: int) -> int:
+    def integer(self, key: str, default: int, *, low: int, high: int) -> int:
         value: int = self._get(key, default, int, "an integer")
         if not low <= value <= high:
             raise self.error(key, f"expected an integer from {low} to {high}, got {value}")
@@ -313,7 +320,9 @@ class _Table:
             raise self.error(unknown[0], f"unknown key (known here: {known})")
 
 
-_REQUIRED: Any = object()
+# The default of a key that must be given. A str, so that text() stays typed; it is
+# compared by identity, never used as a value.
+_REQUIRED: str = str(object())
 
 
 def _show(value: object) -> str:
@@ -328,7 +337,7 @@ def _show(value: object) -> str:
     return str(value)
 
 
-def parse(data: Mapping[str, Any], path: Path) -> Config:
+def parse(data: Mapping[str, object], path: Path) -> Config:
     """Validate already-parsed TOML; ``path`` anchors relative paths and error messages."""
     base = path.resolve().parent
     root = _Table(data, "", path.name)

@@ -20,6 +20,7 @@ from mailer import config as config_mod
 from mailer.compose import Outbox, compose
 from mailer.errors import RelayUnavailable, SendError
 from mailer.send import Policy, Progress, Run
+from mailer.stamps import parse_stamp
 from mailer.store import Store
 from mailer.transport import SMTPSettings, SMTPTransport
 
@@ -331,7 +332,7 @@ def test_daily_quota_pauses_and_resumes(
                            on_progress=seen).run())
     assert len(srv.messages) == 14
     sent_at = sorted(r["sent_at"] for r in ledger(initialised).values())
-    days = [dt.datetime.strptime(t, "%Y-%m-%dT%H:%M:%SZ") for t in sent_at]
+    days = [parse_stamp(t) for t in sent_at]
     # Never more than 5 in any 24 hours, and it went on by itself: 5 + 5 + 4.
     for i in range(len(days) - 5):
         assert days[i + 5] - days[i] >= dt.timedelta(days=1)

@@ -197,7 +197,8 @@ class LedgerMixin(StoreBase):
 
     def set_campaign_status(
         self, /, campaign_id: int, status: CampaignStatus, *,
-        allowed_from: Sequence[CampaignStatus], resume_at: dt.datetime | None = None, **detail: Any,
+        allowed_from: Sequence[CampaignStatus], resume_at: dt.datetime | None = None,
+        reason: str | None = None,
     ) -> None:
         with self.write():
             c = self.campaign(campaign_id)
@@ -211,11 +212,11 @@ class LedgerMixin(StoreBase):
                 "UPDATE campaigns SET status = ?, finished_at = COALESCE(?, finished_at), "
                 "resume_at = ?, status_reason = ? WHERE id = ?",
                 [status.value, finished, _stamp(resume_at) if resume_at else None,
-                 detail.get("reason"), campaign_id],
+                 reason, campaign_id],
             )
             self._event("campaign.status", f"campaign {campaign_id}",
                         before={"status": c.status.value}, after={"status": status.value},
-                        **detail)
+                        **({"reason": reason} if reason else {}))
 
     def approve(self, campaign_id: int) -> None:
         """Record who approved a scheduled campaign (schedule.require_approval)."""

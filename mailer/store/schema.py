@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from sqlite_utils import Database, Migrations
 
+from ..stamps import OLD_GLOB
+
 MIGRATIONS = Migrations("mailer")
 
 
@@ -174,3 +176,21 @@ def m002_ledger(db: Database) -> None:
 def m003_campaign_reason(db: Database) -> None:
     # Why a campaign ended as it did (missed, failed to prepare), for `mailer log`.
     db.table("campaigns").add_column("status_reason", str)
+
+
+@MIGRATIONS()
+def m006_millisecond_stamps(db: Database) -> None:
+    # Every stored time gets the same millisecond width, so text comparison in SQL
+    # stays right; only values of exactly the old stamp shape are touched.
+    for table in db.tables:
+        if table.name.startswith("_"):
+            continue
+        for column in table.columns:
+            if column.type.upper() != "TEXT":
+                continue
+            db.execute(
+                f'UPDATE "{table.name}" SET "{column.name}" = '
+                f'substr("{column.name}", 1, 19) || \'.000Z\' '
+                f'WHERE "{column.name}" GLOB ?',
+                [OLD_GLOB],
+            )
