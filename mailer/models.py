@@ -11,6 +11,8 @@ import datetime as dt
 import enum
 from dataclasses import dataclass, field
 
+from .numerals import number_value
+
 # --- the bulletin -------------------------------------------------------------
 
 
@@ -137,8 +139,9 @@ class EndBlock:
 
 
 def _copies_count(text: str) -> int | None:
-    digits = "".join(c for c in text if c.isdigit())
-    return int(digits) if digits.isascii() and digits else None
+    """The count of a copies line as written: 共印 50 份, （共印五十份）."""
+    inner = text.strip("（）() ").removeprefix(COPIES_LABEL).removesuffix("份")
+    return number_value(inner)
 
 
 @dataclass(frozen=True)

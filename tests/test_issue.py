@@ -20,7 +20,6 @@ from mailer.issue import (
     split_names,
     to_markdown,
 )
-from mailer.issue.numerals import number_value
 from mailer.issue.punctuation import check_source, fix_issue, fix_text
 from mailer.models import (
     Article,
@@ -33,6 +32,7 @@ from mailer.models import (
     Masthead,
     Span,
 )
+from mailer.numerals import number_value
 
 DATA = Path(__file__).parent / "data"
 SAMPLE = DATA / "bulletin-2015-09.txt"  # the real issue, unedited (test_the_sample_is_unedited)
@@ -1147,3 +1147,9 @@ def test_markdown_front_matter_quotes_are_not_punctuation() -> None:
     md = f'+++\n{FRONT}+++\n\n## 文章\n\n正文,"两新"。\n'
     [finding] = check_source(md, markdown=True)
     assert finding.line == 13 and finding.counts == Counter({",": 1, '"': 2})
+
+
+def test_a_copies_line_alone_gives_its_count() -> None:
+    """What another source builds (a Word table) carries only the line as written."""
+    for written, n in (("（共印五十份）", 50), ("共印 60 份", 60), ("(共印120份)", 120)):
+        assert EndBlock((EndLine("共印", written, kind=EndKind.COPIES),)).copies == n

@@ -25,8 +25,7 @@ from mailer.models import (
     Issue,
     Span,
 )
-
-from .numerals import DATE_PATTERN, NUMBER_PATTERN, number_value
+from mailer.numerals import DATE_PATTERN, NUMBER_PATTERN, number_value
 
 Severity = Literal["error", "warning"]
 

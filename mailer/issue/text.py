@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from mailer.errors import IssueError
 from mailer.models import Article, Block, BlockKind, Issue, Masthead, Span
+from mailer.numerals import CN_DIGIT, DATE_RE, LOOSE_DATE_RE, NUMBER_PATTERN, date_of, number_value
 
 from .common import (
     _ENTRY_MARK_RE,
@@ -26,7 +27,6 @@ from .common import (
     check_header_text,
     check_lone_cr,
 )
-from .numerals import CN_DIGIT, DATE_RE, LOOSE_DATE_RE, NUMBER_PATTERN, date_of, number_value
 
 # --- plain text -----------------------------------------------------------------
 
