@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import cssutils
@@ -75,8 +74,9 @@ class Rendered:
 def render_issue(issue: Issue, audience: Audience, *, end: EndBlock | None = None) -> Rendered:
     """Render ``issue`` for ``audience``.
 
-    ``end`` is the end block (报尾) to print, normally built by the caller from the
-    list rows it sends to; by default the issue's own. Both parts carry
+    ``end`` is the end block (版记) to print: by default the issue's own, every line
+    as written; the caller passes one built from the lists only for an issue that has
+    none (``mailer.endblock``). An empty block prints nothing. Both parts carry
     ``UNSUBSCRIBE_PLACEHOLDER`` when the audience may unsubscribe (never on a
     report-to list, whose bodies are changed only by staff) and the secretariat's
     contact otherwise.
@@ -315,8 +315,10 @@ class _MastheadView:
 
 @dataclass(frozen=True)
 class _EndLineView:
+    kind: str  # an EndKind value
     label: str
     text: str
+    date: str  # the 印发 line's date, as written
 
 
 @dataclass(frozen=True)
@@ -370,21 +372,24 @@ def _footer_view(audience: Audience) -> _FooterView:
     )
 
 
-def _preheader(contents: Iterable[str], limit: int = 90) -> str:
-    """The inbox preview line: the first contents entries, about ``limit`` characters."""
-    text = "本期导读："
-    for i, entry in enumerate(contents, 1):
-        item = f"{i}、{entry}"
-        if len(text) + len(item) > limit and i > 1:
+def _preheader(issue: Issue, limit: int = 90) -> str:
+    """The inbox preview line, about ``limit`` characters: the first contents entries,
+    or the article titles of an issue without a contents list (本期导读)."""
+    if issue.contents:
+        text, items = "本期导读：", [f"{i}、{e}" for i, e in enumerate(issue.contents, 1)]
+    else:
+        text, items = "", [a.title for a in issue.articles]
+    for i, item in enumerate(items):
+        if len(text) + len(item) > limit and i:
             break
-        text += item
+        text += ("　" if i and not issue.contents else "") + item
     return text
 
 
 def _context(issue: Issue, audience: Audience, end: EndBlock) -> dict[str, object]:
     return {
         "subject": issue.subject_label,
-        "preheader": _preheader(issue.contents),
+        "preheader": _preheader(issue),
         "masthead": _masthead_view(issue.masthead),
         "contents": issue.contents,
         "articles": tuple(
@@ -392,9 +397,10 @@ def _context(issue: Issue, audience: Audience, end: EndBlock) -> dict[str, objec
             for a in issue.articles
         ),
         "end_lines": tuple(
-            _EndLineView(label=ln.label, text=ln.text or "、".join(ln.names)) for ln in end.lines
+            _EndLineView(kind=ln.kind.value, label=ln.label, text=ln.text or "、".join(ln.names),
+                         date=ln.date)
+            for ln in end.lines
         ),
-        "copies": end.copies,
         "footer": _footer_view(audience),
         "width": TEXT_WIDTH,
     }

@@ -462,8 +462,11 @@ def test_an_address_on_copy_to_and_send_to_gets_its_copy_as_copy_to(
 ) -> None:
     """The end block put 送 before 发 while the ledger only put report-to first, so
     an address on both a copy-to and a send-to list counted as 发. One order now."""
+    import dataclasses
+
     from mailer import config as config_mod
-    from mailer.compose import end_block
+    from mailer.endblock import printed
+    from mailer.models import EndBlock, EndLine
 
     from .sample_issue import sample_issue
 
@@ -481,8 +484,11 @@ def test_an_address_on_copy_to_and_send_to_gets_its_copy_as_copy_to(
         assert store.audience(["send-to", "copy-to", "report-to"]) == {
             "report-to": 1, "copy-to": 2, "send-to": 1,
         }
-        block, _ = end_block(store, config_mod.load(config_file), sample_issue())
+        # An issue without an end block gets one from the lists, in that order too.
+        no_end = dataclasses.replace(sample_issue(), end=EndBlock())
+        block, _ = printed(store, config_mod.load(config_file), no_end)
     assert [ln.label for ln in block.lines] == ["报", "送", "发"]
+    assert block.line("发") == EndLine("发", "协会会员", ("协会会员",))
 
 
 def test_export_refusals_are_one_line_and_write_nothing(

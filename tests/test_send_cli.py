@@ -8,6 +8,7 @@ import email
 import email.policy
 import io
 import json
+import re
 import shutil
 import socket
 from collections import Counter
@@ -207,16 +208,38 @@ def test_end_block_warning_names_the_body_missing_from_the_list(
     run("recipients", "remove", "zhangzhongcan@example.org", "--list", "report-to")
     result = run("send", str(issue_file))
     warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("warning:")]
-    assert len(warnings) == 1, result.stderr
-    assert "报" in warnings[0] and "张仲灿" in warnings[0] and "report-to" in warnings[0]
+    assert warnings == ["warning: 张仲灿: no address on report-to; they will not receive it"]
     assert len(relay.messages) == 20
     assert "zhangzhongcan@example.org" not in rcpt_counts(relay)
-    # The 报： line printed in the mail comes from the list: 张仲灿 is not on it.
-    report = next(parse(m) for m in relay.messages if m.rcpt_tos == ["zzb@sheng.example.org"])
-    text = report.get_body(("plain",))
-    assert text is not None
-    body = text.get_content()
-    assert "省委组织部" in body and "张仲灿" not in body.split("报：")[-1]
+    # The lists decide who receives, not what the bulletin says: the 版记 of every
+    # copy is the issue's own, 张仲灿 and the 、/， as written.
+    report_line = ("省委组织部、省委“两新”工委，市委组织部、市委“两新”工委，"
+                   "各区、县（市）委组织部、各区、县（市）委“两新”工委、张仲灿")
+    for rcpt in ("zzb@sheng.example.org", "dangban@wanhua.example.org"):
+        msg = next(parse(m) for m in relay.messages if m.rcpt_tos == [rcpt])
+        text, html = msg.get_body(("plain",)), msg.get_body(("html",))
+        assert text is not None and html is not None
+        end = text.get_content().split("=" * 72)[-2]  # between the two rules of the 版记
+        lines = [ln.strip() for ln in end.strip().splitlines()]
+        assert "".join(lines[:-1]) == "报：" + report_line
+        assert lines[-1] == "发：协会会员"
+        assert re.search(r">报：</td><td[^>]*>" + re.escape(report_line) + "</td>",
+                         html.get_content())
+        assert re.search(r">发：</td><td[^>]*>协会会员</td>", html.get_content())
+
+
+def test_schedule_and_render_report_coverage_in_staff_words(
+    run: Run, ready: Path, relay: Server, issue_file: Path, tmp_path: Path
+) -> None:
+    run("recipients", "add", "office@shengzf.example.org", "--list", "report-to",
+        "--unit", "省政府办公厅", "--create-unit")
+    expected = ["warning: report-to: the 报： line does not name 1 unit on the list "
+                "(省政府办公厅); they receive it all the same"]
+    result = run("schedule", str(issue_file), "--at", "2099-01-01 09:00")
+    assert [ln for ln in result.stderr.splitlines() if ln.startswith("warning:")] == expected
+    result = run("render", str(issue_file), "--out", str(tmp_path / "d"))
+    assert [ln for ln in result.stderr.splitlines() if ln.startswith("warning:")] == expected
+    assert relay.messages == []
 
 
 def test_resume_refused_when_the_issue_file_changed(
