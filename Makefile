@@ -20,8 +20,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
 # Debian's chromium for the real-browser rendering test, and CJK fonts so its
-# screenshots show the bulletin's text rather than empty boxes.
-SYSTEM_PACKAGES := chromium fonts-noto-cjk
+# screenshots show the bulletin's text rather than empty boxes. LibreOffice (without
+# its GUI) prints the tests' Word issues to PDF, as staff print them.
+SYSTEM_PACKAGES := chromium fonts-noto-cjk libreoffice-writer-nogui
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

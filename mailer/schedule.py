@@ -49,7 +49,7 @@ from .store.base import utc_now
 POLL_SECONDS = 1.0
 RETRY_SECONDS = 30.0  # after a run failed for a reason that may pass
 BUSY_SECONDS = 5.0  # another process is sending the campaign
-ISSUE_SUFFIXES = (".txt", ".md")
+ISSUE_SUFFIXES = (".txt", ".md", ".docx", ".pdf")
 
 
 class DaemonRunning(MailerError):
