@@ -29,6 +29,7 @@ from pdfminer.pdfdocument import PDFEncryptionError, PDFPasswordIncorrect
 from pdfminer.pdfexceptions import PDFException
 from pdfminer.psexceptions import PSException
 from pdfplumber.utils.clustering import cluster_objects
+from pdfplumber.utils.exceptions import MalformedPDFException, PdfminerException
 
 from mailer.errors import IssueError
 
@@ -68,14 +69,17 @@ def read_pdf(data: bytes, name: str) -> Extracted:
             pages = [_page_lines(n, page) for n, page in enumerate(pdf.pages, 1)]
             heights = [float(page.height) for page in pdf.pages]
             pictures = [n for n, page in enumerate(pdf.pages, 1) if page.images]
-    except (PDFPasswordIncorrect, PDFEncryptionError):
-        raise IssueError(
-            f"{name} is password-protected: print it again without a password, or send "
-            "the Word file (.docx) instead"
-        ) from None
-    except (PDFException, PSException, ValueError, KeyError, TypeError) as e:
-        raise IssueError(f"{name} cannot be read as a PDF ({e or type(e).__name__}); print "
-                         "it to PDF again, or send the Word file (.docx) instead") from None
+    except (PdfminerException, MalformedPDFException, PDFException, PSException, ValueError,
+            KeyError, TypeError) as e:
+        cause = e.args[0] if isinstance(e, PdfminerException) and e.args else e
+        if isinstance(cause, PDFEncryptionError | PDFPasswordIncorrect):
+            raise IssueError(
+                f"{name} is password-protected: print it again without a password, or "
+                "send the Word file (.docx) instead"
+            ) from None
+        raise IssueError(f"{name} cannot be read as a PDF ({cause or type(cause).__name__}); "
+                         "print it to PDF again, or send the Word file (.docx) instead"
+                         ) from None
     if not any(pages):
         raise IssueError(
             f"{name} has no text, only images of pages (a scan): mailer needs the PDF that "
