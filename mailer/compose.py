@@ -128,6 +128,7 @@ class Outbox:
             ),
             html_placeholder=UNSUBSCRIBE_PLACEHOLDER,
             date=self.date,
+            images=r.images,
         )
 
     @property

@@ -7,7 +7,14 @@ the PDF printed from it, must give the very Issue the text sample gives.
 from __future__ import annotations
 
 import dataclasses
+import email
+import email.policy
 import io
+import os
+import re
+import struct
+import zlib
+from email.message import EmailMessage
 from pathlib import Path
 
 import docx
@@ -16,6 +23,7 @@ import pytest
 from docx.shared import Cm
 
 from mailer.issue import parse_file
+from mailer.issue.word import IMAGE_LIMIT
 from mailer.models import BlockKind, Issue
 
 from .conftest import Run, assert_one_line_error
@@ -185,3 +193,37 @@ def test_old_word_files_and_scans_get_one_line(run: Run, tmp_path: Path) -> None
 def test_a_pdf_without_text_is_a_scan(files: dict[str, Path], run: Run) -> None:
     assert_one_line_error(run("issue", "check", str(files["scan.pdf"]), ok=False),
                           "scan.pdf", "no text", "(a scan)")
+
+
+def test_a_word_picture_goes_into_the_email_inline(files: dict[str, Path], run: Run,
+                                                   initialised: Path, tmp_path: Path) -> None:
+    out = tmp_path / "preview"
+    run("render", str(files["formatted.docx"]), "--out", str(out))
+    msg = email.message_from_bytes((out / "issue.eml").read_bytes(), policy=email.policy.default)
+    assert isinstance(msg, EmailMessage) and not msg.defects
+    text, related = msg.iter_parts()
+    assert related.get_content_type() == "multipart/related"
+    html_part, picture = related.iter_parts()
+    assert html_part.get_content_type() == "text/html"
+    assert picture.get_content_type() == "image/png"
+    assert picture.get_content() == PICTURE
+    cid = picture["Content-ID"].strip("<>")
+    html = html_part.get_content()
+    img = re.search(r'<img class="pic" src="cid:([^"]+)"[^>]*>', html)
+    assert img and img.group(1) == cid
+    assert 'width="302"' in img.group(0) and "max-width:100%" in img.group(0).replace(" ", "")
+    assert "［此处为图片" in text.get_content()
+    assert f'src="cid:{cid}"' in (out / "issue.html").read_text(encoding="utf-8")
+
+
+def test_a_picture_over_the_cap_is_left_out_and_named(tmp_path: Path) -> None:
+    raw = zlib.compress(os.urandom(IMAGE_LIMIT + 4096), 0)
+    big = PICTURE[:33] + struct.pack(">I", len(raw)) + b"IDAT" + raw + b"\0\0\0\0" + PICTURE[-12:]
+    issue = sample_issue()
+    path = write_word(tmp_path / "big.docx", Style(picture=True), issue, picture=big)
+    result = parse_file(path)
+    assert without_pictures(result.issue) == result.issue == issue
+    [warning] = [p for p in result.warnings if "picture" in p.message]
+    assert warning.place == "after paragraph 13"  # the first of article 1
+    assert "image1.png" in warning.message and "1.0 MB" in warning.message
+    assert "Compress Pictures" in warning.message

@@ -85,7 +85,8 @@ def page_cuts(issue: Issue) -> dict[int, list[int]]:
     return cuts
 
 
-def write_word(path: Path, style: Style, issue: Issue | None = None) -> Path:
+def write_word(path: Path, style: Style, issue: Issue | None = None, *,
+               picture: bytes = PICTURE) -> Path:
     issue = issue or sample_issue()
     cuts = page_cuts(issue)
     d = docx.Document()
@@ -130,7 +131,7 @@ def write_word(path: Path, style: Style, issue: Issue | None = None) -> Path:
         for n, block in enumerate(article.blocks):
             _block(d.add_paragraph(), block, style, cuts.get(block.line, []))
             if style.picture and k == 0 and n == 0:
-                d.add_picture(io.BytesIO(PICTURE), width=Cm(8))
+                d.add_picture(io.BytesIO(picture), width=Cm(8))
 
     end = []
     for line in issue.end.lines:
