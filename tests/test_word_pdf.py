@@ -7,6 +7,7 @@ the PDF printed from it, must give the very Issue the text sample gives.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import email
 import email.policy
 import io
@@ -34,6 +35,7 @@ from .word_issue import (
     png,
     print_pdf,
     sample_issue,
+    set_send_at,
     soffice,
     write_word,
 )
@@ -227,3 +229,14 @@ def test_a_picture_over_the_cap_is_left_out_and_named(tmp_path: Path) -> None:
     assert warning.place == "after paragraph 13"  # the first of article 1
     assert "image1.png" in warning.message and "1.0 MB" in warning.message
     assert "Compress Pictures" in warning.message
+
+
+def test_send_at_from_the_word_document_properties(tmp_path: Path, run: Run) -> None:
+    path = write_word(tmp_path / "timed.docx", Style())
+    set_send_at(path, "2026-12-02 09:00")
+    assert parse_file(path).issue.send_at == dt.datetime(2026, 12, 2, 9, 0)
+    assert "send at:       2026-12-02 09:00" in run("issue", "check", str(path)).stdout
+    set_send_at(path, "next tuesday")
+    [error] = parse_file(path).errors
+    assert error.place == "document properties"
+    assert "'next tuesday': write it as 2026-12-02 09:00" in error.message

@@ -226,3 +226,34 @@ def print_pdf(sources: list[Path], out_dir: Path, profile: Path) -> list[Path]:
         check=True, capture_output=True, timeout=600,
     )
     return [out_dir / (s.stem + ".pdf") for s in sources]
+
+
+def set_send_at(path: Path, value: str) -> None:
+    """Give a Word file the custom document property send_at (File > Info >
+    Properties > Advanced Properties > Custom), as text. python-docx writes no custom
+    properties, so the part goes into the zip as Word writes it."""
+    import zipfile
+
+    ns = "http://schemas.openxmlformats.org/officeDocument/2006"
+    custom = (
+        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
+        f'<Properties xmlns="{ns}/custom-properties" xmlns:vt="{ns}/docPropsVTypes">'
+        '<property fmtid="{D5CDD505-2E9C-101B-9397-08002B2CF9AE}" pid="2" name="send_at">'
+        f"<vt:lpwstr>{value}</vt:lpwstr></property></Properties>"
+    )
+    with zipfile.ZipFile(path) as z:
+        items = {n: z.read(n) for n in z.namelist()}
+    items["docProps/custom.xml"] = custom.encode()
+    items["[Content_Types].xml"] = items["[Content_Types].xml"].replace(
+        b"</Types>",
+        b'<Override PartName="/docProps/custom.xml" ContentType="application/'
+        b'vnd.openxmlformats-officedocument.custom-properties+xml"/></Types>',
+    )
+    items["_rels/.rels"] = items["_rels/.rels"].replace(
+        b"</Relationships>",
+        f'<Relationship Id="rIdCustom" Type="{ns}/relationships/custom-properties" '
+        'Target="docProps/custom.xml"/></Relationships>'.encode(),
+    )
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in items.items():
+            z.writestr(name, data)
