@@ -35,7 +35,7 @@ def load_issue(path: Path) -> tuple[Issue, str]:
     errors = result.errors
     if errors:
         first = errors[0]
-        where = f"line {first.line}: " if first.line else ""
+        where = f"{first.place}: " if first.place else ""
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise IssueError(
             f"{path.name}: {where}{first.message}{more}; see `mailer issue check {path}`"
@@ -97,6 +97,7 @@ class Outbox:
             ),
             html_placeholder=UNSUBSCRIBE_PLACEHOLDER,
             date=self.date,
+            images=r.images,
         )
 
     @property

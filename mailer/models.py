@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import hashlib
 from dataclasses import dataclass, field
 
 from .numerals import number_value
@@ -22,6 +23,26 @@ class BlockKind(enum.StrEnum):
     SECTION = "section"  # 一、以目标管理为手段……
     SUBSECTION = "subsection"  # （一）……
     PARAGRAPH = "paragraph"  # body text, including numbered paragraphs (1. / 1、)
+    IMAGE = "image"  # a picture from a Word issue; ``Block.image`` holds it
+
+
+@dataclass(frozen=True)
+class Image:
+    """A picture in an article, sent inside the email as an inline part (``cid:``).
+
+    ``name`` says where staff find it (``image1.png, paragraph 30``); ``width`` and
+    ``height`` are CSS pixels as placed in the document (0 when unknown)."""
+
+    data: bytes = field(repr=False)
+    content_type: str  # image/png, image/jpeg, image/gif
+    name: str
+    width: int = 0
+    height: int = 0
+
+    @property
+    def cid(self) -> str:
+        """The Content-ID the HTML names it by: the same bytes, the same id."""
+        return f"img-{hashlib.sha256(self.data).hexdigest()[:16]}@mailer"
 
 
 @dataclass(frozen=True)
@@ -41,6 +62,7 @@ class Block:
     kind: BlockKind
     spans: tuple[Span, ...]
     line: int = field(default=0, compare=False)
+    image: Image | None = None  # for an IMAGE block (its spans are empty)
 
     @property
     def text(self) -> str:

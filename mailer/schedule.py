@@ -39,6 +39,7 @@ from .errors import (
     RelayMisconfigured,
     SendError,
 )
+from .issue import SUFFIXES
 from .locks import exclusive, lock_path
 from .logs import LOGGER, event, fields, setup_logging
 from .models import Campaign, CampaignStatus
@@ -50,7 +51,6 @@ from .store.base import utc_now
 POLL_SECONDS = 1.0
 RETRY_SECONDS = 30.0  # after a run failed for a reason that may pass
 BUSY_SECONDS = 5.0  # another process is sending the campaign
-ISSUE_SUFFIXES = (".txt", ".md")
 
 
 class DaemonRunning(MailerError):
@@ -268,7 +268,9 @@ class Daemon:
         if folder is None or not folder.is_dir():
             return
         for path in sorted(folder.iterdir()):
-            if path.suffix.lower() not in ISSUE_SUFFIXES or path.name.startswith("."):
+            # Dot files are hidden; "~$…" is the lock file Word keeps beside an open
+            # document, not an issue.
+            if path.suffix.lower() not in SUFFIXES or path.name.startswith((".", "~$")):
                 continue
             try:
                 st = path.stat()

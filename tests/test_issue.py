@@ -949,9 +949,10 @@ def test_binary_issue_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_unknown_suffix_raises(tmp_path: Path) -> None:
-    path = tmp_path / "issue.docx"
+    path = tmp_path / "issue.odt"
     path.write_bytes(SAMPLE.read_bytes())
-    with pytest.raises(IssueError, match=r"issue\.docx: unknown kind of issue file '\.docx'"):
+    with pytest.raises(IssueError, match=r"issue\.odt: unknown kind of issue file '\.odt'.*"
+                                         r"\.docx \(Word\) or \.pdf"):
         parse_file(path)
 
 

@@ -70,9 +70,9 @@ def test_check_a_contents_entry_without_article(run: Run, sample: Path) -> None:
 
 
 def test_check_an_unknown_suffix(run: Run, sample: Path) -> None:
-    doc = sample.with_suffix(".doc")
+    doc = sample.with_suffix(".odt")
     sample.rename(doc)
-    assert_one_line_error(run("issue", "check", str(doc), ok=False), "'.doc'", ".txt", ".md")
+    assert_one_line_error(run("issue", "check", str(doc), ok=False), "'.odt'", ".txt", ".md")
     assert_one_line_error(run("issue", "check", str(sample), ok=False), sample.name)
 
 

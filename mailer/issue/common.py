@@ -37,9 +37,17 @@ class Problem:
     line: int  # 1-based line in the source, 0 if not tied to a line
     message: str
     severity: Severity
+    # Where staff find it in a Word or PDF file ("paragraph 12", "page 3"), which
+    # has no lines; empty for text and Markdown, whose ``line`` says it.
+    where: str = field(default="", compare=False)
+
+    @property
+    def place(self) -> str:
+        """``line 12``, ``paragraph 12``, ``page 3``; empty if not tied to a place."""
+        return self.where or (f"line {self.line}" if self.line else "")
 
     def __str__(self) -> str:
-        where = f"line {self.line}: " if self.line else ""
+        where = f"{self.place}: " if self.place else ""
         return f"{where}{self.severity}: {self.message}"
 
 

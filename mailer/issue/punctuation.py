@@ -31,12 +31,14 @@ class Finding:
 
     line: int
     counts: Counter[str]
+    where: str = ""  # in a Word or PDF file: "paragraph 12", "page 3"
 
     def __str__(self) -> str:
         marks = ", ".join(_quoted(m) + (f" ×{n}" if n > 1 else "")
                           for m, n in self.counts.items())
         fixed = "".join(dict.fromkeys(_full(m) for m in self.counts))
-        return (f"line {self.line}: half-width punctuation between Chinese characters: "
+        where = self.where or f"line {self.line}"
+        return (f"{where}: half-width punctuation between Chinese characters: "
                 f"{marks} (GB/T 15834 writes {fixed})")
 
 
