@@ -10,6 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .validate import Address
 
 # --- the bulletin -------------------------------------------------------------
 
@@ -188,6 +192,20 @@ class Member:
     status: Status
     changed_at: str
     source: str
+
+
+@dataclass(frozen=True)
+class ImportRow:
+    """One validated row of a recipients file, as the store takes it. ``list_slug``
+    and ``status`` come from the file's own columns (an export read back), if any."""
+
+    line: int
+    address: Address
+    name: str | None
+    unit: str
+    group: str | None
+    list_slug: str | None = None
+    status: Status | None = None
 
 
 @dataclass(frozen=True)
