@@ -15,6 +15,7 @@ import io
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any, Literal, TypeVar
 
 import click
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
@@ -140,6 +142,46 @@ def _build(cols: Sequence[Col], rows: Sequence[Sequence[Any]], shown: list[int],
     return table
 
 
+def _print_stacked(cols: Sequence[Col], rows: Sequence[Sequence[Any]], *, title: str,
+                   width: int) -> None:
+    """Rows too wide for any table at this width: each row's cells in column order,
+    separated by " · " and carried to an indented next line between cells, never
+    inside one (an address stays whole and can be copied)."""
+    click.echo(title)
+    click.echo(" · ".join(c.name for c in cols))
+    for r in rows:
+        line = ""
+        cells: list[str] = []
+        for c, v in zip(cols, r, strict=True):
+            text = "" if v is None else str(v)
+            # Free text (a reply, a change) may wrap between words; nothing else.
+            # textwrap counts characters: a Chinese one takes two columns.
+            room = width - 2 if cell_len(text) == len(text) else (width - 2) // 2
+            cells += textwrap.wrap(text, room) if c.wrap and text else [text]
+        for cell in cells:
+            if not cell:
+                continue
+            piece = cell if not line else f" · {cell}"
+            if line and cell_len(line + piece) > width:
+                click.echo(line)
+                line, piece = "  ", cell
+            line += piece
+        click.echo(line)
+
+
+def _need(cols: Sequence[Col], rows: Sequence[Sequence[Any]], shown: list[int]) -> int:
+    """The narrowest the shown columns go without breaking a cell: Rich would break
+    Chinese between any two characters, so a name's width is counted whole here."""
+    total = 0
+    for i in shown:
+        cells = [cols[i].label or cols[i].name, *("" if r[i] is None else str(r[i])
+                                                 for r in rows)]
+        widest = max(cell_len(c) for c in cells)
+        total += min(widest, 8) if cols[i].wrap else widest
+    # SIMPLE_HEAD without edges: one separator and a space each side between columns.
+    return total + 3 * (len(shown) - 1)
+
+
 def print_table(cols: Sequence[Col], rows: Sequence[Sequence[Any]], *, title: str,
                 wide: bool = False, width: int | None = None) -> None:
     """A table that fits ``width`` (default: ``table_width()``) without breaking a
@@ -155,10 +197,14 @@ def print_table(cols: Sequence[Col], rows: Sequence[Sequence[Any]], *, title: st
     hidden: list[str] = []
     while True:
         table = _build(cols, rows, shown, title)
-        need = Measurement.get(probe, probe.options, table).minimum
+        need = max(_need(cols, rows, shown),
+                   Measurement.get(probe, probe.options, table).minimum)
         droppable = [i for i in shown if cols[i].drop > 0]
-        if need <= width or not droppable:
+        if need <= width:
             break
+        if not droppable:
+            _print_stacked(cols, rows, title=title, width=width)
+            return
         # The highest drop number goes first; among equals, the rightmost.
         victim = max(droppable, key=lambda i: (cols[i].drop, i))
         shown.remove(victim)
