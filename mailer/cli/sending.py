@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 
 from .. import campaigns
 from ..compose import Outbox
-from ..errors import AlreadySent, CampaignLocked, InvalidInput, RelayUnavailable
+from ..errors import AlreadySent, InvalidInput, RelayUnavailable
 from ..models import Campaign, CampaignStatus, Delivery, DeliveryStatus
 from ..send import Progress as SendProgress
 from ..store import Store
@@ -238,11 +238,8 @@ def resume_campaign(state: State, campaign_id: int | None, *, limit: int | None 
                                       allowed_from=[CampaignStatus.PAUSED, CampaignStatus.FAILED])
     warn_all(outbox.warnings)
     click.echo(f"resuming campaign {c.id}: {c.issue_label} → {', '.join(c.lists)}")
-    try:
-        deliver(state, outbox, c.id, limit=limit, wait=wait)
-    except CampaignLocked as e:
-        # The daemon took it up first: the campaign is being sent, as asked.
-        click.echo(f"campaign {c.id} is being sent by another mailer process ({e.holder})")
+    # Another live sender (the daemon, a second resume) is refused: CampaignLocked.
+    deliver(state, outbox, c.id, limit=limit, wait=wait)
 
 
 @cli.command("test-send")
