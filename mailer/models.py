@@ -11,6 +11,10 @@ import datetime as dt
 import enum
 import hashlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .validate import Address
 
 from .numerals import number_value
 
@@ -277,6 +281,20 @@ class Member:
     status: Status
     changed_at: str
     source: str
+
+
+@dataclass(frozen=True)
+class ImportRow:
+    """One validated row of a recipients file, as the store takes it. ``list_slug``
+    and ``status`` come from the file's own columns (an export read back), if any."""
+
+    line: int
+    address: Address
+    name: str | None
+    unit: str
+    group: str | None
+    list_slug: str | None = None
+    status: Status | None = None
 
 
 @dataclass(frozen=True)

@@ -291,7 +291,7 @@ def _free_port() -> int:
 
 def many(n: int) -> str:
     return "email,name,unit,group\n" + "".join(
-        f"m{i:04d}@bulk.example.org,联系人{i},批量单位{i % 10},第{i % 7 + 1}片组\n"
+        f"m{i:04d}@bulk.example.org,联系人{i},批量单位{i % 10},第{i % 10 % 7 + 1}片组\n"
         for i in range(n)
     )
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import zoneinfo
 from dataclasses import asdict
 
 import click
-from rich.table import Table
 
 from ..bounces import fetch_pass
 from ..stamps import stamp as to_stamp
-from .base import State, cli, console, pass_state, print_json
+from .base import State, cli, pass_state, plural
+from .tables import Col, console, print_table
 
 _SINCE = click.DateTime(["%Y-%m-%d", "%Y-%m-%d %H:%M"])
 
@@ -48,25 +49,25 @@ def bounces(ctx: click.Context, since: dt.datetime | None, unit: str | None,
         cut_off = store.units_cut_off(unit=unit)
         kept = store.bounce_messages(since=_since(state, since))
     if as_json:
-        print_json({"addresses": [asdict(r) for r in rows],
-                    "units_cut_off": [{"unit": u, "addresses": a} for u, a in cut_off],
-                    "kept": [dict(zip(("at", "outcome", "kind", "reason", "subject", "sender"),
-                                      k, strict=True)) for k in kept]})
+        data = {"addresses": [asdict(r) for r in rows],
+                "units_cut_off": [{"unit": u, "addresses": a} for u, a in cut_off],
+                "kept": [dict(zip(("at", "outcome", "kind", "reason", "subject", "sender"),
+                                  k, strict=True)) for k in kept]}
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
+    cols = [Col("unit"), Col("email"), Col("list", 3), Col("state"), Col("at", 2),
+            Col("detail", 1, wrap=True)]
+    print_table(cols, [[r.unit, r.email, r.list_slug, r.state, state.local_time(r.at), r.detail]
+                       for r in rows],
+                title=f"{plural(len(rows), 'address', 'addresses')} with bounces", wide=False)
     out = console()
-    table = Table(title=f"{len(rows)} addresses with bounces", title_justify="left")
-    for col in ("Unit", "Address", "List", "State", "At", "Detail"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(r.unit, r.email, r.list_slug, r.state, state.local_time(r.at), r.detail)
-    out.print(table)
     for name, addresses in cut_off:
         n = len(addresses)
         what = "its address" if n == 1 else ("both addresses" if n == 2 else f"all {n} addresses")
         out.print(f"{name}: no longer receives the bulletin ({what} stopped: "
                   + "; ".join(addresses) + ")")
     if kept:
-        out.print(f"{len(kept)} message(s) kept aside or not understood "
+        out.print(f"{plural(len(kept), 'message')} kept aside or not understood "
                   "(nothing changed for them):")
         for at, outcome, kind, reason, subject, sender in kept:
             out.print(f"  {state.local_time(str(at))} {outcome} [{kind}] {subject} "
