@@ -41,6 +41,10 @@ safe inside an HTML attribute (no ``"``, ``<``, ``>``; ``&`` as ``&amp;``) and m
 contain spaces.
 """
 
+WEB_EDITION_PLACEHOLDER = "https://mailer.invalid/w/MAILER_WEB_EDITION_TOKEN"
+"""Stands for the recipient's personal web-edition URL (网页版), like
+``UNSUBSCRIBE_PLACEHOLDER``; every rendering of the email carries it."""
+
 TEMPLATES_DIR = templates_dir()
 TEXT_WIDTH = 72
 """Display columns of the plain-text part: 36 full-width characters."""
@@ -397,6 +401,7 @@ def _context(issue: Issue, audience: Audience, end: EndBlock) -> dict[str, objec
         "copies": end.copies,
         "footer": _footer_view(audience),
         "width": TEXT_WIDTH,
+        "web_edition_url": WEB_EDITION_PLACEHOLDER,
     }
 
 
@@ -418,3 +423,27 @@ def _environment() -> jinja2.Environment:
 
 
 _ENV = _environment()
+
+
+# --- the web edition ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebEdition:
+    """One issue as the web app shows it to one list: the bulletin's body as HTML
+    (classes, no inline styles: the page's one stylesheet styles it, so a strict
+    Content-Security-Policy holds) and each article's text for the archive's search."""
+
+    html: str
+    articles: tuple[tuple[str, str], ...]  # (title, plain text)
+
+
+def render_web(issue: Issue, audience: Audience, *, end: EndBlock | None = None) -> WebEdition:
+    """Render ``issue`` for the web edition (``templates/web/edition.html``): the same
+    views as the email, without the email's table layout and footer links."""
+    context = _context(issue, audience, issue.end if end is None else end)
+    html = _ENV.get_template("web/edition.html").render(context)
+    articles = tuple(
+        (a.title, "\n".join(_block_view(b).text for b in a.blocks)) for a in issue.articles
+    )
+    return WebEdition(html=html, articles=articles)

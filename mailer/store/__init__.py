@@ -8,23 +8,28 @@ the modules beside this one (``roster``: units, recipients, subscriptions;
 from __future__ import annotations
 
 from .base import BUSY_TIMEOUT_S, Clock, default_actor, utc_now
+from .editions import ArchivedIssue, ArchiveRow, ArticleHit, EditionsMixin, Reader
 from .ledger import DeliveryResult, Job, LedgerMixin
 from .roster import ImportReport, ImportRow, RosterMixin, Subscriber, group_order
 from .schema import MIGRATIONS
 
 
-class Store(RosterMixin, LedgerMixin):
+class Store(RosterMixin, LedgerMixin, EditionsMixin):
     """A handle on one mailer database. Use ``Store.open`` or ``Store.init``."""
 
 
 __all__ = [
     "BUSY_TIMEOUT_S",
     "MIGRATIONS",
+    "ArchiveRow",
+    "ArchivedIssue",
+    "ArticleHit",
     "Clock",
     "DeliveryResult",
     "ImportReport",
     "ImportRow",
     "Job",
+    "Reader",
     "Store",
     "Subscriber",
     "default_actor",
