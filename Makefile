@@ -20,8 +20,10 @@ $(STAMP): $(BIN)/python pyproject.toml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
 # Debian's chromium for the real-browser rendering test, and CJK fonts so its
-# screenshots show the bulletin's text rather than empty boxes.
-SYSTEM_PACKAGES := chromium fonts-noto-cjk
+# screenshots show the bulletin's text rather than empty boxes (and the PDF edition
+# embeds them). WeasyPrint needs pango; pdftoppm (poppler-utils) turns the PDF's
+# pages into images for the browser test's folder.
+SYSTEM_PACKAGES := chromium fonts-noto-cjk libpango-1.0-0 libpangoft2-1.0-0 poppler-utils
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -24,6 +24,7 @@ from .config import Config
 from .errors import CampaignNotSending, InvalidInput, IssueError, SendError
 from .message import PreparedMessage, make_message_id
 from .models import Campaign, CampaignStatus
+from .pdf import render_pdf
 from .render import UNSUBSCRIBE_PLACEHOLDER, WEB_EDITION_PLACEHOLDER
 from .send import Policy, Progress, Run
 from .store import Store
@@ -40,6 +41,7 @@ __all__ = [
     "local_time",
     "prepare",
     "preview",
+    "print_edition",
     "reopen",
     "resumable",
     "schedule",
@@ -285,6 +287,12 @@ def preview(config: Config, store: Store, path: Path, list_slug: str) -> Preview
         .replace(WEB_EDITION_PLACEHOLDER, web),
         eml=eml, warnings=prepared.warnings,
     )
+
+
+def print_edition(config: Config, store: Store, path: Path, list_slug: str) -> bytes:
+    """The issue's PDF edition (A4, the printed 简报) as ``list_slug`` gets it."""
+    outbox = prepare(config, store, path, (list_slug,)).outbox
+    return render_pdf(outbox.issue, outbox.audience(list_slug), end=outbox.end)
 
 
 def _zone(config: Config) -> dt.tzinfo:

@@ -447,3 +447,26 @@ def render_web(issue: Issue, audience: Audience, *, end: EndBlock | None = None)
         (a.title, "\n".join(_block_view(b).text for b in a.blocks)) for a in issue.articles
     )
     return WebEdition(html=html, articles=articles)
+
+
+# --- the PDF edition's HTML -------------------------------------------------------------
+
+
+def render_print(issue: Issue, audience: Audience, *, end: EndBlock | None = None) -> str:
+    """The HTML that ``mailer.pdf`` typesets into the printed 简报 (A4): the same views,
+    with the 版记 of GB/T 9704-2012 §7.4 (the 抄送 line ends with 。; the last line
+    names the issuing body and the date it was printed)."""
+    context = _context(issue, audience, issue.end if end is None else end)
+    lines = []
+    for line in context["end_lines"]:  # type: ignore[attr-defined]
+        text = line.text
+        if line.label == "抄送" and not text.endswith("。"):
+            text += "。"
+        lines.append(_EndLineView(label=line.label, text=text))
+    m = issue.masthead
+    issuer = m.publisher.removesuffix("编印").strip() or m.organisation
+    printed = f"{m.date.year}年{m.date.month}月{m.date.day}日印发" if m.date else "印发"
+    css = (TEMPLATES_DIR / "pdf" / "edition.css").read_text(encoding="utf-8")
+    return _ENV.get_template("pdf/edition.html").render(
+        context, banji_lines=lines, issuer=issuer, printed=printed, css=markupsafe.Markup(css),
+    )
