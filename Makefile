@@ -20,11 +20,14 @@ $(STAMP): $(BIN)/python pyproject.toml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
 # Debian's chromium for the real-browser rendering test, and CJK fonts so its
-# screenshots show the bulletin's text rather than empty boxes. Dovecot's IMAP
-# server for the bounce mailbox tests (started by the tests from a throwaway
-# config on a loopback port, never as a system service). LibreOffice (without
-# its GUI) prints the tests' Word issues to PDF, as staff print them.
-SYSTEM_PACKAGES := chromium fonts-noto-cjk dovecot-imapd libreoffice-writer-nogui
+# screenshots show the bulletin's text rather than empty boxes (and the PDF edition
+# embeds them). Dovecot's IMAP server for the bounce mailbox tests (started by the
+# tests from a throwaway config on a loopback port, never as a system service).
+# LibreOffice (without its GUI) prints the tests' Word issues to PDF, as staff print
+# them. WeasyPrint needs pango; pdftoppm (poppler-utils) turns the PDF's pages into
+# images for the browser test's folder.
+SYSTEM_PACKAGES := chromium fonts-noto-cjk dovecot-imapd libreoffice-writer-nogui \
+  libpango-1.0-0 libpangoft2-1.0-0 poppler-utils
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

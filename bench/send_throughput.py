@@ -198,7 +198,10 @@ def _one(outbox: Any, eight_bit: bool = True) -> bytes:
     return bytes(msg.personalise(
         to_name="联络员0", to_address="r0000000@member.example.org",
         message_id="<c1.r1.0123456789@example.org>",
-        unsubscribe_url=outbox.unsubscribe_url("x" * 16, SLUG)))
+        unsubscribe_url=outbox.unsubscribe_url("x" * 16, SLUG),
+        # Before the issue is recorded its web link is not made yet: one of the same length.
+        web_edition_url=outbox.web_edition_url("x" * 16, SLUG) if outbox.issue_id
+        else outbox.config.web.base_url + "/w/" + "x" * 100))
 
 
 def build_database(workdir: Path, config: Any, n: int) -> Path:
@@ -270,6 +273,7 @@ def worker_ours(args: argparse.Namespace) -> dict[str, Any]:
     run = Run(
         database=db, campaign_id=cid, messages=outbox.message,
         unsubscribe_url=outbox.unsubscribe_url,
+        web_edition_url=outbox.web_edition_url,
         connect=lambda: SMTPTransport(
             SMTPSettings("127.0.0.1", args.port, "none", None, None, timeout=30.0)),
         sender=SENDER, msgid_domain=outbox.msgid_domain,

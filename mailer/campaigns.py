@@ -25,7 +25,8 @@ from .config import Config
 from .errors import CampaignNotSending, InvalidInput, IssueError, SendError
 from .message import PreparedMessage, make_message_id
 from .models import Campaign, CampaignStatus
-from .render import UNSUBSCRIBE_PLACEHOLDER
+from .pdf import render_pdf
+from .render import UNSUBSCRIBE_PLACEHOLDER, WEB_EDITION_PLACEHOLDER
 from .send import Policy, Progress, Run
 from .store import Store
 from .tokens import make_token, unsubscribe_url
@@ -41,6 +42,7 @@ __all__ = [
     "local_time",
     "prepare",
     "preview",
+    "print_edition",
     "reopen",
     "resumable",
     "schedule",
@@ -127,6 +129,9 @@ def _create(config: Config, store: Store, prepared: Prepared, *, again: bool,
     outbox = prepared.outbox
     _check_sendable(config, outbox)
     issue_id = outbox.record(store)
+    # Before the campaign, so a campaign never exists without its web edition; a
+    # repeat that is refused rewrites nothing (the same pages are left alone).
+    outbox.record_edition(store)
     return store.create_campaign(issue_id, prepared.lists, source_path=str(outbox.source),
                                  sha256=outbox.sha256, again=again, scheduled_at=when)
 
@@ -189,6 +194,7 @@ def reopen(config: Config, store: Store, campaign: Campaign) -> Outbox:
     outbox = compose(issue, config=config, store=store, lists=campaign.lists, source=path,
                      sha256=sha)
     _check_sendable(config, outbox)
+    outbox.issue_id = campaign.issue_id
     return outbox
 
 
@@ -201,6 +207,7 @@ def sender(config: Config, outbox: Outbox, campaign_id: int, *, limit: int | Non
     run = Run(
         database=config.database, campaign_id=campaign_id, messages=outbox.message,
         unsubscribe_url=outbox.unsubscribe_url, connect=lambda: SMTPTransport(settings),
+        web_edition_url=outbox.web_edition_url,
         sender=config.sender.address, msgid_domain=outbox.msgid_domain,
         policy=Policy.from_config(config), limit=limit, wait_for_retries=wait_for_retries,
     )
@@ -237,10 +244,14 @@ def test_send(config: Config, store: Store, path: Path, to: str, list_slug: str)
                unsubscribe_url(config.web.base_url,
                                make_token(config.signing_keys()[0], "test", list_slug)))
     issue_id = outbox.record(store)
+    # A test copy's web link opens nothing (the issue was not sent to that address)
+    # unless it is a member's address and the issue reached them before.
+    web = outbox.web_edition_url(store.uid_of(address.email) or "test", list_slug)
     message_id = f"<test.{secrets.token_hex(8)}@{outbox.msgid_domain}>"
     # base64 bodies: a test copy must arrive whatever the relay supports.
     data = PreparedMessage.build(parts, eight_bit=False).personalise(
-        to_name=None, to_address=address.email, message_id=message_id, unsubscribe_url=url)
+        to_name=None, to_address=address.email, message_id=message_id, unsubscribe_url=url,
+        web_edition_url=web)
     envelope = Envelope(config.sender.address, address.ascii or address.email, data)
     reply = asyncio.run(send_one(SMTPSettings.from_config(config.smtp), envelope))
     store.record_test_send(issue_id=issue_id, list_slug=list_slug, email=address.email,
@@ -267,16 +278,26 @@ def preview(config: Config, store: Store, path: Path, list_slug: str) -> Preview
     rendered = outbox.render(list_slug)
     parts = outbox.parts(list_slug)
     url = f"{config.web.base_url}/u/preview" if parts.unsubscribe_mailto is not None else None
+    web = f"{config.web.base_url}/w/preview"
     eml = PreparedMessage.build(parts).as_message(
         to_name="预览", to_address=config.sender.reply_to or config.sender.address,
         message_id=make_message_id(0, 0, outbox.msgid_domain), unsubscribe_url=url,
+        web_edition_url=web,
     )
     return Preview(
         subject=outbox.subject,
-        html=rendered.html.replace(UNSUBSCRIBE_PLACEHOLDER, url or ""),
-        text=rendered.text.replace(UNSUBSCRIBE_PLACEHOLDER, url or ""),
+        html=rendered.html.replace(UNSUBSCRIBE_PLACEHOLDER, url or "")
+        .replace(WEB_EDITION_PLACEHOLDER, web),
+        text=rendered.text.replace(UNSUBSCRIBE_PLACEHOLDER, url or "")
+        .replace(WEB_EDITION_PLACEHOLDER, web),
         eml=eml, warnings=prepared.warnings,
     )
+
+
+def print_edition(config: Config, store: Store, path: Path, list_slug: str) -> bytes:
+    """The issue's PDF edition (A4, the printed 简报) as ``list_slug`` gets it."""
+    outbox = prepare(config, store, path, (list_slug,)).outbox
+    return render_pdf(outbox.issue, outbox.audience(list_slug), end=outbox.end)
 
 
 def _zone(config: Config) -> dt.tzinfo:

@@ -20,9 +20,16 @@ from .errors import IssueError
 from .issue import parse_file
 from .message import MessageParts, PreparedMessage
 from .models import EndBlock, Issue, MailingList
-from .render import UNSUBSCRIBE_PLACEHOLDER, Audience, Rendered, render_issue
+from .render import (
+    UNSUBSCRIBE_PLACEHOLDER,
+    WEB_EDITION_PLACEHOLDER,
+    Audience,
+    Rendered,
+    render_issue,
+    render_web,
+)
 from .store import Store
-from .tokens import make_token, unsubscribe_url
+from .tokens import edition_url, make_edition_token, make_token, unsubscribe_url
 
 
 def file_sha256(path: Path) -> str:
@@ -66,15 +73,18 @@ class Outbox:
     rendered: dict[str, Rendered] = field(default_factory=dict)
     _prepared: dict[tuple[str, bool], PreparedMessage] = field(default_factory=dict)
     _key: SigningKey | None = None
+    issue_id: int | None = None  # the issues row, once recorded (or reopened)
+
+    def audience(self, slug: str) -> Audience:
+        ml = self._list(slug)
+        return Audience(
+            role=ml.role, list_title=ml.title, footer_label=ml.footer_label,
+            allow_unsubscribe=ml.allow_unsubscribe, contact=self.config.contact,
+        )
 
     def render(self, slug: str) -> Rendered:
         if slug not in self.rendered:
-            ml = self._list(slug)
-            audience = Audience(
-                role=ml.role, list_title=ml.title, footer_label=ml.footer_label,
-                allow_unsubscribe=ml.allow_unsubscribe, contact=self.config.contact,
-            )
-            self.rendered[slug] = render_issue(self.issue, audience, end=self.end)
+            self.rendered[slug] = render_issue(self.issue, self.audience(slug), end=self.end)
         return self.rendered[slug]
 
     def parts(self, slug: str) -> MessageParts:
@@ -98,6 +108,7 @@ class Outbox:
             html_placeholder=UNSUBSCRIBE_PLACEHOLDER,
             date=self.date,
             images=r.images,
+            web_placeholder=WEB_EDITION_PLACEHOLDER,
         )
 
     @property
@@ -123,13 +134,37 @@ class Outbox:
             self._key = self.config.signing_keys()[0]
         return unsubscribe_url(self.config.web.base_url, make_token(self._key, uid, slug))
 
+    def web_edition_url(self, uid: str, slug: str) -> str:
+        """The recipient's own link to this issue's web edition (one HMAC). Made at
+        the outbox's date, so every message of a run carries the same issue time and
+        a revocation by staff covers all links made before it."""
+        if self.issue_id is None:
+            raise IssueError("the issue must be recorded before its web links are made")
+        if self._key is None:
+            self._key = self.config.signing_keys()[0]
+        token = make_edition_token(self._key, uid, slug, self.issue_id,
+                                   int(self.date.timestamp()))
+        return edition_url(self.config.web.base_url, token)
+
     @property
     def msgid_domain(self) -> str:
         return self.config.sender.address.rpartition("@")[2]
 
     def record(self, store: Store) -> int:
         """The issue's row in the ledger (created or brought up to date)."""
-        return record_issue(store, self.issue, self.sha256)
+        self.issue_id = record_issue(store, self.issue, self.sha256)
+        return self.issue_id
+
+    def record_edition(self, store: Store) -> None:
+        """The web edition for each list of this outbox, stored with the issue for the
+        web app to show (unchanged pages are left as they are)."""
+        if self.issue_id is None:
+            self.record(store)
+        assert self.issue_id is not None
+        pages = {ml.slug: render_web(self.issue, self.audience(ml.slug), end=self.end)
+                 for ml in self.lists}
+        articles = next(iter(pages.values())).articles if pages else ()
+        store.record_edition(self.issue_id, {s: w.html for s, w in pages.items()}, articles)
 
     def _list(self, slug: str) -> MailingList:
         for ml in self.lists:

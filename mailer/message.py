@@ -60,6 +60,9 @@ _TEXT_BODY = "MAILERTEXTBODYPLACEHOLDER0000"
 _HTML_BODY = "MAILERHTMLBODYPLACEHOLDER0000"
 # Stands in for the URL while wrapping: as long as the longest URL, and unbreakable.
 _URL_FILLER = "MAILERUNSUBSCRIBEURLFILLER".ljust(MAX_URL_LENGTH, "0")
+# The personal web-edition link (网页版), substituted the same way.
+_WEB = "MAILERWEBEDITIONURLPLACEHOLDER0000"
+_WEB_FILLER = "MAILERWEBEDITIONURLFILLER".ljust(MAX_URL_LENGTH, "0")
 
 _SMTP = email.policy.SMTP
 
@@ -129,6 +132,9 @@ class MessageParts:
     # Pictures the html names by cid:, sent as inline parts beside it
     # (multipart/related, RFC 2387); the same bytes for every recipient.
     images: tuple[Image, ...] = ()
+    # Stands for the recipient's web-edition URL in html and text; "" when the
+    # bodies carry none.
+    web_placeholder: str = ""
 
 
 class PreparedMessage:
@@ -142,7 +148,8 @@ class PreparedMessage:
         *,
         eight_bit: bool,
         unsubscribe: bool,
-        base64_bodies: list[list[bytes]] | None = None,
+        base64_bodies: list[tuple[list[bytes], list[str]]] | None = None,
+        web_edition: bool = False,
     ) -> None:
         # Private: use build(). ``slots[i]`` names what goes between chunk i and i+1.
         self._wire = wire
@@ -151,6 +158,7 @@ class PreparedMessage:
         self.eight_bit = eight_bit
         self.unsubscribe = unsubscribe
         self._b64 = base64_bodies
+        self.web_edition = web_edition
 
     @classmethod
     def build(cls, parts: MessageParts, *, eight_bit: bool = True) -> PreparedMessage:
@@ -168,8 +176,14 @@ class PreparedMessage:
                 )
             text = text.replace(parts.html_placeholder, _URL_FILLER)
             html = html.replace(parts.html_placeholder, _URL_FILLER)
-        text = _wrap_text(_lines(text)).replace(_URL_FILLER, _URL)
-        html = _wrap_html(_lines(html)).replace(_URL_FILLER, _URL)
+        web_edition = bool(parts.web_placeholder) and (
+            parts.web_placeholder in text or parts.web_placeholder in html
+        )
+        if web_edition:
+            text = text.replace(parts.web_placeholder, _WEB_FILLER)
+            html = html.replace(parts.web_placeholder, _WEB_FILLER)
+        text = _wrap_text(_lines(text)).replace(_URL_FILLER, _URL).replace(_WEB_FILLER, _WEB)
+        html = _wrap_html(_lines(html)).replace(_URL_FILLER, _URL).replace(_WEB_FILLER, _WEB)
 
         msg, header_values = _headers(parts)
         cte = "8bit" if eight_bit else "base64"
@@ -205,16 +219,17 @@ class PreparedMessage:
             b64 = None
         else:
             b64 = [
-                _split_bytes(body.replace("\n", "\r\n").encode(), [_URL])[0]
+                _split_bytes(body.replace("\n", "\r\n").encode(), [_URL, _WEB])
                 for body in (text, html)
             ]
-        placeholders = [_TO, _MSGID, _URL, _TEXT_BODY + "\r\n", _HTML_BODY + "\r\n"]
+        placeholders = [_TO, _MSGID, _URL, _WEB, _TEXT_BODY + "\r\n", _HTML_BODY + "\r\n"]
         plain_bytes = skeleton.encode("utf-8")
         wire_bytes = _dot_stuff(plain_bytes)
         wire, slots = _split_bytes(wire_bytes, placeholders)
         plain, _ = _split_bytes(plain_bytes, placeholders)
         return cls(
-            wire, plain, slots, eight_bit=eight_bit, unsubscribe=unsubscribe, base64_bodies=b64
+            wire, plain, slots, eight_bit=eight_bit, unsubscribe=unsubscribe, base64_bodies=b64,
+            web_edition=web_edition,
         )
 
     def personalise(
@@ -224,11 +239,14 @@ class PreparedMessage:
         to_address: str,
         message_id: str,
         unsubscribe_url: str | None,
+        web_edition_url: str | None = None,
     ) -> bytes:
         """The wire form for one recipient: CRLF line endings, dot-stuffed, without
         the final ``.`` line. ``unsubscribe_url`` is required when the list allows
-        unsubscribing and ignored otherwise."""
-        return self._join(self._wire, to_name, to_address, message_id, unsubscribe_url)
+        unsubscribing and ignored otherwise; ``web_edition_url`` when the bodies link
+        the web edition."""
+        return self._join(self._wire, to_name, to_address, message_id, unsubscribe_url,
+                          web_edition_url)
 
     def as_message(
         self,
@@ -237,10 +255,12 @@ class PreparedMessage:
         to_address: str,
         message_id: str,
         unsubscribe_url: str | None,
+        web_edition_url: str | None = None,
     ) -> bytes:
         """Plain RFC 5322 bytes (CRLF, not dot-stuffed): for .eml files and for
         sending one message through aiosmtplib."""
-        return self._join(self._plain, to_name, to_address, message_id, unsubscribe_url)
+        return self._join(self._plain, to_name, to_address, message_id, unsubscribe_url,
+                          web_edition_url)
 
     def _join(
         self,
@@ -249,6 +269,7 @@ class PreparedMessage:
         to_address: str,
         message_id: str,
         url: str | None,
+        web_url: str | None = None,
     ) -> bytes:
         values = {
             _TO: format_to(to_name, to_address),
@@ -260,10 +281,17 @@ class PreparedMessage:
                     to_address, "this list allows unsubscribing: an unsubscribe URL is required"
                 )
             values[_URL] = _check_url(to_address, url)
+        if self.web_edition:
+            if web_url is None:
+                raise UnsendableRecipient(
+                    to_address, "this bulletin links its web edition: a web-edition URL "
+                    "is required")
+            values[_WEB] = _check_url(to_address, web_url)
         if self._b64 is not None:
-            url_b = values.get(_URL, b"")
-            values[_TEXT_BODY + "\r\n"] = _base64_lines(url_b.join(self._b64[0]))
-            values[_HTML_BODY + "\r\n"] = _base64_lines(url_b.join(self._b64[1]))
+            for body, (pieces, gaps) in zip(
+                (_TEXT_BODY + "\r\n", _HTML_BODY + "\r\n"), self._b64, strict=True
+            ):
+                values[body] = _base64_lines(_fill(pieces, gaps, values))
         out = [chunks[0]]
         for slot, chunk in zip(self._slots, chunks[1:], strict=True):
             out.append(values[slot])
@@ -442,6 +470,15 @@ def _check_url(address: str, url: str) -> bytes:
 # --- bytes ----------------------------------------------------------------------
 
 
+def _fill(pieces: list[bytes], gaps: list[str], values: dict[str, bytes]) -> bytes:
+    """``pieces`` joined with the value of the placeholder each gap stood for."""
+    out = [pieces[0]]
+    for gap, piece in zip(gaps, pieces[1:], strict=True):
+        out.append(values.get(gap, b""))
+        out.append(piece)
+    return b"".join(out)
+
+
 def _split_bytes(data: bytes, placeholders: list[str]) -> tuple[list[bytes], list[str]]:
     """Split ``data`` at every occurrence of any placeholder; return the chunks and,
     for each gap between chunks, which placeholder was there."""
@@ -493,7 +530,7 @@ _HTML_TOKEN = re.compile(
     r"|<![^>]*>"  # doctype, <![endif]>
     r"|</?[A-Za-z][^\s/>]*(?:\"[^\"]*\"|'[^']*'|[^'\">])*>"  # element tag
     r"|&#?\w+;"  # character reference
-    r"|" + _URL_FILLER + r"|\s|.",
+    r"|" + _URL_FILLER + r"|" + _WEB_FILLER + r"|\s|.",
     re.S,
 )
 # Elements whose text must not gain comments: only whitespace may break there.
@@ -523,7 +560,7 @@ def _wrap_html(lines: list[str]) -> str:
                     raw = not raw_tag.group(1)
             elif tok.isspace():
                 atoms.append((tok, "\n"))
-            elif raw or tok[0] in "<&" or tok == _URL_FILLER:
+            elif raw or tok[0] in "<&" or tok in (_URL_FILLER, _WEB_FILLER):
                 atoms.append((tok, None))
             else:
                 # Between two characters of text (Chinese has no spaces): an empty
@@ -539,6 +576,9 @@ def _text_atoms(line: str) -> Iterator[str]:
         if line.startswith(_URL_FILLER, i):
             yield _URL_FILLER
             i += len(_URL_FILLER)
+        elif line.startswith(_WEB_FILLER, i):
+            yield _WEB_FILLER
+            i += len(_WEB_FILLER)
         else:
             yield line[i]
             i += 1

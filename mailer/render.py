@@ -12,6 +12,7 @@ in exactly one place, :func:`inline_css`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import unicodedata
@@ -23,7 +24,7 @@ import markupsafe
 import premailer
 
 from mailer.links import is_safe_href
-from mailer.models import Block, EndBlock, Image, Issue, Masthead, Role, Span
+from mailer.models import Block, EndBlock, EndKind, Image, Issue, Masthead, Role, Span
 from mailer.models import may_unsubscribe as unsubscribable
 from mailer.resources import templates_dir
 
@@ -39,6 +40,10 @@ touch, so it appears byte for byte in the output. The URL substituted for it mus
 safe inside an HTML attribute (no ``"``, ``<``, ``>``; ``&`` as ``&amp;``) and must not
 contain spaces.
 """
+
+WEB_EDITION_PLACEHOLDER = "https://mailer.invalid/w/MAILER_WEB_EDITION_TOKEN"
+"""Stands for the recipient's personal web-edition URL (网页版), like
+``UNSUBSCRIBE_PLACEHOLDER``; every rendering of the email carries it."""
 
 TEMPLATES_DIR = templates_dir()
 TEXT_WIDTH = 72
@@ -425,6 +430,7 @@ def _context(issue: Issue, audience: Audience, end: EndBlock) -> dict[str, objec
         ),
         "footer": _footer_view(audience),
         "width": TEXT_WIDTH,
+        "web_edition_url": WEB_EDITION_PLACEHOLDER,
     }
 
 
@@ -446,3 +452,52 @@ def _environment() -> jinja2.Environment:
 
 
 _ENV = _environment()
+
+
+# --- the web edition ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebEdition:
+    """One issue as the web app shows it to one list: the bulletin's body as HTML
+    (classes, no inline styles: the page's one stylesheet styles it, so a strict
+    Content-Security-Policy holds) and each article's text for the archive's search."""
+
+    html: str
+    articles: tuple[tuple[str, str], ...]  # (title, plain text)
+
+
+def render_web(issue: Issue, audience: Audience, *, end: EndBlock | None = None) -> WebEdition:
+    """Render ``issue`` for the web edition (``templates/web/edition.html``): the same
+    views as the email, without the email's table layout and footer links."""
+    context = _context(issue, audience, issue.end if end is None else end)
+    html = _ENV.get_template("web/edition.html").render(context)
+    articles = tuple(
+        (a.title, "\n".join(_block_view(b).text for b in a.blocks)) for a in issue.articles
+    )
+    return WebEdition(html=html, articles=articles)
+
+
+# --- the PDF edition's HTML -------------------------------------------------------------
+
+
+def render_print(issue: Issue, audience: Audience, *, end: EndBlock | None = None) -> str:
+    """The HTML that ``mailer.pdf`` typesets into the printed 简报 (A4): the same views,
+    with the 版记 of GB/T 9704-2012 §7.4 (the 抄送 line ends with 。; the last line
+    names the issuing body and the date it was printed)."""
+    context = _context(issue, audience, issue.end if end is None else end)
+    lines: list[_EndLineView] = []
+    for line in context["end_lines"]:  # type: ignore[attr-defined]
+        if line.kind == EndKind.NAMES and line.label == "抄送" and not line.text.endswith("。"):
+            line = dataclasses.replace(line, text=line.text + "。")
+        lines.append(line)
+    # The issue's own 印发 line when it has one; else one made from the masthead.
+    has_issued = any(line.kind == EndKind.ISSUED for line in lines)
+    m = issue.masthead
+    issuer = m.publisher.removesuffix("编印").strip() or m.organisation
+    printed = f"{m.date.year}年{m.date.month}月{m.date.day}日印发" if m.date else "印发"
+    css = (TEMPLATES_DIR / "pdf" / "edition.css").read_text(encoding="utf-8")
+    return _ENV.get_template("pdf/edition.html").render(
+        context, banji_lines=lines, has_issued=has_issued, issuer=issuer, printed=printed,
+        css=markupsafe.Markup(css),
+    )

@@ -212,6 +212,8 @@ class Run:
     clock: Clock = utc_now
     sleep: Sleep = asyncio.sleep
     monotonic: Callable[[], float] = time.monotonic
+    # (uid, list slug) -> the recipient's web-edition URL, when the bulletin links one.
+    web_edition_url: UrlSource | None = None
     limit: int | None = None  # send at most this many messages in this run
     wait_for_retries: bool = False  # keep running until deferred rows are due
     on_progress: Callable[[Progress], None] = lambda p: None
@@ -445,8 +447,10 @@ class Run:
         message_id = make_message_id(job.campaign_id, job.recipient_id, self.msgid_domain)
         url = self.unsubscribe_url(job.uid, job.list_slug)
         try:
+            web = self.web_edition_url(job.uid, job.list_slug) if self.web_edition_url else None
             data = message.personalise(to_name=job.name, to_address=job.email,
-                                       message_id=message_id, unsubscribe_url=url)
+                                       message_id=message_id, unsubscribe_url=url,
+                                       web_edition_url=web)
         except Exception as e:
             # Only this recipient's own data is joined here: whatever goes wrong is
             # about this message alone, which fails alone; the campaign goes on.

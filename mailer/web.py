@@ -64,6 +64,7 @@ from .models import Status
 from .resources import templates_dir
 from .store import Clock, Store, Subscriber, utc_now
 from .tokens import read_token
+from .web_edition import SEARCHES_PER_MINUTE, EditionPages
 
 TEMPLATES = templates_dir() / "web"
 ACTOR = "web"
@@ -177,8 +178,11 @@ class _SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def _security_headers(css: str) -> dict[str, str]:
-    css_hash = base64.b64encode(hashlib.sha256(css.encode()).digest()).decode()
+def _security_headers(*sheets: str) -> dict[str, str]:
+    hashes = " ".join(
+        f"'sha256-{base64.b64encode(hashlib.sha256(css.encode()).digest()).decode()}'"
+        for css in sheets
+    )
     return {
         # Pages name a unit and an address: never keep them in a shared cache.
         "Cache-Control": "no-store",
@@ -186,10 +190,10 @@ def _security_headers(css: str) -> dict[str, str]:
         "Referrer-Policy": "no-referrer",
         "X-Frame-Options": "DENY",
         "X-Robots-Tag": "noindex, nofollow",
-        # No scripts, no images, no fonts: only our one stylesheet and posting to
-        # ourselves.
+        # No scripts, no images, no fonts: only our own stylesheets (one per kind of
+        # page) and posting to ourselves.
         "Content-Security-Policy": (
-            f"default-src 'none'; style-src 'sha256-{css_hash}'; form-action 'self'; "
+            f"default-src 'none'; style-src {hashes}; form-action 'self'; "
             "base-uri 'none'; frame-ancestors 'none'"
         ),
     }
@@ -232,14 +236,18 @@ class _App:
         self.keys: tuple[SigningKey, ...] = config.signing_keys()
         self.env = _environment()
         self.css = (TEMPLATES / "style.css").read_text(encoding="utf-8").strip()
+        self.edition_css = (TEMPLATES / "edition.css").read_text(encoding="utf-8").strip()
         self.limiter = FailedCheckLimiter(config.web.failed_checks_per_minute)
         self.common = {
             "organisation": config.sender.name,
             "contact": config.contact,
             "css": Markup(self.css),  # our own file, and CSS must not be HTML-escaped
+            "edition_css": Markup(self.edition_css),
         }
         self.not_found_body = self._render("not_found.html")
-        self.headers = _security_headers(self.css)
+        self.headers = _security_headers(self.css, self.edition_css)
+        self.editions = EditionPages(
+            self, search_limiter=FailedCheckLimiter(SEARCHES_PER_MINUTE))
 
     # --- helpers ------------------------------------------------------------------
 
@@ -453,6 +461,8 @@ def create_app(config: Config, *, clock: Clock = utc_now) -> Starlette:
     return Starlette(
         routes=[
             Route("/u/{token}", app.unsubscribe, methods=["GET", "POST"]),
+            Route("/w/{token}", app.editions.edition, methods=["GET"]),
+            Route("/w/{token}/archive", app.editions.archive, methods=["GET"]),
             Route("/healthz", app.healthz, methods=["GET"]),
         ],
         middleware=[Middleware(_SecurityHeaders, headers=app.headers)],

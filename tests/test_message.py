@@ -441,3 +441,40 @@ def test_personalise_stays_cheap_for_idn_recipients(prepared: PreparedMessage) -
         prepared.personalise(**recipient(addr=f"u{i}@例子.中国"))  # type: ignore[arg-type]
     per = (time.perf_counter() - start) / n
     assert per < 0.002  # the domain's IDNA conversion is done once per domain
+
+
+# --- the web-edition link (网页版) ---------------------------------------------------
+
+WEB = "https://mailer.invalid/w/WEB_PLACEHOLDER"
+
+
+@pytest.mark.parametrize("eight_bit", [True, False])
+def test_web_edition_url_is_personalised_in_both_bodies(eight_bit: bool) -> None:
+    parts = make_parts(
+        html=sample_html().replace("</body>", f'<a href="{WEB}">网页版</a></body>'),
+        text=f"网页版：{WEB}\n" + sample_text() + f"\n退订：{PLACEHOLDER}\n",
+        web_placeholder=WEB,
+    )
+    pm = PreparedMessage.build(parts, eight_bit=eight_bit)
+    web_a = "https://bulletin.example.org/w/e1.k1." + "a" * 150
+    web_b = "https://bulletin.example.org/w/e1.k1.bbbb"
+    a = parse(pm.as_message(**recipient(), web_edition_url=web_a))  # type: ignore[arg-type]
+    b = parse(pm.as_message(**recipient(url=URL_B), web_edition_url=web_b))  # type: ignore[arg-type]
+    for msg, web, url in ((a, web_a, URL_A), (b, web_b, URL_B)):
+        html_part, text_part = msg.get_body(("html",)), msg.get_body(("plain",))
+        assert html_part is not None and text_part is not None
+        assert f'href="{web}"' in html_part.get_content()
+        assert web in text_part.get_content() and url in text_part.get_content()
+        assert WEB not in msg.as_string()
+    wire = pm.personalise(**recipient(), web_edition_url=web_a)  # type: ignore[arg-type]
+    assert max(len(line) for line in wire.split(b"\r\n")) <= 998
+    with pytest.raises(UnsendableRecipient, match="web-edition URL"):
+        pm.personalise(**recipient())  # type: ignore[arg-type]
+    with pytest.raises(UnsendableRecipient):
+        pm.personalise(**recipient(), web_edition_url="javascript:x")  # type: ignore[arg-type]
+
+
+def test_bodies_without_the_web_link_need_no_url() -> None:
+    pm = PreparedMessage.build(make_parts(web_placeholder=WEB))
+    assert pm.web_edition is False
+    assert b"Subject:" in pm.personalise(**recipient())  # type: ignore[arg-type]

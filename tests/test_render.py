@@ -23,6 +23,7 @@ from mailer.models import (
 from mailer.render import (
     HTML_LINE_LIMIT,
     UNSUBSCRIBE_PLACEHOLDER,
+    WEB_EDITION_PLACEHOLDER,
     Audience,
     Rendered,
     display_width,
@@ -335,7 +336,7 @@ def test_unsafe_links_are_text_only(issue: Issue, href: str) -> None:
     out = render_issue(with_paragraph(issue, Span("点这里", href=href)), SEND_TO)
     page = Page(out.html)
     hrefs = [a.get("href", "") for a in page.find("a")]
-    assert hrefs == [UNSUBSCRIBE_PLACEHOLDER]
+    assert hrefs == [WEB_EDITION_PLACEHOLDER, UNSUBSCRIBE_PLACEHOLDER]
     assert "点这里" in page.text
     assert href.strip() not in out.text
     assert not is_safe_href(href)

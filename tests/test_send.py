@@ -67,6 +67,7 @@ def sender(s: Setup, port: int, **kw: Any) -> Run:
     return Run(
         database=s.db, campaign_id=s.campaign_id, messages=s.outbox.message,
         unsubscribe_url=s.outbox.unsubscribe_url,
+        web_edition_url=s.outbox.web_edition_url,
         connect=lambda: SMTPTransport(
             SMTPSettings("127.0.0.1", port, "none", None, None, timeout=timeout)),
         sender="bulletin@example.org", msgid_domain="example.org", policy=policy, **kw,

@@ -15,7 +15,14 @@ import pytest
 
 from mailer import tokens
 from mailer.config import SigningKey
-from mailer.tokens import TokenClaims, make_token, read_token, unsubscribe_url
+from mailer.tokens import (
+    TokenClaims,
+    make_edition_token,
+    make_token,
+    read_edition_token,
+    read_token,
+    unsubscribe_url,
+)
 
 NOW = dt.datetime(2026, 5, 1, 8, 0, tzinfo=dt.UTC)
 CURRENT = SigningKey("k2", b"current-secret-0123456789")
@@ -161,7 +168,7 @@ def test_every_single_character_change_fails() -> None:
 
 def test_mac_is_compared_in_constant_time() -> None:
     """The MAC check goes through hmac.compare_digest and nowhere else."""
-    source = inspect.getsource(tokens.read_token)
+    source = inspect.getsource(tokens._verified_payload)  # read_token and the edition reader
     assert "hmac.compare_digest(expected" in source
     assert "expected ==" not in source and "== given" not in source
     assert "expected !=" not in source and "!= given" not in source
@@ -225,3 +232,28 @@ def test_100k_random_and_tampered_tokens_none_accepted() -> None:
             accepted += 1
     assert accepted == 0
     assert all(read_token(KEYS, t, now=NOW) is not None for t in good)
+
+
+# --- web-edition tokens ----------------------------------------------------------------
+
+
+def test_edition_token_round_trip_and_purpose() -> None:
+    token = make_edition_token(KEYS[0], "abcDEF123_-", "send-to", 42, 1_700_000_000)
+    claims = read_edition_token(KEYS, token, now=NOW)
+    assert claims is not None
+    assert (claims.uid, claims.list_slug, claims.issue_id, claims.issued) == (
+        "abcDEF123_-", "send-to", 42, 1_700_000_000)
+    # Signed for a different purpose: neither reader takes the other's token.
+    assert read_token(KEYS, token, now=NOW) is None
+    assert read_edition_token(KEYS, make_token(KEYS[0], "abcDEF123_-", "send-to"),
+                              now=NOW) is None
+    # Any changed character breaks it.
+    for i in range(len(token)):
+        changed = token[:i] + ("A" if token[i] != "A" else "B") + token[i + 1:]
+        assert read_edition_token(KEYS, changed, now=NOW) is None, i
+
+
+@pytest.mark.parametrize("garbage", ["", "e1", "e1.k2..", "e1.k2.YWJj.AAAAAAAAAAAAAAAAAAAAAA",
+                                     "e1." + "A" * 10_000, None, 12])
+def test_edition_garbage_returns_none(garbage: object) -> None:
+    assert read_edition_token(KEYS, garbage, now=NOW) is None

@@ -136,8 +136,9 @@ def issue_convert(file: Path, output: Path | None, force: bool, fix: bool) -> No
 @click.option("--out", "out_dir", required=True,
               type=click.Path(path_type=Path),
               help="Folder for issue.html, issue.txt and issue.eml.")
+@click.option("--pdf", is_flag=True, help="Also write issue.pdf, the printed edition (A4).")
 @pass_state
-def render(state: State, file: Path, list_slug: str, out_dir: Path) -> None:
+def render(state: State, file: Path, list_slug: str, out_dir: Path, pdf: bool) -> None:
     """Render an issue as its recipients on a list will see it
 
     Writes issue.html (inline-styled), issue.txt (the text part) and issue.eml
@@ -159,3 +160,8 @@ def render(state: State, file: Path, list_slug: str, out_dir: Path) -> None:
     size = len(shown.html.encode("utf-8"))
     click.echo(f"{shown.subject} ({list_slug}): {out_dir / 'issue.html'} "
                f"({size / 1024:.1f} KB), issue.txt, issue.eml")
+    if pdf:
+        with state.store() as store:
+            data = campaigns.print_edition(state.config, store, file, list_slug)
+        write_atomic(out_dir / "issue.pdf", data)
+        click.echo(f"PDF edition: {out_dir / 'issue.pdf'} ({len(data) / 1024:.0f} KB)")

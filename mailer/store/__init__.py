@@ -9,18 +9,22 @@ from __future__ import annotations
 
 from .base import BUSY_TIMEOUT_S, Clock, default_actor, utc_now
 from .bounces import BounceInput, BounceRow, BouncesMixin, Scoring
+from .editions import ArchivedIssue, ArchiveRow, ArticleHit, EditionsMixin, Reader
 from .ledger import DeliveryResult, Job, LedgerMixin
 from .roster import ImportReport, ImportRow, RosterMixin, Subscriber, group_order
 from .schema import MIGRATIONS
 
 
-class Store(RosterMixin, LedgerMixin, BouncesMixin):
+class Store(RosterMixin, LedgerMixin, BouncesMixin, EditionsMixin):
     """A handle on one mailer database. Use ``Store.open`` or ``Store.init``."""
 
 
 __all__ = [
     "BUSY_TIMEOUT_S",
     "MIGRATIONS",
+    "ArchiveRow",
+    "ArchivedIssue",
+    "ArticleHit",
     "BounceInput",
     "BounceRow",
     "Clock",
@@ -28,6 +32,7 @@ __all__ = [
     "ImportReport",
     "ImportRow",
     "Job",
+    "Reader",
     "Scoring",
     "Store",
     "Subscriber",

@@ -239,3 +239,28 @@ def m006_millisecond_stamps(db: Database) -> None:
                 f'WHERE "{column.name}" GLOB ?',
                 [OLD_GLOB],
             )
+
+
+@MIGRATIONS()
+def m007_editions(db: Database) -> None:
+    # What the web edition and the archive show, stored when a campaign is created:
+    # the bulletin's body as each list was sent it, and each article's text for search.
+    db.table("issue_pages").create(
+        {"issue_id": int, "list_id": int, "html": str, "created_at": str},
+        pk=("issue_id", "list_id"),
+        not_null={"html", "created_at"},
+        foreign_keys=[("issue_id", "issues", "id"), ("list_id", "lists", "id")],
+    )
+    # The trigram tokenizer (SQLite >= 3.34) indexes every three-character substring:
+    # Chinese needs no word segmentation, and LIKE on these columns uses the index.
+    db.execute(
+        "CREATE VIRTUAL TABLE issue_text USING fts5("
+        "issue_id UNINDEXED, article UNINDEXED, title, body, tokenize = 'trigram')"
+    )
+    # Staff revoked every web link of an address made before this time (epoch seconds).
+    db.table("link_revocations").create(
+        {"recipient_id": int, "revoked_before": int, "at": str, "actor": str},
+        pk="recipient_id",
+        not_null={"revoked_before", "at", "actor"},
+        foreign_keys=[("recipient_id", "recipients", "id")],
+    )
