@@ -75,7 +75,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from mailer.validate import wire_address  # noqa: E402
-from tests.smtp_server import Behaviour, Server, smtp_server  # noqa: E402
+from tests.conftest import CONFIG as TEST_CONFIG  # noqa: E402
+from tests.smtp_server import Behaviour, Server, make_certificate, smtp_server  # noqa: E402
 
 SAMPLE_ISSUE = REPO / "tests" / "data" / "bulletin-2015-09.txt"
 MARKDOWN_ISSUE = REPO / "tests" / "data" / "handwritten.md"
@@ -86,33 +87,8 @@ KILLS = 20
 STEP_TIMEOUT = 180.0  # seconds: no single mailer process may take longer
 CASE_TIMEOUT = 240.0  # seconds: no case's loop may run longer
 EVIL = "Bcc: evil@attacker.example"
-CONFIG = """\
-[database]
-path = "mailer.db"
-
-[sender]
-address = "bulletin@example.org"
-name = "杭州市新经济与新社会组织党务工作者协会"
-reply_to = "secretariat@example.org"
-
-[smtp]
-host = "127.0.0.1"
-port = {port}
-tls = "{tls}"
-timeout = {timeout}
-{smtp}
-
-[retry]
-{retry}
-
-[web]
-base_url = "https://bulletin.example.org"
-
-[lists.send-to]
-title = "简报发送名单"
-footer_label = "发"
-collective_label = "协会会员"
-"""
+# The tests' config, pointed at a case's relay (see Workdir.configure).
+CONFIG = TEST_CONFIG.replace('path = "data/mailer.db"', 'path = "mailer.db"')
 
 
 def log(*args: Any) -> None:
@@ -183,8 +159,9 @@ class Workdir:
 
     def configure(self, port: int, *, smtp: str = "", retry: str = "", tls: str = "none",
                   timeout: float = 10.0) -> None:
-        self.config.write_text(CONFIG.format(port=port, tls=tls, timeout=timeout, smtp=smtp,
-                                             retry=retry), encoding="utf-8")
+        text = CONFIG.replace("port = 2525", f"port = {port}").replace(
+            'tls = "none"\n', f'tls = "{tls}"\ntimeout = {timeout}\n{smtp}\n')
+        self.config.write_text(f"{text}\n[retry]\n{retry}\n", encoding="utf-8")
         self.config.chmod(0o600)
 
     def start(self, *args: str) -> Proc:
@@ -317,15 +294,6 @@ def wait_for(srv: Server, proc: Proc, count: int, *, seconds: float | None = Non
     return proc.popen.poll() is None
 
 
-def settle(srv: Server) -> None:
-    """Let a message whose DATA was complete at a kill be stored by the relay."""
-    deadline = time.monotonic() + 5
-    seen = -1
-    while seen != len(srv.messages) and time.monotonic() < deadline:
-        seen = len(srv.messages)
-        time.sleep(0.15)
-
-
 def wire(address: str) -> str:
     """The form the relay sees in RCPT TO (an IDN domain in punycode)."""
     return wire_address(address).envelope
@@ -441,7 +409,7 @@ def case_kills(ctx: Context) -> dict[str, Any]:
                     break
                 continue
             w.kill(proc)
-            settle(srv)
+            srv.settle()
             doubt = in_doubt(case, w, srv)
             kills.append({"after_s": round(time.monotonic() - proc.started, 2),
                           "by": "time" if by_time else "count", "at": len(srv.messages),
@@ -453,7 +421,7 @@ def case_kills(ctx: Context) -> dict[str, Any]:
             if w.campaign_status() == "sent":
                 break
             w.run("send", "--resume", "1")
-        settle(srv)
+        srv.settle()
         counts = received(srv)
         in_doubt_all = set().union(*(k["doubt"] for k in kills))
         result = account(case, w, srv, allowed=sum(len(k["doubt"]) for k in kills))
@@ -471,23 +439,10 @@ def case_kills(ctx: Context) -> dict[str, Any]:
             "duplicates_per_kill": per_kill, "processes": step}
 
 
-def _certificate(root: Path) -> tuple[Path, Path] | None:
-    if shutil.which("openssl") is None:
-        return None
-    cert, key = root / "cert.pem", root / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )
-    return cert, key
-
-
 def case_segmented(ctx: Context) -> dict[str, Any]:
     case = "segmented"
     out: dict[str, Any] = {}
-    cert = _certificate(ctx.root)
+    cert = make_certificate(ctx.root)
     variants: list[tuple[str, int, dict[str, Any]]] = [
         ("random", ctx.size(10_000, 1000), {"split": "random", "multiline": True}),
         ("bytes", ctx.size(300, 100), {"split": "bytes", "multiline": True}),
@@ -509,7 +464,7 @@ def case_segmented(ctx: Context) -> dict[str, Any]:
                                    seed=ctx.rnd.randrange(1 << 30), **kw)) as srv:
             w.configure(srv.port, smtp="concurrency = 8", tls="starttls" if tls else "none")
             w.run("send", str(w.issue))
-            settle(srv)
+            srv.settle()
             result = account(f"{case}/{name}", w, srv, allowed=0, first_attempt=True)
         seconds = time.monotonic() - started
         out[name] = {**result, "seconds": round(seconds, 1),
@@ -536,7 +491,7 @@ def case_storm(ctx: Context) -> dict[str, Any]:
         w.configure(srv.port, smtp=f"concurrency = {CONNECTIONS}\nmessages_per_connection = 20",
                     retry="first_delay = 0.2\nmax_delay = 1.0")
         w.run("send", str(w.issue), "--wait")
-        settle(srv)
+        srv.settle()
         sessions = len(srv.sessions)
         dropped = len(srv.dropped)
         result = account(case, w, srv, expect_failed=lambda a: a in refused, allowed=dropped)
@@ -594,7 +549,7 @@ def case_silent(ctx: Context) -> dict[str, Any]:
     with smtp_server(Behaviour(pipelining=True, headers_only=True)) as good:  # back up
         w.configure(good.port, smtp=f"concurrency = {CONNECTIONS}")
         w.run("send", "--resume", "1")
-        settle(good)
+        good.settle()
         out.update(account(case, w, good, allowed=0, first_attempt=True))
     return out
 
@@ -628,7 +583,7 @@ def case_import(ctx: Context) -> dict[str, Any]:
                 if "locked" in text:
                     TALLY.problem(case, f"`{' '.join(args[:2])}`: {text.strip()[-300:]}")
         w.finish(sender)
-        settle(srv)
+        srv.settle()
         result = account(case, w, srv, allowed=0, first_attempt=True)
     imported = w.query("SELECT count(*) AS n FROM recipients WHERE email LIKE '%@new.example.org'")
     want = 2 * (rows_per_import + 1)
@@ -668,7 +623,7 @@ def case_resumes(ctx: Context) -> dict[str, Any]:
                 if not any(s in refused for s in ("being sent by another", "only a sending")):
                     TALLY.problem(case, f"trial {trial}: refused for another reason: "
                                         f"{refused.strip()[-300:]}")
-            settle(srv)
+            srv.settle()
             result = account(case, w, srv, allowed=CONNECTIONS)
             duplicates.append(result["duplicates"])
     TALLY.kills.extend(duplicates)
@@ -749,7 +704,7 @@ def case_addresses(ctx: Context) -> dict[str, Any]:
         with smtp_server(Behaviour(pipelining=True, smtputf8=smtputf8)) as srv:
             w.configure(srv.port, smtp=f"concurrency = {CONNECTIONS}")
             w.run("send", str(w.issue))
-            settle(srv)
+            srv.settle()
             headers_checked = _check_headers(case, srv, w)
             fails = UTF8_LOCAL if not smtputf8 else frozenset()
             result = account(f"{case}/{name}", w, srv, allowed=0,

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
@@ -250,6 +253,30 @@ class Server:
     dropped: list[str] = field(default_factory=list)
     # Plain socket servers: when each connection was accepted.
     connects: list[float] = field(default_factory=list)
+
+    def settle(self) -> None:
+        """Wait until no more messages arrive (at most 5 s): a message whose DATA was
+        complete when its sender was killed is still being stored."""
+        deadline = time.monotonic() + 5
+        seen = -1
+        while seen != len(self.messages) and time.monotonic() < deadline:
+            seen = len(self.messages)
+            time.sleep(0.2)
+
+
+def make_certificate(folder: Path) -> tuple[Path, Path] | None:
+    """A self-signed certificate for 127.0.0.1 (cert.pem, key.pem in ``folder``), for
+    STARTTLS servers; None without the openssl command."""
+    if shutil.which("openssl") is None:
+        return None
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key
 
 
 @contextmanager
