@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint typecheck system-deps clean
+.PHONY: test demo bench faults lint typecheck system-deps clean
 
 $(BIN)/python:
 	@$(PY) -m venv $(VENV) 2>/dev/null || { \
@@ -50,6 +50,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/send_throughput.py
+
+# The fault bench (kill -9, split replies, storms, a silent relay, hostile names…),
+# a few minutes; never part of `make test`. FAULTS_ARGS="--quick" for a smoke run.
+faults: $(STAMP)
+	$(BIN)/python bench/faults.py $(FAULTS_ARGS)
 
 clean:
 	rm -rf $(VENV) demo

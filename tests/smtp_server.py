@@ -10,21 +10,26 @@ behaviours need a server that is not SMTP at all: ``greeting_421`` (answers 421 
 hangs up) and ``silent`` (accepts the connection and never answers); those run on a
 plain socket server. Everything is stopped, threads joined and sockets closed when
 the ``with`` block ends.
+
+The module needs aiosmtpd only (no pytest): bench/faults.py runs the same servers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -52,6 +57,16 @@ class Behaviour:
     multiline: bool = False  # answer MAIL, RCPT and the end of DATA in two lines
     ehlo_421: int = 0  # the first N sessions get 421 to EHLO, then the server hangs up
     smtputf8: bool = True  # advertise SMTPUTF8 (RFC 6531), as aiosmtpd's Controller does
+    # Faults at random (drawn from ``seed``), for storms: the share of sessions that
+    # get 421 to EHLO (then the server hangs up), of MAIL commands that get 421 (the
+    # same), of RCPTs that get ``temp_code``, and of messages the server takes and
+    # then hangs up without replying to: the relay has it, the sender cannot know, so
+    # the retry is a duplicate (each one is listed in ``Server.dropped``).
+    ehlo_421_rate: float = 0.0
+    mail_421_rate: float = 0.0
+    temp_rate: float = 0.0
+    drop_rate: float = 0.0
+    headers_only: bool = False  # record only each message's header section (saves memory)
 
 
 @dataclass(frozen=True)
@@ -63,10 +78,13 @@ class Received:
 
 
 class _Handler:
-    def __init__(self, behaviour: Behaviour, messages: list[Received], sessions: list[str]) -> None:
+    def __init__(self, behaviour: Behaviour, messages: list[Received], sessions: list[str],
+                 dropped: list[str]) -> None:
         self.b = behaviour
         self.messages = messages
         self.sessions = sessions
+        self.dropped = dropped
+        self.rng = random.Random(behaviour.seed + 1)  # the faults', not the splitter's
         self.temp_left = behaviour.temp_failures
         self.drops_left = behaviour.drop_after_data
         self.ehlo_421_left = behaviour.ehlo_421
@@ -78,8 +96,8 @@ class _Handler:
     ) -> list[str]:
         session.host_name = hostname
         self.sessions.append(hostname)
-        if self.ehlo_421_left > 0:
-            self.ehlo_421_left -= 1
+        if self.ehlo_421_left > 0 or self._chance(self.b.ehlo_421_rate):
+            self.ehlo_421_left = max(self.ehlo_421_left - 1, 0)
             asyncio.get_running_loop().call_soon(server.transport.close)
             return ["421 4.3.2 Too busy, come back later"]
         if self.b.pipelining:
@@ -90,7 +108,7 @@ class _Handler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str,
         options: list[str],
     ) -> str:
-        if self.b.mail_421:
+        if self.b.mail_421 or self._chance(self.b.mail_421_rate):
             asyncio.get_running_loop().call_soon(server.transport.close)
             return "421 4.3.2 Service shutting down"
         if self.b.refuse_sender:
@@ -103,8 +121,8 @@ class _Handler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str,
         options: list[str],
     ) -> str:
-        if self.temp_left > 0:
-            self.temp_left -= 1
+        if self.temp_left > 0 or self._chance(self.b.temp_rate):
+            self.temp_left = max(self.temp_left - 1, 0)
             return f"{self.b.temp_code} 4.3.0 Try again later"
         if address in self.b.refuse:
             if self.b.data_after_refusal:
@@ -121,12 +139,21 @@ class _Handler:
         if self.b.data_552:
             return "552 5.3.4 Message too big"
         self.count += 1
+        data = bytes(envelope.original_content or b"")
+        if self.b.headers_only:
+            data = data.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
         self.messages.append(Received(
-            envelope.mail_from or "", list(envelope.rcpt_tos),
-            bytes(envelope.original_content or b""), list(envelope.mail_options),
+            envelope.mail_from or "", list(envelope.rcpt_tos), data, list(envelope.mail_options),
         ))
+        if self._chance(self.b.drop_rate):
+            self.dropped.extend(envelope.rcpt_tos)
+            server.transport.abort()  # taken, but the 250 never leaves
+            return "250 never sent"
         done = f"250 OK message {self.count} for {','.join(envelope.rcpt_tos)}"
         return f"250-2.0.0 Queued\r\n250-as {self.count}\r\n{done}" if self.b.multiline else done
+
+    def _chance(self, rate: float) -> bool:
+        return rate > 0 and self.rng.random() < rate
 
 
 class _SplittingSMTP(SMTP):  # type: ignore[misc]
@@ -188,6 +215,7 @@ class _RawServer:
         self.listener.settimeout(0.05)
         self.port = self.listener.getsockname()[1]
         self.clients: list[socket.socket] = []
+        self.connects: list[float] = []  # time.monotonic() of each connection accepted
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -198,6 +226,7 @@ class _RawServer:
             except TimeoutError:
                 continue
             self.clients.append(conn)
+            self.connects.append(time.monotonic())
             if self.greeting is not None:
                 conn.sendall(self.greeting)
                 conn.close()
@@ -220,6 +249,34 @@ class Server:
     messages: list[Received]  # every message accepted, in order
     sessions: list[str]  # one EHLO name per session (after STARTTLS: two)
     host: str = "127.0.0.1"
+    # Recipients of messages taken and then dropped unanswered (``drop_rate``).
+    dropped: list[str] = field(default_factory=list)
+    # Plain socket servers: when each connection was accepted.
+    connects: list[float] = field(default_factory=list)
+
+    def settle(self) -> None:
+        """Wait until no more messages arrive (at most 5 s): a message whose DATA was
+        complete when its sender was killed is still being stored."""
+        deadline = time.monotonic() + 5
+        seen = -1
+        while seen != len(self.messages) and time.monotonic() < deadline:
+            seen = len(self.messages)
+            time.sleep(0.2)
+
+
+def make_certificate(folder: Path) -> tuple[Path, Path] | None:
+    """A self-signed certificate for 127.0.0.1 (cert.pem, key.pem in ``folder``), for
+    STARTTLS servers; None without the openssl command."""
+    if shutil.which("openssl") is None:
+        return None
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key
 
 
 @contextmanager
@@ -230,23 +287,16 @@ def smtp_server(behaviour: Behaviour | None = None) -> Iterator[Server]:
     sessions: list[str] = []
     if b.greeting_421 or b.silent:
         with _RawServer(b"421 4.3.2 Too busy, try later\r\n" if b.greeting_421 else None) as raw:
-            yield Server(raw.port, messages, sessions)
+            yield Server(raw.port, messages, sessions, connects=raw.connects)
         return
+    dropped: list[str] = []
     kwargs: dict[str, Any] = {"enable_SMTPUTF8": b.smtputf8}
     if b.starttls is not None:
         kwargs["tls_context"] = b.starttls
-    controller = _Controller(
-        _Handler(b, messages, sessions), hostname="127.0.0.1", port=0, ready_timeout=5, **kwargs
-    )
+    controller = _Controller(_Handler(b, messages, sessions, dropped), hostname="127.0.0.1",
+                             port=0, ready_timeout=5, **kwargs)
     controller.start()
     try:
-        yield Server(controller.port, messages, sessions)
+        yield Server(controller.port, messages, sessions, dropped=dropped)
     finally:
         controller.stop()
-
-
-@pytest.fixture
-def smtpd() -> Iterator[Server]:
-    """A well-behaved server (no PIPELINING) for tests that just need one."""
-    with smtp_server() as srv:
-        yield srv

@@ -63,17 +63,6 @@ def wait_for_messages(srv: Server, proc: subprocess.Popen[bytes], count: int) ->
     return True
 
 
-def settle(srv: Server) -> None:
-    """Let a message whose DATA was complete at the kill be stored by the server."""
-    deadline = time.monotonic() + 5
-    seen = -1
-    while seen != len(srv.messages) and time.monotonic() < deadline:
-        seen = len(srv.messages)
-        time.sleep(0.2)
-
-
-
-
 def in_doubt(srv: Server, db: Path) -> set[str]:
     """After a kill: what the server has that the ledger does not call sent (these go
     out again). Also checks that nothing is marked sent that did not arrive."""
@@ -119,7 +108,7 @@ def test_kill_9_mid_campaign_then_resume(
                 os.kill(proc.pid, signal.SIGKILL)
                 stop(proc)
                 assert proc.returncode == -signal.SIGKILL
-                settle(srv)
+                srv.settle()
                 doubt = in_doubt(srv, initialised)
                 kills.append({"at": len(srv.messages), "target": target, "doubt": doubt})
                 assert campaign_status(initialised) == "sending"
@@ -134,7 +123,7 @@ def test_kill_9_mid_campaign_then_resume(
         finally:
             for p in procs:
                 stop(p)
-        settle(srv)
+        srv.settle()
     output = log.read_text()
     assert "being sent by another" not in output, output
     assert "Traceback" not in output, output
@@ -183,7 +172,7 @@ def test_sigterm_stops_cleanly_then_resume_sends_each_once(
             proc.wait(STEP_TIMEOUT)
             # 130 after Ctrl-C, 128+15 after SIGTERM: a script sees the run unfinished.
             assert proc.returncode == 128 + sig, log.read_text()
-            settle(srv)
+            srv.settle()
             stopped = len(srv.messages)
             assert stopped < TOTAL
             assert in_doubt(srv, initialised) == set()  # in flight finished and recorded
@@ -196,7 +185,7 @@ def test_sigterm_stops_cleanly_then_resume_sends_each_once(
         finally:
             for p in procs:
                 stop(p)
-        settle(srv)
+        srv.settle()
     output = log.read_text()
     assert "still due; continue with: mailer send --resume 1" in output, output
     assert "Traceback" not in output, output
@@ -232,7 +221,7 @@ def test_a_second_sender_is_refused_while_the_first_is_alive(
         finally:
             for p in procs:
                 stop(p)
-        settle(srv)
+        srv.settle()
     counts = Counter(to for m in srv.messages for to in m.rcpt_tos)
     assert len(counts) == 21 and set(counts.values()) == {1}
     assert campaign_status(initialised) == "sent"
@@ -262,7 +251,7 @@ def test_resume_right_after_kill_9_is_accepted_at_once(
             assert resumed.exit_code == 0, resumed.output
         finally:
             stop(proc)
-        settle(srv)
+        srv.settle()
     counts = Counter(to for m in srv.messages for to in m.rcpt_tos)
     assert set(counts) == set(ledger(initialised)) and len(counts) == 21
     assert sum(counts.values()) - 21 <= 2  # in flight at the kill: one per connection
@@ -285,7 +274,7 @@ def test_two_resumes_at_once_exactly_one_sends(
             assert wait_for_messages(srv, first, 2), log.read_text()
             os.kill(first.pid, signal.SIGKILL)
             stop(first)
-            settle(srv)
+            srv.settle()
             logs = [tmp_path / f"resume{i}.log" for i in range(2)]
             pair = [mailer(config_file, "send", "--resume", "1", log=lg) for lg in logs]
             procs += pair
@@ -293,7 +282,7 @@ def test_two_resumes_at_once_exactly_one_sends(
         finally:
             for p in procs:
                 stop(p)
-        settle(srv)
+        srv.settle()
     outputs = [lg.read_text() for lg in logs]
     assert codes == [0, 1], outputs
     refused = next(o for o in outputs if "Error:" in o)

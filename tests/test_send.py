@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import email
+import email.header
 import email.policy
+import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -565,3 +569,116 @@ def test_internationalised_addresses_are_sent_or_fail_alone(
         assert status_of(initialised, "用户@例子.中国", "send-to") == "active"
     with Store.open(initialised) as store:
         assert store.campaign(s.campaign_id).status.value == "sent"
+
+
+# --- the fault bench's cases, small (bench/faults.py runs them big) ------------------
+
+
+def test_a_storm_of_421_451_550_and_drops_serves_everyone_once_or_fails_them_once(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    """One campaign through 421 at EHLO and MAIL, 451 to RCPT, 10% refused with 550
+    and 5% taken and then dropped unanswered: the refused fail once and are bounced,
+    everyone else is sent; the only extra copies are the dropped ones, resent."""
+    s = prepare(run, initialised, config_file, extra=many(186))  # 200 recipients
+    bulk = sorted(a for a in ledger(initialised) if a.endswith("@bulk.example.org"))
+    refused = set(bulk[::9][:20])
+    behaviour = Behaviour(pipelining=True, seed=11, ehlo_421_rate=0.15, mail_421_rate=0.03,
+                          temp_rate=0.15, temp_code=451, refuse=dict.fromkeys(refused, 550),
+                          drop_rate=0.05)
+    policy = Policy(concurrency=4, messages_per_connection=10, first_retry=0.0, max_retry=0.0)
+    with smtp_server(behaviour) as srv:
+        progress = asyncio.run(sender(s, srv.port, policy=policy, wait_for_retries=True).run())
+    rows = ledger(initialised)
+    for addr, r in rows.items():
+        if addr in refused:
+            # (a 451 or a 421 may have come first: then it took two tries)
+            assert (r["status"], r["last_code"]) == ("failed", 550), r
+            assert status_of(initialised, addr, "send-to") == "bounced"
+        else:
+            assert r["status"] == "sent", r
+    counts = Counter(m.rcpt_tos[0] for m in srv.messages)
+    assert set(counts) == set(rows) - refused
+    assert srv.dropped and sum(counts.values()) == len(counts) + len(srv.dropped)
+    assert {a for a, n in counts.items() if n > 1} <= set(srv.dropped)
+    assert progress.sent == 180 and any(r["attempts"] > 1 for r in rows.values())
+    assert len(srv.sessions) > 4  # sessions were refused and opened again
+    with Store.open(initialised) as store:
+        assert store.campaign(s.campaign_id).status.value == "sent"
+
+
+def test_hostile_names_end_to_end_go_out_as_names_and_nothing_else(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    """Names that look like encoded words (one decodes to "Bcc: …", one to CR/LF) and
+    names with CR/LF/NUL written into the database behind the CLI's back: every
+    message parses, has exactly its recipient in To and no other recipient header,
+    and shows the stored name as text (RFC 2047 decoding, not Python's address
+    parser, which adds a space between encoded words: CPython gh-128110)."""
+    evil = "Bcc: evil@attacker.example"
+    words = {
+        "words@hostile.example.org": "=?utf-8?b?" + base64.b64encode(evil.encode()).decode()
+        + "?=",
+        "crlf@hostile.example.org": "=?utf-8?b?"
+        + base64.b64encode(f"x\r\n{evil}\r\n".encode()).decode() + "?=",
+        "q@hostile.example.org": "=?utf-8?q?Bcc=3A_evil=40attacker.example?=",
+    }
+    extra = "email,name,unit,group\n" + "".join(f"{a},{n},恶意单位,\n" for a, n in words.items())
+    s = prepare(run, initialised, config_file, extra=extra)
+    forged = {"dangban@wanxiang.example.org": f"张三\r\n{evil}",
+              "dangwei@geely.example.org": "李四\x00尾",
+              "dangban@robam.example.org": f"王五\r{evil}",
+              "dangwei@futong.example.org": f"赵六\u2028{evil}"}
+    conn = sqlite3.connect(initialised)
+    with conn:
+        conn.executemany("UPDATE recipients SET name = ? WHERE email = ?",
+                         [(n, a) for a, n in forged.items()])
+    conn.close()
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        progress = asyncio.run(sender(s, srv.port).run())
+    assert progress.sent == 17 and progress.failed == 0
+    assert sorted(m.rcpt_tos[0] for m in srv.messages) == sorted(ledger(initialised))
+    for m in srv.messages:
+        to = m.rcpt_tos[0]
+        msg = parse(m)
+        assert {k.lower() for k in msg} & {"bcc", "cc", "resent-to", "resent-bcc"} == set()
+        [address] = msg["To"].addresses
+        assert address.addr_spec == to
+        raw = str(email.message_from_bytes(m.data, policy=email.policy.compat32)["To"])
+        shown = str(email.header.make_header(email.header.decode_header(
+            raw.rsplit("<", 1)[0]))).strip()
+        assert not any(c in shown for c in "\r\n\x00\u2028"), (to, shown)
+        if to in words:
+            assert shown == words[to]
+        if to in forged:
+            assert evil not in raw and shown.startswith(forged[to][:2]), (to, shown)
+
+
+def test_a_silent_relay_pauses_the_campaign_instead_of_walking_it(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    """A relay that accepts connections and never answers costs one timeout per pass,
+    not one per recipient: without waiting the run ends at once with RelayUnavailable;
+    with wait_for_retries it backs off on the retry schedule between single attempts.
+    Nobody's delivery is tried."""
+    s = prepare(run, initialised, config_file, extra=many(186))  # 200 recipients
+    with smtp_server(Behaviour(silent=True)) as silent:
+        with pytest.raises(RelayUnavailable):
+            asyncio.run(sender(s, silent.port, timeout=0.3).run())
+        assert len(silent.connects) == 1
+        waits: list[float] = []
+        policy = Policy(concurrency=4, first_retry=5.0, max_retry=100.0)
+        paused = sender(s, silent.port, timeout=0.3, policy=policy, wait_for_retries=True)
+
+        async def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            if len(waits) == 3:
+                paused.stop.set()  # staff give up waiting (Ctrl-C)
+            await asyncio.sleep(0)
+
+        paused.sleep = sleep
+        asyncio.run(paused.run())
+    assert waits == [5.0, 10.0, 20.0]
+    assert len(silent.connects) == 1 + 3  # one attempt per pass
+    rows = ledger(initialised)
+    assert {(r["status"], r["attempts"]) for r in rows.values()} == {("pending", 0)}

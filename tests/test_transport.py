@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import shutil
 import ssl
-import subprocess
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -28,7 +26,7 @@ from mailer.transport import (
     send_one,
 )
 
-from .smtp_server import Behaviour, Server, smtp_server
+from .smtp_server import Behaviour, Server, make_certificate, smtp_server
 
 T = TypeVar("T")
 SENDER = "bulletin@example.org"
@@ -250,17 +248,10 @@ def test_starttls_required_but_not_offered() -> None:
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
+    made = make_certificate(tmp_path_factory.mktemp("tls"))
+    if made is None:
         pytest.skip("openssl is not installed")
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )
-    return cert, key
+    return made
 
 
 @pytest.mark.parametrize("pipelining", [False, True])
