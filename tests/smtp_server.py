@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 
 @dataclass
@@ -52,6 +52,9 @@ class Behaviour:
     multiline: bool = False  # answer MAIL, RCPT and the end of DATA in two lines
     ehlo_421: int = 0  # the first N sessions get 421 to EHLO, then the server hangs up
     smtputf8: bool = True  # advertise SMTPUTF8 (RFC 6531), as aiosmtpd's Controller does
+    require_starttls: bool = False  # with starttls: refuse MAIL before STARTTLS (530)
+    # Offer AUTH (also without TLS) and accept only these user -> password logins.
+    logins: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,19 @@ class _Handler:
         ))
         done = f"250 OK message {self.count} for {','.join(envelope.rcpt_tos)}"
         return f"250-2.0.0 Queued\r\n250-as {self.count}\r\n{done}" if self.b.multiline else done
+
+
+class _Logins:
+    """aiosmtpd's authenticator: a login is good when user and password match."""
+
+    def __init__(self, logins: dict[str, str]) -> None:
+        self.logins = logins
+
+    def __call__(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+                 auth_data: Any) -> AuthResult:
+        user = auth_data.login.decode() if isinstance(auth_data, LoginPassword) else ""
+        good = user in self.logins and auth_data.password.decode() == self.logins[user]
+        return AuthResult(success=good, handled=False)
 
 
 class _SplittingSMTP(SMTP):  # type: ignore[misc]
@@ -235,6 +251,10 @@ def smtp_server(behaviour: Behaviour | None = None) -> Iterator[Server]:
     kwargs: dict[str, Any] = {"enable_SMTPUTF8": b.smtputf8}
     if b.starttls is not None:
         kwargs["tls_context"] = b.starttls
+        kwargs["require_starttls"] = b.require_starttls
+    if b.logins is not None:
+        kwargs["authenticator"] = _Logins(b.logins)
+        kwargs["auth_require_tls"] = False
     controller = _Controller(
         _Handler(b, messages, sessions), hostname="127.0.0.1", port=0, ready_timeout=5, **kwargs
     )

@@ -70,7 +70,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     # checkout (or stale ones in it) plays a part.
     src = root / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "config.example.toml"):
         shutil.copy(REPO / name, src / name)
     for name in ("mailer", "templates"):
         shutil.copytree(REPO / name, src / name,
