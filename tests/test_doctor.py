@@ -550,3 +550,27 @@ def test_an_unreachable_bounce_mailbox_and_offline(run: Run, config_file: Path,
         result = run("doctor", "--offline")
         assert "bounce mailbox not checked (--offline)" in result.stdout
         assert srv.messages == []  # no probe into a mailbox that cannot be read
+
+
+# --- what stays out of version control ---------------------------------------------------
+
+WRITTEN = ["config.toml", "secret.key", "data/mailer.db", "data/mailer.db-wal",
+           "data/mailer.db-shm", "data/mailer.db.campaign-3.lock", "data/mailer.db.daemon.lock",
+           "demo/outbox/1.eml"]
+
+
+def test_the_gitignore_covers_what_mailer_writes() -> None:
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    done = subprocess.run(["git", "check-ignore", "--no-index", "--verbose", *WRITTEN],
+                          cwd=REPO, capture_output=True, text=True, timeout=30)
+    ignored = {line.split("\t")[1] for line in done.stdout.splitlines()}
+    assert ignored == set(WRITTEN), done.stdout
+    # The README's example is the repository's own lines.
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    example = readme.split("```gitignore\n", 1)[1].split("```", 1)[0].split()
+    own = (REPO / ".gitignore").read_text(encoding="utf-8").split()
+    assert set(example) <= set(own)
+    for kept in ("config.example.toml", "mailer/config.example.toml"):  # exit 1: not ignored
+        assert subprocess.run(["git", "check-ignore", "--no-index", "-q", kept], cwd=REPO,
+                              timeout=30).returncode == 1, kept

@@ -112,7 +112,7 @@ def test_the_wheel_holds_every_module_and_template(installed: Installed) -> None
         names = set(whl.namelist())
     wanted = {p.relative_to(REPO).as_posix() for p in (REPO / "mailer").rglob("*.py")
               if "__pycache__" not in p.parts}
-    wanted |= {"mailer/py.typed"}
+    wanted |= {"mailer/py.typed", "mailer/config.example.toml"}  # read by `mailer doctor`
     wanted |= {"mailer/templates/" + p.relative_to(REPO / "templates").as_posix()
                for p in (REPO / "templates").rglob("*")
                if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
