@@ -105,6 +105,8 @@ class SendingConfig:
     first_retry: float  # seconds before the first retry; doubles each time
     max_retry: float  # the longest wait between two tries
     lifetime: float  # seconds after the first try when a deferred delivery fails
+    # `mailer send` at a terminal asks before mailing more people than this (0: always).
+    confirm_above: int = 100
 
 
 @dataclass(frozen=True)
@@ -464,6 +466,7 @@ def parse(data: Mapping[str, object], path: Path) -> Config:
         first_retry=retry.number("first_delay", 60.0, low=0.0),
         max_retry=retry.number("max_delay", 3600.0, low=0.0),
         lifetime=retry.number("lifetime_hours", 24.0, low=0.0) * 3600,
+        confirm_above=snd2.integer("confirm_above", 100, low=0, high=10**9),
     )
     snd2.no_unknown_keys()
     retry.no_unknown_keys()
@@ -540,7 +543,7 @@ def _parse_bounces(root: _Table) -> BouncesConfig:
                                  "is added after a '+')")
     tls = b.choice("imap_tls", "tls", TLS_MODES)
     host = b.text("imap_host", "127.0.0.1")
-    if tls == "none" and not _is_loopback(host):
+    if tls == "none" and not is_loopback(host):
         raise b.error("imap_tls", f'"none" sends the password in clear; it is allowed only '
                                   f'for a local host, not {_show(host)}; use "tls" or '
                                   '"starttls"')
@@ -572,7 +575,8 @@ def _parse_bounces(root: _Table) -> BouncesConfig:
     return cfg
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """localhost or a loopback IP address: a relay or mailbox on this machine."""
     if host.lower() in _LOOPBACK_NAMES:
         return True
     try:

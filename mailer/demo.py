@@ -37,7 +37,7 @@ CONFIG = """\
 path = "mailer.db"
 
 [sender]
-address = "bulletin@example.org"
+address = "bulletin@demo.example.net"
 name = "杭州市新经济与新社会组织党务工作者协会"
 reply_to = "secretariat@example.org"
 
@@ -53,7 +53,7 @@ port = {web_port}
 secret_file = "secret.key"
 
 [contact]
-line = "协会秘书处  电话 0571-00000000  邮箱 secretariat@example.org"
+line = "协会秘书处（演示）  电话 0571-00000000  邮箱 secretariat@example.org"
 
 [lists.send-to]
 title = "简报发送名单"

@@ -233,7 +233,11 @@ async def _open(settings: SMTPSettings) -> aiosmtplib.SMTP:
         # aiosmtplib's own refusals: STARTTLS or AUTH not offered, no usable AUTH method.
         smtp.close()
         hint = ""
-        if "STARTTLS" in str(exc):
+        if "AUTH extension" in str(exc):
+            # aiosmtplib's own text suggests TLS; for a relay that offers no login at
+            # all the fix is in our config (`mailer doctor` tells the two apart).
+            hint = "; the server offers no login: remove username from [smtp]"
+        elif "STARTTLS" in str(exc):
             hint = (
                 "; mailer will not fall back to plaintext: use tls = \"tls\" for port 465, "
                 "or tls = \"none\" only for a trusted local relay"

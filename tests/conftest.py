@@ -17,12 +17,16 @@ REPO = Path(__file__).resolve().parent.parent
 # The real issue staff have (the design folder's samples/bulletin-2015-09.txt), copied.
 SAMPLE_ISSUE = REPO / "tests" / "data" / "bulletin-2015-09.txt"
 
-CONFIG = """\
+# Not config.example.toml's sender and base URL: `send` and `schedule` refuse those
+# (a copied example config must never mail anyone).
+SENDER = "jianbao@assoc.example.net"
+BASE_URL = "https://jianbao.assoc.example.net"
+CONFIG = f"""\
 [database]
 path = "data/mailer.db"
 
 [sender]
-address = "bulletin@example.org"
+address = "{SENDER}"
 name = "杭州市新经济与新社会组织党务工作者协会"
 reply_to = "secretariat@example.org"
 
@@ -32,7 +36,7 @@ port = 2525
 tls = "none"
 
 [web]
-base_url = "https://bulletin.example.org"
+base_url = "{BASE_URL}"
 
 [lists.send-to]
 title = "简报发送名单"

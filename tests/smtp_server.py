@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 
 @dataclass
@@ -67,6 +67,9 @@ class Behaviour:
     temp_rate: float = 0.0
     drop_rate: float = 0.0
     headers_only: bool = False  # record only each message's header section (saves memory)
+    require_starttls: bool = False  # with starttls: refuse MAIL before STARTTLS (530)
+    # Offer AUTH (also without TLS) and accept only these user -> password logins.
+    logins: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,19 @@ class _Handler:
 
     def _chance(self, rate: float) -> bool:
         return rate > 0 and self.rng.random() < rate
+
+
+class _Logins:
+    """aiosmtpd's authenticator: a login is good when user and password match."""
+
+    def __init__(self, logins: dict[str, str]) -> None:
+        self.logins = logins
+
+    def __call__(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+                 auth_data: Any) -> AuthResult:
+        user = auth_data.login.decode() if isinstance(auth_data, LoginPassword) else ""
+        good = user in self.logins and auth_data.password.decode() == self.logins[user]
+        return AuthResult(success=good, handled=False)
 
 
 class _SplittingSMTP(SMTP):  # type: ignore[misc]
@@ -293,6 +309,10 @@ def smtp_server(behaviour: Behaviour | None = None) -> Iterator[Server]:
     kwargs: dict[str, Any] = {"enable_SMTPUTF8": b.smtputf8}
     if b.starttls is not None:
         kwargs["tls_context"] = b.starttls
+        kwargs["require_starttls"] = b.require_starttls
+    if b.logins is not None:
+        kwargs["authenticator"] = _Logins(b.logins)
+        kwargs["auth_require_tls"] = False
     controller = _Controller(_Handler(b, messages, sessions, dropped), hostname="127.0.0.1",
                              port=0, ready_timeout=5, **kwargs)
     controller.start()

@@ -10,7 +10,7 @@ from mailer import config
 from mailer.errors import ConfigError
 from mailer.models import Role
 
-from .conftest import CONFIG, REPO, Run, assert_one_line_error
+from .conftest import BASE_URL, CONFIG, REPO, SENDER, Run, assert_one_line_error
 
 
 def write(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
@@ -71,11 +71,11 @@ def test_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("port = 2525", "port = 70000", "config.toml: smtp.port: expected an integer from 1"),
         ('tls = "none"', 'tls = "ssl"', "config.toml: smtp.tls: expected one of 'starttls'"),
         ('tls = "none"', 'tls = "none"\nhots = "x"', "config.toml: smtp.hots: unknown key"),
-        ('address = "bulletin@example.org"', 'address = "bulletin@"', "sender.address: "),
+        (f'address = "{SENDER}"', 'address = "bulletin@"', "sender.address: "),
         ("[web]", '[schedule]\ntimezone = "Mars/Base"\n[web]', "schedule.timezone: unknown"),
         ('footer_label = "发"', "footer_label = 1", "lists.send-to.footer_label: expected a"),
         ('tls = "none"', 'tls = "none"\npassword = "x"', "MAILER_SMTP_PASSWORD"),
-        ('base_url = "https://bulletin.example.org"', 'base_url = "bulletin"', "web.base_url"),
+        (f'base_url = "{BASE_URL}"', 'base_url = "bulletin"', "web.base_url"),
         ("[web]", '[web]\ntrusted_proxies = "127.0.0.1"',
          "web.trusted_proxies: expected a list of IP addresses or networks"),
         ("[web]", '[web]\ntrusted_proxies = ["127.0.0.1", "proxy.local"]',

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from mailer.cli import cli
 from mailer.issue import check_punctuation
 
-from .conftest import REPO, Run, assert_one_line_error, refuse_with
+from .conftest import BASE_URL, REPO, Run, assert_one_line_error, refuse_with
 
 ISSUE = REPO / "tests" / "data" / "bulletin-2015-09.txt"
 SUBJECT = "简报 2015年第9期（总第33期）"
@@ -120,7 +120,7 @@ def test_render_writes_html_text_and_eml(
     assert str(msg["Subject"]) == SUBJECT
     assert not msg.defects
     if slug == "send-to":
-        assert "https://bulletin.example.org/u/preview" in text
+        assert f"{BASE_URL}/u/preview" in text
         assert msg["List-Unsubscribe"] is not None
     else:
         assert "/u/" not in text and msg["List-Unsubscribe"] is None

@@ -70,7 +70,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     # checkout (or stale ones in it) plays a part.
     src = root / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "config.example.toml"):
         shutil.copy(REPO / name, src / name)
     for name in ("mailer", "templates"):
         shutil.copytree(REPO / name, src / name,
@@ -112,7 +112,7 @@ def test_the_wheel_holds_every_module_and_template(installed: Installed) -> None
         names = set(whl.namelist())
     wanted = {p.relative_to(REPO).as_posix() for p in (REPO / "mailer").rglob("*.py")
               if "__pycache__" not in p.parts}
-    wanted |= {"mailer/py.typed"}
+    wanted |= {"mailer/py.typed", "mailer/config.example.toml"}  # read by `mailer doctor`
     wanted |= {"mailer/templates/" + p.relative_to(REPO / "templates").as_posix()
                for p in (REPO / "templates").rglob("*")
                if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}

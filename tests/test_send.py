@@ -28,7 +28,7 @@ from mailer.stamps import parse_stamp
 from mailer.store import Store
 from mailer.transport import SMTPSettings, SMTPTransport
 
-from .conftest import REPO, ledger
+from .conftest import BASE_URL, REPO, ledger
 from .conftest import Run as CliRun
 from .sample_issue import sample_issue
 from .smtp_server import Behaviour, Received, smtp_server
@@ -112,7 +112,7 @@ def test_sends_every_recipient_once_with_personal_headers(
         assert to in str(msg["To"])
         assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         url = str(msg["List-Unsubscribe"]).split(">")[0].lstrip("<")
-        assert url.startswith("https://bulletin.example.org/u/v1.")
+        assert url.startswith(f"{BASE_URL}/u/v1.")
         text = msg.get_body(("plain",))
         html = msg.get_body(("html",))
         assert text is not None and html is not None

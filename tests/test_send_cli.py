@@ -21,7 +21,7 @@ import pytest
 
 from mailer import config as config_mod
 
-from .conftest import CONFIG, REPO, Run, assert_one_line_error, ledger, snapshot
+from .conftest import BASE_URL, CONFIG, REPO, Run, assert_one_line_error, ledger, snapshot
 from .smtp_server import Behaviour, Received, Server, smtp_server
 
 SECRET = "test-secret-0123456789abcdef"
@@ -355,7 +355,7 @@ def test_received_messages_are_well_formed(
             assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
             header = str(msg["List-Unsubscribe"])
             url = header.split(">")[0].lstrip("<")
-            assert url.startswith("https://bulletin.example.org/u/v1.")
+            assert url.startswith(f"{BASE_URL}/u/v1.")
             assert url in text and url in html
             urls.add(url)
         else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import archive as archive
 from . import bounces as bounces
+from . import doctor as doctor
 from . import issues as issues
 from . import roster as roster  # registers the commands
 from . import schedule as schedule

@@ -14,6 +14,7 @@ from ..models import CampaignStatus
 from ..schedule import run_daemon
 from ..stamps import stamp
 from .base import State, cli, pass_state
+from .doctor import preflight
 from .params import LocalDateTime
 from .sending import campaign_note, resume_campaign, short_issue, warn_all
 from .tables import Col, emit, make_output, output_options
@@ -84,6 +85,7 @@ def schedule_add(state: State, issue: Path, at: dt.datetime, lists: tuple[str, .
         mailer schedule issues/2015-09.txt --at "2015-11-24 09:00" --list send-to
     """
     cfg = state.config
+    preflight(state)
     with state.store() as store:
         prepared = campaigns.prepare(cfg, store, issue, lists)
         warn_all(prepared.warnings)
@@ -236,4 +238,5 @@ def run_command(state: State) -> None:
         mailer --config /etc/mailer/config.toml run
     """
     state.store().close()  # a missing or old database: one clear line before starting
+    preflight(state)  # never mail members from the example config
     run_daemon(state.config)

@@ -21,6 +21,7 @@ from ..models import Campaign, CampaignStatus, Delivery, DeliveryStatus
 from ..send import Progress as SendProgress
 from ..store import Store
 from .base import EXIT_INTERRUPTED, EXIT_TEMPFAIL, State, cli, pass_state, plural, warn
+from .doctor import confirm_audience, preflight
 from .tables import Col, Output, console, emit, make_output, output_options
 
 COUNT_COLUMNS = ("sent", "deferred", "failed", "pending", "unsubscribed")
@@ -151,14 +152,18 @@ def _summary(c: Campaign) -> None:
 @click.option("--again", is_flag=True, help="Send an issue again to a list that had it.")
 @click.option("--resume", is_flag=True, help="Continue a campaign (ISSUE is then its number).")
 @click.option("--wait", is_flag=True, help="Stay until deferred messages are retried.")
+@click.option("--yes", is_flag=True, help="Do not ask before mailing many people.")
 @pass_state
 def send(state: State, issue_or_campaign: str | None, lists: tuple[str, ...], dry_run: bool,
-         limit: int | None, again: bool, resume: bool, wait: bool) -> None:
+         limit: int | None, again: bool, resume: bool, wait: bool, yes: bool) -> None:
     """Send an issue to its lists now, or resume an interrupted campaign
 
     Every recipient gets one delivery row before anything is sent; the delivery
     log (`mailer log`) records each server reply. An address on both lists gets
     one copy, as report-to. Sending an issue to a list a second time needs --again.
+    It first makes the quick checks of `mailer doctor` (no example value left in
+    the config, the secret, the database); at a terminal it asks before mailing
+    more than sending.confirm_above people (--yes: do not ask).
 
     Example:
 
@@ -166,6 +171,7 @@ def send(state: State, issue_or_campaign: str | None, lists: tuple[str, ...], dr
         mailer send issues/2015-09.txt --list report-to --list send-to
         mailer send --resume 3
     """
+    preflight(state, refuse=not dry_run)
     if resume:
         # These shape a new campaign; silently ignored, --dry-run would really send.
         for given, flag in ((dry_run, "--dry-run"), (again, "--again"), (lists, "--list")):
@@ -182,6 +188,7 @@ def send(state: State, issue_or_campaign: str | None, lists: tuple[str, ...], dr
         if dry_run:
             _dry_run(store, prepared)
             return
+        confirm_audience(state, prepared, yes=yes)
         campaign_id = campaigns.start(state.config, store, prepared, again=again)
     outbox = prepared.outbox
     click.echo(f"campaign {campaign_id}: {outbox.subject} → "
