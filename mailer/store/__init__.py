@@ -7,7 +7,8 @@ the modules beside this one (``roster``: units, recipients, subscriptions;
 
 from __future__ import annotations
 
-from .base import BUSY_TIMEOUT_S, Clock, default_actor, utc_now
+from ..clock import utc_now
+from .base import BUSY_TIMEOUT_S, Now, default_actor
 from .ledger import DeliveryResult, Job, LedgerMixin
 from .roster import ImportReport, ImportRow, RosterMixin, Subscriber, group_order
 from .schema import MIGRATIONS
@@ -20,11 +21,11 @@ class Store(RosterMixin, LedgerMixin):
 __all__ = [
     "BUSY_TIMEOUT_S",
     "MIGRATIONS",
-    "Clock",
     "DeliveryResult",
     "ImportReport",
     "ImportRow",
     "Job",
+    "Now",
     "Store",
     "Subscriber",
     "default_actor",
