@@ -129,7 +129,27 @@ class _Handler:
         return f"250-2.0.0 Queued\r\n250-as {self.count}\r\n{done}" if self.b.multiline else done
 
 
-class _SplittingSMTP(SMTP):  # type: ignore[misc]
+class _CountingSMTP(SMTP):  # type: ignore[misc]
+    """aiosmtpd's server, counting its open connections (``Server.connections``): once
+    none is open, every message whose DATA arrived has been stored (aiosmtpd drops
+    what is left unread at a hang-up)."""
+
+    def __init__(self, *args: Any, live: list[int], **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._live = live
+
+    def connection_made(self, transport: Any) -> None:
+        self._live[0] += 1
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        try:
+            super().connection_lost(error)
+        finally:
+            self._live[0] -= 1
+
+
+class _SplittingSMTP(_CountingSMTP):
     """aiosmtpd's server, writing each reply in pieces (``Behaviour.split``), all but
     the greeting: the Controller's own start-up probe reads only its first recv."""
 
@@ -162,16 +182,17 @@ class _SplittingSMTP(SMTP):  # type: ignore[misc]
 class _Controller(Controller):  # type: ignore[misc]
     """aiosmtpd's Controller on port 0: learn the real port before it tests itself."""
 
-    def __init__(self, handler: _Handler, **kw: Any) -> None:
+    def __init__(self, handler: _Handler, *, live: list[int], **kw: Any) -> None:
         super().__init__(handler, **kw)
         self.behaviour = handler.b
         self.rng = random.Random(handler.b.seed)
+        self.live = live
 
     def factory(self) -> SMTP:
         if not self.behaviour.split:
-            return super().factory()
+            return _CountingSMTP(self.handler, live=self.live, **self.SMTP_kwargs)
         return _SplittingSMTP(self.handler, behaviour=self.behaviour, rng=self.rng,
-                              **self.SMTP_kwargs)
+                              live=self.live, **self.SMTP_kwargs)
 
     def _trigger_server(self) -> None:
         self.port = self.server.sockets[0].getsockname()[1]
@@ -220,6 +241,12 @@ class Server:
     messages: list[Received]  # every message accepted, in order
     sessions: list[str]  # one EHLO name per session (after STARTTLS: two)
     host: str = "127.0.0.1"
+    live: list[int] = field(default_factory=lambda: [0])  # [open connections]
+
+    @property
+    def connections(self) -> int:
+        """Connections open now (aiosmtpd servers; the plain socket ones say 0)."""
+        return self.live[0]
 
 
 @contextmanager
@@ -235,12 +262,14 @@ def smtp_server(behaviour: Behaviour | None = None) -> Iterator[Server]:
     kwargs: dict[str, Any] = {"enable_SMTPUTF8": b.smtputf8}
     if b.starttls is not None:
         kwargs["tls_context"] = b.starttls
+    live = [0]
     controller = _Controller(
-        _Handler(b, messages, sessions), hostname="127.0.0.1", port=0, ready_timeout=5, **kwargs
+        _Handler(b, messages, sessions), live=live, hostname="127.0.0.1", port=0,
+        ready_timeout=5, **kwargs
     )
     controller.start()
     try:
-        yield Server(controller.port, messages, sessions)
+        yield Server(controller.port, messages, sessions, live=live)
     finally:
         controller.stop()
 

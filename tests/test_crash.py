@@ -64,12 +64,13 @@ def wait_for_messages(srv: Server, proc: subprocess.Popen[bytes], count: int) ->
 
 
 def settle(srv: Server) -> None:
-    """Let a message whose DATA was complete at the kill be stored by the server."""
-    deadline = time.monotonic() + 5
-    seen = -1
-    while seen != len(srv.messages) and time.monotonic() < deadline:
-        seen = len(srv.messages)
-        time.sleep(0.2)
+    """Let a message whose DATA was complete at the kill be stored by the server: the
+    sender's connections are closed (the kernel closes a killed process's sockets),
+    so the server has handled everything it will ever store."""
+    deadline = time.monotonic() + STEP_TIMEOUT
+    while srv.connections:
+        assert time.monotonic() < deadline, f"{srv.connections} connections still open"
+        time.sleep(0.01)
 
 
 
