@@ -50,7 +50,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy mailer
 
 test: $(STAMP) system-deps lint typecheck
-	$(BIN)/pytest -n $(TEST_JOBS) --dist loadgroup
+	$(BIN)/pytest -n $(TEST_JOBS) --dist worksteal
 
 demo: $(STAMP)
 	$(BIN)/python -m mailer.demo
