@@ -33,12 +33,15 @@ $(STAMP): $(BIN)/python pyproject.toml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
 # Debian's chromium for the real-browser rendering test, and CJK fonts so its
-# screenshots show the bulletin's text rather than empty boxes.
-SYSTEM_PACKAGES := chromium fonts-noto-cjk
+# screenshots show the bulletin's text rather than empty boxes. Dovecot's IMAP
+# server for the bounce mailbox tests (started by the tests from a throwaway
+# config on a loopback port, never as a system service). LibreOffice (without
+# its GUI) prints the tests' Word issues to PDF, as staff print them.
+SYSTEM_PACKAGES := chromium fonts-noto-cjk dovecot-imapd libreoffice-writer-nogui
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages for the browser test:" $$missing; \
+	  echo "installing Debian packages for the tests:" $$missing; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .bounces.verp import VerpSigner
 from .compose import Outbox, compose, file_sha256, load_issue
 from .config import Config
 from .errors import CampaignNotSending, InvalidInput, IssueError, SendError
@@ -194,7 +195,8 @@ def reopen(config: Config, store: Store, campaign: Campaign) -> Outbox:
 def sender(config: Config, outbox: Outbox, campaign_id: int, *, limit: int | None = None,
            wait_for_retries: bool = False,
            on_progress: Callable[[Progress], None] | None = None) -> Run:
-    """The engine's run of ``campaign_id`` with the config's relay, pacing and sender."""
+    """The engine's run of ``campaign_id`` with the config's relay, pacing and sender
+    (with ``[bounces]``, each delivery's own signed VERP envelope sender)."""
     settings = SMTPSettings.from_config(config.smtp)
     run = Run(
         database=config.database, campaign_id=campaign_id, messages=outbox.message,
@@ -204,6 +206,9 @@ def sender(config: Config, outbox: Outbox, campaign_id: int, *, limit: int | Non
     )
     if on_progress is not None:
         run.on_progress = on_progress
+    if config.bounces is not None:
+        verp = VerpSigner(config.bounces.address, config.signing_keys())
+        run.sender_for = lambda job: verp.address(job.campaign_id, job.recipient_id)
     return run
 
 

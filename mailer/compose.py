@@ -1,29 +1,28 @@
 """From an issue to what a campaign sends: rendered once per list, prepared once per
 (list, 8BITMIME or not), personalised per recipient by the sender.
 
-The end block's 报：/发： lines are printed from the same list rows that are sent to
-(a list may print a collective label such as 协会会员 instead of every unit), and
-``warnings`` says where the issue's own lines name other bodies.
+The end block (版记) is the issue's own, printed as written; ``warnings`` says where
+its lines and the lists disagree (``mailer.endblock``). Only an issue with no end
+block gets one printed from the lists.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config, SigningKey
+from .endblock import printed
 from .errors import IssueError
 from .issue import parse_file
 from .message import MessageParts, PreparedMessage
-from .models import Campaign, EndBlock, EndLine, Issue, MailingList
+from .models import EndBlock, Issue, MailingList
 from .render import UNSUBSCRIBE_PLACEHOLDER, Audience, Rendered, render_issue
 from .store import Store
 from .tokens import make_token, unsubscribe_url
-
-NAME_SEPARATOR = "，"  # not 、, which unit names such as 各区、县（市）委组织部 contain
 
 
 def file_sha256(path: Path) -> str:
@@ -36,7 +35,7 @@ def load_issue(path: Path) -> tuple[Issue, str]:
     errors = result.errors
     if errors:
         first = errors[0]
-        where = f"line {first.line}: " if first.line else ""
+        where = f"{first.place}: " if first.place else ""
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise IssueError(
             f"{path.name}: {where}{first.message}{more}; see `mailer issue check {path}`"
@@ -50,36 +49,6 @@ def record_issue(store: Store, issue: Issue, sha256: str) -> int:
         year=m.year, number=m.number, total_number=m.total_number,
         date=m.date.isoformat() if m.date else None, label=issue.subject_label, sha256=sha256,
     )
-
-
-def end_block(store: Store, config: Config, issue: Issue) -> tuple[EndBlock, list[str]]:
-    """The end block printed from the lists, and how it differs from the issue's own."""
-    lines: list[EndLine] = []
-    warnings: list[str] = []
-    configured = {lc.slug: lc for lc in config.lists}
-    for ml in sorted(store.lists(), key=lambda m: m.role.rank):
-        lc = configured.get(ml.slug)
-        collective = lc.collective_label if lc else None
-        units = [] if collective else store.active_units(ml.slug)
-        names = (collective,) if collective else tuple(units)
-        if names:
-            lines.append(EndLine(ml.footer_label, NAME_SEPARATOR.join(names), names))
-        own = issue.end.line(ml.footer_label)
-        if own is not None and not collective and set(own.names) != set(units):
-            missing = [n for n in own.names if n not in units]
-            extra = [u for u in units if u not in own.names]
-            parts = []
-            if missing:
-                parts.append(f"names {'、'.join(missing)}, not on the {ml.slug} list")
-            if extra:
-                parts.append(f"leaves out {'、'.join(extra)}, which the list sends to")
-            warnings.append(f"the issue's {ml.footer_label}： line " + "; ".join(parts))
-        elif own is not None and collective and own.names != names:
-            warnings.append(
-                f"the issue's {ml.footer_label}： line reads {own.text!r}; the {ml.slug} list "
-                f"prints {collective!r}"
-            )
-    return EndBlock(tuple(lines), issue.end.copies), warnings
 
 
 @dataclass
@@ -128,6 +97,7 @@ class Outbox:
             ),
             html_placeholder=UNSUBSCRIBE_PLACEHOLDER,
             date=self.date,
+            images=r.images,
         )
 
     @property
@@ -179,7 +149,7 @@ def compose(
     now: dt.datetime | None = None,
 ) -> Outbox:
     chosen = tuple(store.get_list(slug) for slug in lists)
-    end, warnings = end_block(store, config, issue)
+    end, warnings = printed(store, config, issue)
     if sha256 is None:
         sha256 = (file_sha256(source) if source
                   else hashlib.sha256(repr(issue).encode()).hexdigest())
@@ -187,24 +157,3 @@ def compose(
         issue=issue, source=source, sha256=sha256, lists=chosen, end=end, warnings=warnings,
         config=config, date=now or dt.datetime.now(dt.UTC),
     )
-
-
-def campaign_outbox(config: Config, store: Store, campaign: Campaign, *,
-                    warn: Callable[[str], None] = lambda w: None) -> Outbox:
-    """The outbox a campaign started (or was scheduled) with: its file must still be
-    there and unchanged, so a resumed campaign sends the same message."""
-    path = Path(campaign.source_path or "")
-    hint = (f"put the original back, or start anew with `mailer send FILE --again` "
-            f"(campaign {campaign.id} keeps its record)")
-    if not campaign.source_path or not path.is_file():
-        raise IssueError(f"campaign {campaign.id}: its issue file {path} is gone; {hint}")
-    # The hash first: an edit that also breaks parsing is still reported as an edit.
-    if file_sha256(path) != campaign.source_sha256:
-        raise IssueError(f"campaign {campaign.id}: {path.name} changed since it was "
-                         f"scheduled or started; {hint}")
-    issue, sha = load_issue(path)
-    outbox = compose(issue, config=config, store=store, lists=campaign.lists, source=path,
-                     sha256=sha)
-    for w in outbox.warnings:
-        warn(w)
-    return outbox

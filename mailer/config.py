@@ -19,7 +19,7 @@ import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from .errors import ConfigError, InvalidInput, UnknownList
 from .models import Role
@@ -29,6 +29,7 @@ ENV_CONFIG = "MAILER_CONFIG"
 ENV_PASSWORD = "MAILER_SMTP_PASSWORD"
 ENV_SECRET = "MAILER_SECRET"
 ENV_PREVIOUS_SECRET = "MAILER_PREVIOUS_SECRET"
+ENV_IMAP_PASSWORD = "MAILER_IMAP_PASSWORD"
 TLS_MODES = ("starttls", "tls", "none")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MIN_SECRET_BYTES = 16
@@ -114,6 +115,30 @@ class ScheduleConfig:
     issues_dir: Path | None  # watched folder
 
 
+@dataclass(frozen=True)
+class BouncesConfig:
+    """[bounces]: the VERP base address and the mailbox bounces come back to."""
+
+    address: str  # VERP base: bounces+c12-r345-<mac>@example.org
+    imap_host: str
+    imap_port: int
+    imap_tls: str  # "tls", "starttls" or "none" (none only for a loopback host)
+    imap_user: str | None
+    folder: str = "INBOX"
+    processed_folder: str | None = None  # None: processed mail stays, flagged
+    aside_folder: str | None = None  # forged, unknown, foreign; None: flagged in place
+    delete_processed: bool = False
+    poll_minutes: float = 10.0  # 0: the daemon does not poll
+    soft_threshold: float = 5.0
+    score_stale_days: float = 7.0
+    max_message_kb: int = 2048
+    imap_timeout: float = 30.0
+
+    @property
+    def imap_password(self) -> str | None:
+        return os.environ.get(ENV_IMAP_PASSWORD) or None
+
+
 SUBJECT_FIELDS = ("label", "title", "year", "number", "total_number", "organisation")
 
 
@@ -129,6 +154,7 @@ class Config:
     lists: tuple[ListConfig, ...]
     sending: SendingConfig
     schedule: ScheduleConfig
+    bounces: BouncesConfig | None = None  # no [bounces]: fixed envelope sender, no intake
 
     def list(self, slug: str) -> ListConfig:
         for lc in self.lists:
@@ -241,13 +267,20 @@ class _Table:
             raise self.error(key, f"expected {kind_name}, got {_show(value)}")
         return value
 
-    def text(self, key: str, default: Any = None) -> Any:
-        value = self._get(key, default, str, "a string")
+    @overload
+    def text(self, key: str, default: str) -> str: ...
+
+    @overload
+    def text(self, key: str, default: None = None) -> str | None: ...
+
+    def text(self, key: str, default: str | None = None) -> str | None:
+        """A non-empty string; ``default`` when absent (``REQUIRED``: an error)."""
+        value: str | None = self._get(key, default, str, "a string")
         if isinstance(value, str) and not value.strip():
             raise self.error(key, "must not be empty")
         return value
 
-    def integer(self, key: str, default: Any, *, low: int, high: int) -> int:
+    def integer(self, key: str, default: int, *, low: int, high: int) -> int:
         value: int = self._get(key, default, int, "an integer")
         if not low <= value <= high:
             raise self.error(key, f"expected an integer from {low} to {high}, got {value}")
@@ -313,7 +346,9 @@ class _Table:
             raise self.error(unknown[0], f"unknown key (known here: {known})")
 
 
-_REQUIRED: Any = object()
+# The default of a key that must be given. A str, so that text() stays typed; it is
+# compared by identity, never used as a value.
+_REQUIRED: str = str(object())
 
 
 def _show(value: object) -> str:
@@ -328,7 +363,7 @@ def _show(value: object) -> str:
     return str(value)
 
 
-def parse(data: Mapping[str, Any], path: Path) -> Config:
+def parse(data: Mapping[str, object], path: Path) -> Config:
     """Validate already-parsed TOML; ``path`` anchors relative paths and error messages."""
     base = path.resolve().parent
     root = _Table(data, "", path.name)
@@ -438,6 +473,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     ct.no_unknown_keys()
 
     lists = _parse_lists(root.table("lists"))
+    bounces = _parse_bounces(root) if "bounces" in root.data else None
     root.no_unknown_keys()
 
     if web.inline_secret:
@@ -453,6 +489,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         lists=lists,
         sending=sending,
         schedule=schedule,
+        bounces=bounces,
     )
 
 
@@ -485,6 +522,63 @@ def _parse_lists(tbl: _Table) -> tuple[ListConfig, ...]:
             raise tbl.error(slug, "a list name may use only ASCII letters, digits and '-'")
     tbl.no_unknown_keys()
     return tuple(out)
+
+
+_LOOPBACK_NAMES = ("localhost", "localhost.localdomain")
+
+
+def _parse_bounces(root: _Table) -> BouncesConfig:
+    b = root.table("bounces")
+    if "imap_password" in b.data:
+        raise b.error("imap_password", f"the IMAP password is read only from "
+                                       f"${ENV_IMAP_PASSWORD}; remove it from the file")
+    address = b.text("address", _REQUIRED)
+    _check_address(b, "address", address)
+    local = address.rpartition("@")[0]
+    if not address.isascii() or "+" in local:
+        raise b.error("address", "use a plain ASCII address without '+' (the VERP part "
+                                 "is added after a '+')")
+    tls = b.choice("imap_tls", "tls", TLS_MODES)
+    host = b.text("imap_host", "127.0.0.1")
+    if tls == "none" and not _is_loopback(host):
+        raise b.error("imap_tls", f'"none" sends the password in clear; it is allowed only '
+                                  f'for a local host, not {_show(host)}; use "tls" or '
+                                  '"starttls"')
+    processed = b.text("processed_folder", None)
+    folder = b.text("folder", "INBOX")
+    if processed == folder:
+        raise b.error("processed_folder", "must differ from bounces.folder")
+    cfg = BouncesConfig(
+        address=address,
+        imap_host=host,
+        imap_port=b.integer("imap_port", {"tls": 993, "starttls": 143, "none": 143}[tls],
+                            low=1, high=65535),
+        imap_tls=tls,
+        imap_user=b.text("imap_user", None),
+        folder=folder,
+        processed_folder=processed,
+        aside_folder=b.text("aside_folder", None),
+        delete_processed=b.flag("delete_processed", False),
+        poll_minutes=b.number("poll_minutes", 10.0, low=0.0),
+        soft_threshold=b.number("soft_threshold", 5.0, low=1.0),
+        score_stale_days=b.number("score_stale_days", 7.0, low=1.0),
+        max_message_kb=b.integer("max_message_kb", 2048, low=1, high=1 << 20),
+        imap_timeout=b.number("imap_timeout", 30.0, low=0.1),
+    )
+    b.no_unknown_keys()
+    if cfg.delete_processed and cfg.processed_folder:
+        raise b.error("delete_processed", "set either processed_folder or delete_processed, "
+                                          "not both")
+    return cfg
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_template(tbl: _Table, key: str, value: str) -> None:

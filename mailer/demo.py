@@ -20,10 +20,11 @@ import sys
 import time
 import urllib.request
 import zoneinfo
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "demo"
@@ -80,6 +81,13 @@ def mailer(*args: str, capture: bool = False) -> str:
     return done.stdout or ""
 
 
+class Received(Protocol):
+    """What the demo reads of aiosmtpd's envelope."""
+
+    rcpt_tos: list[str]
+    original_content: bytes
+
+
 class Outbox:
     """aiosmtpd handler: every accepted message becomes demo/outbox/NNN-<rcpt>.eml."""
 
@@ -87,14 +95,14 @@ class Outbox:
         self.folder = folder
         self.count = 0
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+    async def handle_DATA(self, server: object, session: object, envelope: Received) -> str:
         self.count += 1
         name = f"{self.count:03d}-{envelope.rcpt_tos[0]}.eml"
         (self.folder / name).write_bytes(envelope.original_content)
         return "250 OK stored"
 
 
-def wait_until(check: Any, seconds: float, what: str) -> None:
+def wait_until(check: Callable[[], object], seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if check():

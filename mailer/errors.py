@@ -35,11 +35,12 @@ class UnknownList(MailerError):
 class UnknownUnit(MailerError):
     """A unit name that is not in the database."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, suggestions: tuple[str, ...] = ()) -> None:
         self.name = name
-        super().__init__(
-            f"unknown unit {name!r}; see `mailer units list` for the units on file"
-        )
+        self.suggestions = suggestions
+        hint = (f"did you mean {' or '.join(suggestions)}?" if suggestions
+                else "see `mailer units list` for the units on file")
+        super().__init__(f"unknown unit {name!r}; {hint}")
 
 
 class UnknownRecipient(MailerError):
@@ -52,6 +53,11 @@ class UnknownRecipient(MailerError):
 
 class InvalidInput(MailerError):
     """A value typed or imported by staff is not acceptable."""
+
+
+class AlreadySo(MailerError):
+    """Asked for what is already the case (a state a campaign or unit is in): nothing
+    changed, and the CLI says so plainly and exits 0."""
 
 
 class ImportRejected(MailerError):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import IO, Any
+from typing import IO
 
 LOGGER = logging.getLogger("mailer")
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -66,7 +66,7 @@ def quote(value: object) -> str:
     return '"' + "".join(out) + '"'
 
 
-def fields(event_name: str, campaign: int | None = None, **values: Any) -> str:
+def fields(event_name: str, campaign: int | None = None, **values: object) -> str:
     """``[campaign=N ]event=NAME k=v …``; fields whose value is None are left out."""
     parts = [f"campaign={campaign}"] if campaign is not None else []
     parts.append(f"event={event_name}")
@@ -74,7 +74,7 @@ def fields(event_name: str, campaign: int | None = None, **values: Any) -> str:
     return " ".join(parts)
 
 
-def event(level: int, event_name: str, campaign: int | None = None, **values: Any) -> None:
+def event(level: int, event_name: str, campaign: int | None = None, **values: object) -> None:
     """One log line: time, level, campaign (when there is one), event, then key=value
     details. (With a traceback: ``LOGGER.error(fields(...), exc_info=e)``.)"""
     LOGGER.log(level, "%s", fields(event_name, campaign, **values))

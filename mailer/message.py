@@ -28,6 +28,7 @@ from datetime import datetime
 from email.message import EmailMessage
 
 from .errors import InvalidInput, UnsafeHeader, UnsendableRecipient
+from .models import Image
 from .validate import ascii_domain, wire_address
 
 __all__ = [
@@ -125,6 +126,9 @@ class MessageParts:
     unsubscribe_mailto: str | None  # None: the list does not allow unsubscribing
     html_placeholder: str  # stands for the unsubscribe URL in html and text
     date: datetime
+    # Pictures the html names by cid:, sent as inline parts beside it
+    # (multipart/related, RFC 2387); the same bytes for every recipient.
+    images: tuple[Image, ...] = ()
 
 
 class PreparedMessage:
@@ -171,13 +175,22 @@ class PreparedMessage:
         cte = "8bit" if eight_bit else "base64"
         msg.set_content(_TEXT_BODY + "\n", cte="8bit")
         msg.add_alternative(_HTML_BODY + "\n", subtype="html", cte="8bit")
-        for part in msg.iter_parts():
-            del part["MIME-Version"]  # add_alternative repeats it on the html part
-            part.replace_header("Content-Transfer-Encoding", cte)
         boundary = "=_mailer_" + hashlib.sha256((text + html).encode()).hexdigest()[:24]
         if boundary in text or boundary in html:  # pragma: no cover - 2**-96
             raise ValueError("MIME boundary collides with the body")
         msg.set_boundary(boundary)
+        if parts.images:
+            html_part = list(msg.iter_parts())[1]
+            for image in parts.images:
+                maintype, _, subtype = image.content_type.partition("/")
+                html_part.add_related(image.data, maintype, subtype, cid=f"<{image.cid}>",
+                                      disposition="inline")
+            html_part.set_boundary(boundary + "_r")  # a fixed one: the same bytes each time
+        for part in msg.walk():
+            if part is not msg:
+                del part["MIME-Version"]  # add_alternative/add_related repeat it
+            if part.get_content_maintype() == "text":
+                part.replace_header("Content-Transfer-Encoding", cte)
         skeleton = msg.as_bytes(policy=_SMTP).decode("ascii")
         head, sep, rest = skeleton.partition("\r\n\r\n")
         for placeholder, value in header_values.items():

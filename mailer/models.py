@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import hashlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .validate import Address
+
+from .numerals import number_value
 
 # --- the bulletin -------------------------------------------------------------
 
@@ -20,6 +27,26 @@ class BlockKind(enum.StrEnum):
     SECTION = "section"  # 一、以目标管理为手段……
     SUBSECTION = "subsection"  # （一）……
     PARAGRAPH = "paragraph"  # body text, including numbered paragraphs (1. / 1、)
+    IMAGE = "image"  # a picture from a Word issue; ``Block.image`` holds it
+
+
+@dataclass(frozen=True)
+class Image:
+    """A picture in an article, sent inside the email as an inline part (``cid:``).
+
+    ``name`` says where staff find it (``image1.png, paragraph 30``); ``width`` and
+    ``height`` are CSS pixels as placed in the document (0 when unknown)."""
+
+    data: bytes = field(repr=False)
+    content_type: str  # image/png, image/jpeg, image/gif
+    name: str
+    width: int = 0
+    height: int = 0
+
+    @property
+    def cid(self) -> str:
+        """The Content-ID the HTML names it by: the same bytes, the same id."""
+        return f"img-{hashlib.sha256(self.data).hexdigest()[:16]}@mailer"
 
 
 @dataclass(frozen=True)
@@ -39,6 +66,7 @@ class Block:
     kind: BlockKind
     spans: tuple[Span, ...]
     line: int = field(default=0, compare=False)
+    image: Image | None = None  # for an IMAGE block (its spans are empty)
 
     @property
     def text(self) -> str:
@@ -58,23 +86,88 @@ class Article:
         return sum(1 for b in self.blocks if b.kind is BlockKind.SECTION)
 
 
+class EndKind(enum.StrEnum):
+    """What a line of the end block (版记) is."""
+
+    NAMES = "names"  # 报：… / 报送：… / 抄送：… / 发：…: a label and the bodies it names
+    ISSUED = "issued"  # 杭州市“两新”党务工作者协会秘书处　2015年11月24日印发
+    COPIES = "copies"  # （共印 50 份）
+
+
+END_LABELS = ("报", "报送", "抄报", "送", "抄送", "主送", "发")
+"""The labels of the end block's ``NAMES`` lines, as bulletins write them."""
+
+ISSUED_LABEL = "印发"
+COPIES_LABEL = "共印"
+
+
 @dataclass(frozen=True)
 class EndLine:
-    """One line of the end block (报尾): ``label`` is 报, 送, 抄送 or 发; ``text`` is what
-    follows the colon as written; ``names`` are the bodies it names, in order."""
+    """One line of the end block (版记), kept as the issue wrote it.
+
+    ``NAMES``: ``label`` is one of ``END_LABELS`` (or a list's footer label), ``text``
+    what follows the colon as written, ``names`` the bodies it names, in order.
+    ``ISSUED``: ``label`` is 印发, ``text`` the issuing body and ``date`` the date, both
+    as written. ``COPIES``: ``label`` is 共印 and ``text`` the line as written
+    (``（共印 50 份）``).
+    """
 
     label: str
     text: str
-    names: tuple[str, ...]
+    names: tuple[str, ...] = ()
+    kind: EndKind = EndKind.NAMES
+    date: str = ""
+
+    @property
+    def written(self) -> str:
+        """The line as the bulletin prints it, on one line."""
+        if self.kind is EndKind.ISSUED:
+            return f"{self.text}　{self.date}印发" if self.date else f"{self.text}印发"
+        if self.kind is EndKind.COPIES:
+            return self.text
+        return f"{self.label}：{self.text or '、'.join(self.names)}"
+
+
+def copies_line(copies: int) -> EndLine:
+    """The copies line for a count alone: ``（共印 50 份）``."""
+    return EndLine(COPIES_LABEL, f"（共印 {copies} 份）", kind=EndKind.COPIES)
 
 
 @dataclass(frozen=True)
 class EndBlock:
+    """The end block (版记): its lines in the issue's order, and the copies printed.
+
+    ``copies`` and a ``COPIES`` line go together: a block made with only a count gets
+    the line ``（共印 N 份）`` at its end, and the count is that of the last copies line,
+    so two blocks that print the same compare equal.
+    """
+
     lines: tuple[EndLine, ...] = ()
     copies: int | None = None  # 共印 N 份
 
+    def __post_init__(self) -> None:
+        written = [ln for ln in self.lines if ln.kind is EndKind.COPIES]
+        if written:
+            counted = _copies_count(written[-1].text)
+            if counted is not None:
+                object.__setattr__(self, "copies", counted)
+        elif self.copies is not None:
+            object.__setattr__(self, "lines", (*self.lines, copies_line(self.copies)))
+
     def line(self, label: str) -> EndLine | None:
-        return next((ln for ln in self.lines if ln.label == label), None)
+        """The first ``NAMES`` line with ``label`` (报, 发, …)."""
+        return next((ln for ln in self.named if ln.label == label), None)
+
+    @property
+    def named(self) -> tuple[EndLine, ...]:
+        """The lines that name bodies (报：…, 发：…), in order."""
+        return tuple(ln for ln in self.lines if ln.kind is EndKind.NAMES)
+
+
+def _copies_count(text: str) -> int | None:
+    """The count of a copies line as written: 共印 50 份, （共印五十份）."""
+    inner = text.strip("（）() ").removeprefix(COPIES_LABEL).removesuffix("份")
+    return number_value(inner)
 
 
 @dataclass(frozen=True)
@@ -191,6 +284,20 @@ class Member:
 
 
 @dataclass(frozen=True)
+class ImportRow:
+    """One validated row of a recipients file, as the store takes it. ``list_slug``
+    and ``status`` come from the file's own columns (an export read back), if any."""
+
+    line: int
+    address: Address
+    name: str | None
+    unit: str
+    group: str | None
+    list_slug: str | None = None
+    status: Status | None = None
+
+
+@dataclass(frozen=True)
 class Event:
     """One entry of the audit trail."""
 
@@ -265,3 +372,8 @@ class Delivery:
     last_response: str | None
     sent_at: str | None
     updated_at: str | None
+    # What came back by mail later (mailer.bounces): when, the kind (hard, soft,
+    # policy, complaint) and the reply; None while nothing came back.
+    bounce_at: str | None = None
+    bounce_kind: str | None = None
+    bounce_text: str | None = None

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import cssutils
@@ -24,7 +23,7 @@ import markupsafe
 import premailer
 
 from mailer.links import is_safe_href
-from mailer.models import Block, EndBlock, Issue, Masthead, Role, Span
+from mailer.models import Block, EndBlock, Image, Issue, Masthead, Role, Span
 from mailer.models import may_unsubscribe as unsubscribable
 from mailer.resources import templates_dir
 
@@ -49,6 +48,11 @@ HTML_LINE_LIMIT = 900
 """Bytes (UTF-8) per line of ``Rendered.html``: SMTP allows 998 in an 8bit body, and
 ``message`` still adds CRLF and dot-stuffing."""
 
+IMAGE_WIDTH = 600
+"""CSS pixels: the widest a picture is set, the column of the 640px paper less its
+margins. ``max-width:100%`` shrinks it further on a phone; the width attribute is
+for mail readers that ignore CSS sizes (Outlook)."""
+
 _RUN = 200  # characters of text between two tags, so that long paragraphs can be folded
 
 
@@ -70,13 +74,15 @@ class Rendered:
     subject: str  # 简报 2015年第9期（总第33期）
     html: str  # a complete, inline-styled HTML document
     text: str  # the plain-text alternative
+    images: tuple[Image, ...] = ()  # the pictures ``html`` names by cid:, each once
 
 
 def render_issue(issue: Issue, audience: Audience, *, end: EndBlock | None = None) -> Rendered:
     """Render ``issue`` for ``audience``.
 
-    ``end`` is the end block (报尾) to print, normally built by the caller from the
-    list rows it sends to; by default the issue's own. Both parts carry
+    ``end`` is the end block (版记) to print: by default the issue's own, every line
+    as written; the caller passes one built from the lists only for an issue that has
+    none (``mailer.endblock``). An empty block prints nothing. Both parts carry
     ``UNSUBSCRIBE_PLACEHOLDER`` when the audience may unsubscribe (never on a
     report-to list, whose bodies are changed only by staff) and the secretariat's
     contact otherwise.
@@ -84,7 +90,9 @@ def render_issue(issue: Issue, audience: Audience, *, end: EndBlock | None = Non
     context = _context(issue, audience, issue.end if end is None else end)
     html = fold_lines(inline_css(_ENV.get_template("bulletin.html").render(context)))
     text = _tidy_text(_ENV.get_template("bulletin.txt").render(context))
-    return Rendered(subject=issue.subject_label, html=html, text=text)
+    images = {b.image.cid: b.image for a in issue.articles for b in a.blocks if b.image}
+    return Rendered(subject=issue.subject_label, html=html, text=text,
+                    images=tuple(images.values()))
 
 
 def inline_css(html: str) -> str:
@@ -295,6 +303,14 @@ class _BlockView:
     kind: str  # a BlockKind value
     spans: tuple[_SpanView, ...]
     text: str  # for the plain-text part: links written out after their text
+    image: _ImageView | None = None
+
+
+@dataclass(frozen=True)
+class _ImageView:
+    src: str  # cid:…, the inline part of the message
+    width: int  # HTML width attribute: as placed, at most the column; CSS scales it down
+    height: int
 
 
 @dataclass(frozen=True)
@@ -315,8 +331,10 @@ class _MastheadView:
 
 @dataclass(frozen=True)
 class _EndLineView:
+    kind: str  # an EndKind value
     label: str
     text: str
+    date: str  # the 印发 line's date, as written
 
 
 @dataclass(frozen=True)
@@ -336,7 +354,13 @@ def _span_view(span: Span) -> _SpanView:
 def _block_view(block: Block) -> _BlockView:
     spans = tuple(_span_view(s) for s in block.spans)
     text = "".join(s.text + (f"（{s.href}）" if s.href and s.href != s.text else "") for s in spans)
-    return _BlockView(kind=block.kind.value, spans=spans, text=text)
+    image = None
+    if block.image is not None:
+        im = block.image
+        width = min(im.width or IMAGE_WIDTH, IMAGE_WIDTH)
+        height = round(im.height * width / im.width) if im.width and im.height else 0
+        image = _ImageView(src=f"cid:{im.cid}", width=width, height=height)
+    return _BlockView(kind=block.kind.value, spans=spans, text=text, image=image)
 
 
 def _masthead_view(m: Masthead) -> _MastheadView:
@@ -370,21 +394,24 @@ def _footer_view(audience: Audience) -> _FooterView:
     )
 
 
-def _preheader(contents: Iterable[str], limit: int = 90) -> str:
-    """The inbox preview line: the first contents entries, about ``limit`` characters."""
-    text = "本期导读："
-    for i, entry in enumerate(contents, 1):
-        item = f"{i}、{entry}"
-        if len(text) + len(item) > limit and i > 1:
+def _preheader(issue: Issue, limit: int = 90) -> str:
+    """The inbox preview line, about ``limit`` characters: the first contents entries,
+    or the article titles of an issue without a contents list (本期导读)."""
+    if issue.contents:
+        text, items = "本期导读：", [f"{i}、{e}" for i, e in enumerate(issue.contents, 1)]
+    else:
+        text, items = "", [a.title for a in issue.articles]
+    for i, item in enumerate(items):
+        if len(text) + len(item) > limit and i:
             break
-        text += item
+        text += ("　" if i and not issue.contents else "") + item
     return text
 
 
 def _context(issue: Issue, audience: Audience, end: EndBlock) -> dict[str, object]:
     return {
         "subject": issue.subject_label,
-        "preheader": _preheader(issue.contents),
+        "preheader": _preheader(issue),
         "masthead": _masthead_view(issue.masthead),
         "contents": issue.contents,
         "articles": tuple(
@@ -392,9 +419,10 @@ def _context(issue: Issue, audience: Audience, end: EndBlock) -> dict[str, objec
             for a in issue.articles
         ),
         "end_lines": tuple(
-            _EndLineView(label=ln.label, text=ln.text or "、".join(ln.names)) for ln in end.lines
+            _EndLineView(kind=ln.kind.value, label=ln.label, text=ln.text or "、".join(ln.names),
+                         date=ln.date)
+            for ln in end.lines
         ),
-        "copies": end.copies,
         "footer": _footer_view(audience),
         "width": TEXT_WIDTH,
     }

@@ -27,6 +27,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from . import campaigns
+from .bounces.poll import Poller
 from .clock import SYSTEM_CLOCK, Clock
 from .compose import Outbox, file_sha256
 from .config import Config
@@ -38,6 +39,7 @@ from .errors import (
     RelayMisconfigured,
     SendError,
 )
+from .issue import SUFFIXES
 from .locks import exclusive, lock_path
 from .logs import LOGGER, event, fields, setup_logging
 from .models import Campaign, CampaignStatus
@@ -48,7 +50,6 @@ from .store import Store
 POLL_SECONDS = 1.0
 RETRY_SECONDS = 30.0  # after a run failed for a reason that may pass
 BUSY_SECONDS = 5.0  # another process is sending the campaign
-ISSUE_SUFFIXES = (".txt", ".md")
 
 
 class DaemonRunning(MailerError):
@@ -91,6 +92,7 @@ class Daemon:
         """Run until SIGTERM/SIGINT (or ``stopping`` is set)."""
         with database_lock(self.config.database):
             self.db = Database(self.config.database, clock=self.clock.now)
+            self.bounces = Poller(self.config, clock=self.clock.now)
             self.scheduler = AsyncIOScheduler(timezone=dt.UTC)
             self.scheduler.start()
             loop = asyncio.get_running_loop()
@@ -106,6 +108,7 @@ class Daemon:
                 while not self.stopping.is_set():
                     await self.sync()
                     await self.scan_folder()
+                    await self.bounces.tick()
                     await self.clock.wait(self.stopping, POLL_SECONDS)
             finally:
                 await self._shutdown(web_task, server)
@@ -128,6 +131,7 @@ class Daemon:
         for run, _ in self.running.values():
             run.stop.set()
         await asyncio.gather(*(t for _, t in self.running.values()), return_exceptions=True)
+        await self.bounces.close()
         self.scheduler.shutdown(wait=False)
         if web_task is not None:
             server.should_exit = True
@@ -266,7 +270,9 @@ class Daemon:
         if folder is None or not folder.is_dir():
             return
         for path in sorted(folder.iterdir()):
-            if path.suffix.lower() not in ISSUE_SUFFIXES or path.name.startswith("."):
+            # Dot files are hidden; "~$…" is the lock file Word keeps beside an open
+            # document, not an issue.
+            if path.suffix.lower() not in SUFFIXES or path.name.startswith((".", "~$")):
                 continue
             try:
                 st = path.stat()

@@ -219,6 +219,8 @@ class Run:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     owner: str = field(default_factory=lambda: f"{holder_description()} "
                                                f"run {secrets.token_hex(4)}")
+    # Each delivery's own envelope sender (VERP, mailer.bounces.verp); None: ``sender``.
+    sender_for: Callable[[Job], str] | None = None
 
     progress: Progress = field(default_factory=Progress)
     _claimed: int = 0
@@ -455,7 +457,8 @@ class Run:
             return DeliveryResult(job.delivery_id, DeliveryStatus.FAILED, 0,
                                   f"not sent: {e}", message_id)
         # An internationalised domain goes on the wire in punycode.
-        reply = await transport.send(Envelope(self.sender, job.email_ascii or job.email, data))
+        mail_from = self.sender if self.sender_for is None else self.sender_for(job)
+        reply = await transport.send(Envelope(mail_from, job.email_ascii or job.email, data))
         if reply.stage == "connect":
             self._trouble += 1
             if self._trouble >= RELAY_TROUBLE_LIMIT:

@@ -419,6 +419,30 @@ def _mailbox(address: str, stage: str) -> tuple[bytes, bool] | Reply:
     return wire.envelope.encode("utf-8"), wire.smtputf8
 
 
+@dataclass(frozen=True)
+class _Wired:
+    """An envelope's addresses as they go on MAIL/RCPT, and whether the transaction
+    needs SMTPUTF8."""
+
+    sender: bytes
+    recipient: bytes
+    utf8: bool
+    sender_utf8: bool
+
+
+def _wired(envelope: Envelope) -> _Wired | Reply:
+    """The envelope ready for the wire, or the local refusal that comes before
+    anything is written: an address that cannot go on an SMTP command line."""
+    sender = _mailbox(envelope.sender, "mail")
+    if isinstance(sender, Reply):
+        return sender
+    recipient = _mailbox(envelope.recipient, "rcpt")
+    if isinstance(recipient, Reply):
+        return recipient
+    utf8 = sender[1] or recipient[1] or _utf8_headers(envelope.data)
+    return _Wired(sender[0], recipient[0], utf8, sender[1])
+
+
 def _utf8_headers(data: bytes) -> bool:
     """The message's header holds UTF-8 (RFC 6532), e.g. a To with a non-ASCII local
     part. Looks at the header only: the body may be 8bit (that is 8BITMIME's job)."""
@@ -482,13 +506,9 @@ class SMTPTransport:
     async def send(self, envelope: Envelope) -> Reply:
         # Local refusals come before anything is written: an address that cannot go
         # on an SMTP command line, a message that needs SMTPUTF8 the relay lacks.
-        sender = _mailbox(envelope.sender, "mail")
-        if isinstance(sender, Reply):
-            return sender
-        recipient = _mailbox(envelope.recipient, "rcpt")
-        if isinstance(recipient, Reply):
-            return recipient
-        utf8 = sender[1] or recipient[1] or _utf8_headers(envelope.data)
+        wired = _wired(envelope)
+        if isinstance(wired, Reply):
+            return wired
         if not self.connected:
             try:
                 await self._connect()
@@ -496,10 +516,11 @@ class SMTPTransport:
                 return exc.reply
         assert self._wire is not None
         wire = self._wire
-        if utf8 and not self._smtputf8:
-            return _no_smtputf8(envelope, sender[1])
+        if wired.utf8 and not self._smtputf8:
+            return _no_smtputf8(envelope, wired.sender_utf8)
         try:
-            reply = await self._transaction(wire, envelope, sender[0], recipient[0], utf8)
+            reply = await self._transaction(wire, envelope, wired.sender, wired.recipient,
+                                            wired.utf8)
         except _ConnectionDead as exc:
             await self._drop()
             return _lost(str(exc))
@@ -611,27 +632,23 @@ async def send_one(settings: SMTPSettings, envelope: Envelope) -> Reply:
     """Send one message with plain aiosmtplib (test sends). ``envelope.data`` is the
     same wire form as for the bulk path; aiosmtplib stuffs dots itself, so they are
     unstuffed first. Raises ``SMTPSetupError`` like ``SMTPTransport.connect``."""
-    sender = _mailbox(envelope.sender, "mail")
-    if isinstance(sender, Reply):
-        return sender
-    recipient = _mailbox(envelope.recipient, "rcpt")
-    if isinstance(recipient, Reply):
-        return recipient
-    utf8 = sender[1] or recipient[1] or _utf8_headers(envelope.data)
+    wired = _wired(envelope)
+    if isinstance(wired, Reply):
+        return wired
     try:
         smtp = await _open(settings)
     except _Unavailable as exc:
         return exc.reply
-    if utf8 and not smtp.supports_extension("smtputf8"):
+    if wired.utf8 and not smtp.supports_extension("smtputf8"):
         smtp.close()
-        return _no_smtputf8(envelope, sender[1])
+        return _no_smtputf8(envelope, wired.sender_utf8)
     options = ["BODY=8BITMIME"] if smtp.supports_extension("8bitmime") else []
-    if utf8:
+    if wired.utf8:
         options.append("SMTPUTF8")
     message = _STUFFED.sub(b".", envelope.data)
     try:
         _, text = await smtp.sendmail(
-            sender[0].decode(), [recipient[0].decode()], message, mail_options=options
+            wired.sender.decode(), [wired.recipient.decode()], message, mail_options=options
         )
         reply = _reply(250, text)
     except aiosmtplib.SMTPRecipientsRefused as exc:

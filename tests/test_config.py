@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -176,3 +177,55 @@ def test_signing_keys_with_rotation(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         config.load(write(tmp_path, CONFIG.replace("[web]", '[web]\nprevious_key_id = "k0"')))
     with pytest.raises(ConfigError, match=r"web\.key_id: use only ASCII"):
         config.load(write(tmp_path, CONFIG.replace("[web]", '[web]\nkey_id = "k.1"')))
+
+
+# --- [bounces] ------------------------------------------------------------------
+
+BOUNCES_MIN = '\n[bounces]\naddress = "bounces@example.org"\nimap_host = "imap.example.org"\n'
+
+
+def _bounces_config(tmp_path: Path, extra: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG + BOUNCES_MIN + extra, encoding="utf-8")
+    return path
+
+
+def test_the_example_bounces_table_parses_when_uncommented(tmp_path: Path) -> None:
+    example = (Path(__file__).parent.parent / "config.example.toml").read_text("utf-8")
+    start = example.index("# [bounces]")
+    end = example.index("\n[contact]")
+    block = "\n".join(line[2:] if (line.startswith("# ") and "=" in line) or
+                      line.startswith("# [") else line
+                      for line in example[start:end].splitlines())
+    path = tmp_path / "config.toml"
+    path.write_text(example[:start] + block + example[end:], encoding="utf-8")
+    cfg = config.load(path)
+    assert cfg.bounces is not None
+    assert cfg.bounces.address == "bounces@example.org"
+    assert (cfg.bounces.imap_tls, cfg.bounces.imap_port) == ("tls", 993)
+    assert cfg.bounces.processed_folder == "Processed" and cfg.bounces.poll_minutes == 10
+
+
+def test_bounces_defaults_and_refusals(tmp_path: Path) -> None:
+    cfg = config.load(_bounces_config(tmp_path, ""))
+    assert cfg.bounces is not None and cfg.bounces.folder == "INBOX"
+    assert cfg.bounces.processed_folder is None and not cfg.bounces.delete_processed
+    for extra, fragment in [
+        ('imap_tls = "none"\n', "allowed only for a local host"),
+        ('imap_password = "x"\n', "MAILER_IMAP_PASSWORD"),
+        ('processed_folder = "INBOX"\n', "must differ from bounces.folder"),
+        ('processed_folder = "P"\ndelete_processed = true\n', "not both"),
+        ("soft_threshold = 0\n", "at least 1"),
+        ("colour = 1\n", "unknown key"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(fragment)):
+            config.load(_bounces_config(tmp_path, extra))
+    path = _bounces_config(tmp_path, "").read_text("utf-8").replace(
+        'address = "bounces@example.org"', 'address = "b+x@example.org"')
+    (tmp_path / "c2.toml").write_text(path, encoding="utf-8")
+    with pytest.raises(ConfigError, match="without '\\+'"):
+        config.load(tmp_path / "c2.toml")
+    local = _bounces_config(tmp_path, "").read_text("utf-8").replace(
+        'imap_host = "imap.example.org"', 'imap_host = "127.0.0.1"\nimap_tls = "none"')
+    (tmp_path / "c3.toml").write_text(local, encoding="utf-8")
+    assert config.load(tmp_path / "c3.toml").bounces.imap_port == 143  # type: ignore[union-attr]

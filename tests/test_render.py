@@ -9,7 +9,17 @@ from html.parser import HTMLParser
 import pytest
 
 from mailer.links import is_safe_href
-from mailer.models import Article, Block, BlockKind, EndBlock, EndLine, Issue, Role, Span
+from mailer.models import (
+    Article,
+    Block,
+    BlockKind,
+    EndBlock,
+    EndKind,
+    EndLine,
+    Issue,
+    Role,
+    Span,
+)
 from mailer.render import (
     HTML_LINE_LIMIT,
     UNSUBSCRIBE_PLACEHOLDER,
@@ -183,6 +193,47 @@ def test_preheader_is_hidden_and_previews_the_contents(send_to: Rendered, issue:
     body = send_to.html.split("<body", 1)[1]
     first_div = body.split("<div", 1)[1].split("</div>", 1)[0]
     assert issue.contents[0] in first_div
+
+
+def preheader(html: str) -> str:
+    body = html.split("<body", 1)[1]
+    return body.split("<div", 1)[1].split(">", 1)[1].split("&#8199;", 1)[0].split("\u2007")[0]
+
+
+def test_preheader_without_contents_uses_the_article_titles(issue: Issue) -> None:
+    """An issue without 【本期导读】 got an inbox preview of just 本期导读：."""
+    out = render_issue(dataclasses.replace(issue, contents=()), SEND_TO)
+    shown = preheader(out.html)
+    assert not shown.startswith("本期导读")
+    assert shown.startswith(issue.articles[0].title + "　" + issue.articles[1].title)
+    assert len(shown) <= 90 + len(issue.articles[-1].title)
+    with_contents = preheader(render_issue(issue, SEND_TO).html)
+    assert with_contents.startswith("本期导读：1、" + issue.contents[0])
+
+
+def test_every_kind_of_end_line_in_both_parts(issue: Issue) -> None:
+    end = EndBlock((
+        EndLine("主送", "各会员单位", ("各会员单位",)),
+        EndLine("报送", "省委组织部、市委组织部", ("省委组织部", "市委组织部")),
+        EndLine("抄报", "省委“两新”工委", ("省委“两新”工委",)),
+        EndLine("抄送", "各片组，张仲灿。", ("各片组", "张仲灿")),
+        EndLine("印发", "协会秘书处", kind=EndKind.ISSUED, date="二〇一五年十一月二十四日"),
+        EndLine("共印", "（共印五十份）", kind=EndKind.COPIES),
+    ), copies=50)
+    out = render_issue(dataclasses.replace(issue, end=end), SEND_TO)
+    text = Page(out.html).text
+    for written in ("主送：各会员单位", "报送：省委组织部、市委组织部", "抄报：省委“两新”工委",
+                    "抄送：各片组，张仲灿。", "协会秘书处二〇一五年十一月二十四日印发",
+                    "（共印五十份）"):
+        assert written in text
+    assert text.index("主送：") < text.index("报送：") < text.index("抄送：") < text.index(
+        "印发") < text.index("共印")
+    part = out.text.split("=" * 72 + "\n")[2].splitlines()
+    assert part[:4] == ["主送：各会员单位", "报送：省委组织部、市委组织部", "抄报：省委“两新”工委",
+                        "抄送：各片组，张仲灿。"]
+    assert re.fullmatch("协会秘书处 +二〇一五年十一月二十四日印发", part[4])
+    assert display_width(part[4]) == 72 and display_width(part[5]) == 72
+    assert part[5].strip() == "（共印五十份）"
 
 
 def test_unsubscribe_link_only_for_send_to(send_to: Rendered, report_to: Rendered) -> None:

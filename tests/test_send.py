@@ -21,6 +21,7 @@ from mailer.clock import ManualClock
 from mailer.compose import Outbox, compose
 from mailer.errors import RelayUnavailable, SendError
 from mailer.send import Policy, Progress, Run
+from mailer.stamps import parse_stamp
 from mailer.store import Store
 from mailer.transport import SMTPSettings, SMTPTransport
 
@@ -158,6 +159,21 @@ def test_permanent_refusal_fails_and_marks_bounced(
     assert len(srv.messages) == 11
 
 
+def test_a_refused_report_to_body_is_flagged_never_stopped(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    """An official recipient is fixed by a person: a 550 fails the delivery and is
+    flagged to staff; the body stays on report-to for the next issue."""
+    s = prepare(run, initialised, config_file, lists=("report-to", "send-to"))
+    bad = "zzb@sheng.example.org"
+    with smtp_server(Behaviour(pipelining=True, refuse={bad: 550})) as srv:
+        asyncio.run(sender(s, srv.port).run())
+    assert ledger(initialised)[bad]["status"] == "failed"
+    assert status_of(initialised, bad, "report-to") == "active"
+    history = run("history", bad).stdout
+    assert "bounce.flagged" in history and "550" in history
+
+
 def test_temporary_failures_are_retried_until_sent(
     run: CliRun, initialised: Path, config_file: Path, env: None
 ) -> None:
@@ -276,7 +292,7 @@ def _free_port() -> int:
 
 def many(n: int) -> str:
     return "email,name,unit,group\n" + "".join(
-        f"m{i:04d}@bulk.example.org,联系人{i},批量单位{i % 10},第{i % 7 + 1}片组\n"
+        f"m{i:04d}@bulk.example.org,联系人{i},批量单位{i % 10},第{i % 10 % 7 + 1}片组\n"
         for i in range(n)
     )
 
@@ -320,7 +336,7 @@ def test_daily_quota_pauses_and_resumes(
         asyncio.run(sender(s, srv.port, policy=policy, clock=clock, on_progress=seen).run())
     assert len(srv.messages) == 14
     sent_at = sorted(r["sent_at"] for r in ledger(initialised).values())
-    days = [dt.datetime.strptime(t, "%Y-%m-%dT%H:%M:%SZ") for t in sent_at]
+    days = [parse_stamp(t) for t in sent_at]
     # Never more than 5 in any 24 hours, and it went on by itself: 5 + 5 + 4.
     for i in range(len(days) - 5):
         assert days[i + 5] - days[i] >= dt.timedelta(days=1)
@@ -394,10 +410,10 @@ def _no_leftover_threads() -> Iterator[None]:
         t.join(5)
 
 
-def test_audience_and_end_block_come_from_sql(
+def test_audience_comes_from_sql_and_the_end_block_is_the_issues(
     run: CliRun, initialised: Path, config_file: Path, env: None
 ) -> None:
-    from mailer.compose import end_block
+    from mailer.endblock import printed
 
     for slug in ("report-to", "send-to"):
         run("recipients", "import", str(REPO / "recipients" / f"{slug}.csv"), "--list", slug)
@@ -407,14 +423,14 @@ def test_audience_and_end_block_come_from_sql(
     with Store.open(initialised) as store:
         # The shared address counts once, as report-to; the removed one not at all.
         assert store.audience(["send-to", "report-to"]) == {"report-to": 7, "send-to": 13}
-        block, warnings = end_block(store, config_mod.load(config_file), sample_issue())
-    report = block.line("报")
-    assert report is not None
-    assert report.names == ("省委“两新”工委", "市委组织部", "市委“两新”工委",
-                            "各区、县（市）委组织部", "各区、县（市）委“两新”工委", "张仲灿",
-                            "万向集团")
-    assert block.line("发") is not None and block.line("发").names == ("协会会员",)
-    assert any("省委组织部" in w for w in warnings)
+        block, warnings = printed(store, config_mod.load(config_file), sample_issue())
+    # The lists decide who receives, not what the bulletin says.
+    assert block == sample_issue().end
+    assert warnings == [
+        "省委组织部: no address on report-to; they will not receive it",
+        "report-to: the 报： line does not name 1 unit on the list (万向集团); they receive "
+        "it all the same",
+    ]
 
 
 # --- a relay that is down pauses the run instead of walking the campaign -----------

@@ -8,6 +8,7 @@ import email
 import email.policy
 import io
 import json
+import re
 import shutil
 import socket
 from collections import Counter
@@ -60,6 +61,16 @@ def parse(m: Received) -> EmailMessage:
 
 def rcpt_counts(srv: Server) -> Counter[str]:
     return Counter(to for m in srv.messages for to in m.rcpt_tos)
+
+
+def assert_tempfail(result: Any, *fragments: str) -> None:
+    """A campaign stopped with deliveries due: exit 75, its last stderr line says how
+    many, why and what continues it; no traceback."""
+    assert result.exit_code == 75, result.output
+    assert "Traceback" not in result.output
+    last = result.stderr.strip().splitlines()[-1]
+    for fragment in fragments:
+        assert fragment in last, last
 
 
 def log_json(run: Run, *args: str) -> Any:
@@ -120,8 +131,11 @@ def test_send_to_both_lists_then_log(
     assert d["status"] == "sent" and d["list"] == "send-to" and d["attempts"] == 1
     assert d["reply"].startswith("250 ")
     table = run("log", "1", "--unit", "万向集团").stdout
-    assert table.startswith("1 deliveries, 1 accepted by the relay")
-    assert "万向集团" in table and "│ sent " in table
+    answer, title = table.splitlines()[:2]
+    assert answer.startswith(f"campaign 1 ({SUBJECT}): yes: 1 of 1 address accepted on 20")
+    assert answer.endswith(", 0 refused")
+    assert title.rstrip() == "1 delivery, 1 accepted by the relay"
+    assert "万向集团" in table and " sent " in table
 
     rows = list(csv.reader(io.StringIO(run("log", "1", "--csv").stdout)))
     assert rows[0][:6] == ["campaign", "issue", "unit", "email", "list", "status"]
@@ -195,8 +209,8 @@ def test_limit_then_resume_sends_each_once(
     assert len(relay.messages) == 21 and len(counts) == 21 and set(counts.values()) == {1}
     [c] = log_json(run)
     assert c["status"] == "sent" and c["sent"] == 21
-    refused = run("send", "--resume", "1", ok=False)
-    assert_one_line_error(refused, "campaign 1 is sent")
+    done = run("send", "--resume", "1")  # asked for what is so: said plainly, exit 0
+    assert done.stdout.startswith("campaign 1 is already sent; nothing is left to resume")
     refused = run("send", "--resume", ok=False)
     assert_one_line_error(refused, "no campaign is waiting")
 
@@ -207,16 +221,38 @@ def test_end_block_warning_names_the_body_missing_from_the_list(
     run("recipients", "remove", "zhangzhongcan@example.org", "--list", "report-to")
     result = run("send", str(issue_file))
     warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("warning:")]
-    assert len(warnings) == 1, result.stderr
-    assert "报" in warnings[0] and "张仲灿" in warnings[0] and "report-to" in warnings[0]
+    assert warnings == ["warning: 张仲灿: no address on report-to; they will not receive it"]
     assert len(relay.messages) == 20
     assert "zhangzhongcan@example.org" not in rcpt_counts(relay)
-    # The 报： line printed in the mail comes from the list: 张仲灿 is not on it.
-    report = next(parse(m) for m in relay.messages if m.rcpt_tos == ["zzb@sheng.example.org"])
-    text = report.get_body(("plain",))
-    assert text is not None
-    body = text.get_content()
-    assert "省委组织部" in body and "张仲灿" not in body.split("报：")[-1]
+    # The lists decide who receives, not what the bulletin says: the 版记 of every
+    # copy is the issue's own, 张仲灿 and the 、/， as written.
+    report_line = ("省委组织部、省委“两新”工委，市委组织部、市委“两新”工委，"
+                   "各区、县（市）委组织部、各区、县（市）委“两新”工委、张仲灿")
+    for rcpt in ("zzb@sheng.example.org", "dangban@wanhua.example.org"):
+        msg = next(parse(m) for m in relay.messages if m.rcpt_tos == [rcpt])
+        text, html = msg.get_body(("plain",)), msg.get_body(("html",))
+        assert text is not None and html is not None
+        end = text.get_content().split("=" * 72)[-2]  # between the two rules of the 版记
+        lines = [ln.strip() for ln in end.strip().splitlines()]
+        assert "".join(lines[:-1]) == "报：" + report_line
+        assert lines[-1] == "发：协会会员"
+        assert re.search(r">报：</td><td[^>]*>" + re.escape(report_line) + "</td>",
+                         html.get_content())
+        assert re.search(r">发：</td><td[^>]*>协会会员</td>", html.get_content())
+
+
+def test_schedule_and_render_report_coverage_in_staff_words(
+    run: Run, ready: Path, relay: Server, issue_file: Path, tmp_path: Path
+) -> None:
+    run("recipients", "add", "office@shengzf.example.org", "--list", "report-to",
+        "--unit", "省政府办公厅", "--create-unit")
+    expected = ["warning: report-to: the 报： line does not name 1 unit on the list "
+                "(省政府办公厅); they receive it all the same"]
+    result = run("schedule", str(issue_file), "--at", "2099-01-01 09:00")
+    assert [ln for ln in result.stderr.splitlines() if ln.startswith("warning:")] == expected
+    result = run("render", str(issue_file), "--out", str(tmp_path / "d"))
+    assert [ln for ln in result.stderr.splitlines() if ln.startswith("warning:")] == expected
+    assert relay.messages == []
 
 
 def test_resume_refused_when_the_issue_file_changed(
@@ -244,14 +280,14 @@ def test_unreachable_relay_then_resume(
 ) -> None:
     write_config(config_file, closed_port())
     refused = run("send", str(issue_file), ok=False)
-    assert_one_line_error(refused, "cannot reach the SMTP server", "--resume 1")
+    assert_tempfail(refused, "21 deliveries still due", "cannot be reached", "--resume 1")
     [c] = log_json(run)
     assert c["status"] == "sending" and c["pending"] == 21 and c["sent"] == 0
     assert {d["status"] for d in log_json(run, "1")} == {"pending"}
     assert {r["attempts"] for r in ledger(ready).values()} == {0}
 
     refused = run("send", "--resume", "1", ok=False)  # still down
-    assert_one_line_error(refused, "cannot reach the SMTP server")
+    assert_tempfail(refused, "cannot be reached")
 
     with smtp_server() as srv:  # the plain (non-pipelining) path
         write_config(config_file, srv.port)
@@ -371,7 +407,7 @@ def test_resume_refuses_options_that_only_apply_to_a_new_campaign(
     before = snapshot(ready)
     for extra in (["--dry-run"], ["--again"], ["--list", "send-to"]):
         refused = run("send", "--resume", "1", *extra, ok=False)
-        assert refused.exit_code == 2, (extra, refused.output)
+        assert refused.exit_code == 1, (extra, refused.output)  # as the README says
         assert extra[0] in refused.stderr and "--resume" in refused.stderr
         assert snapshot(ready) == before
     assert len(relay.messages) == 2  # --dry-run did not send

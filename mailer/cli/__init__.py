@@ -6,6 +6,7 @@ traceback for a mistake they can fix. Commands live in modules by concern.
 
 from __future__ import annotations
 
+from . import bounces as bounces
 from . import issues as issues
 from . import roster as roster  # registers the commands
 from . import schedule as schedule

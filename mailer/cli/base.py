@@ -1,38 +1,63 @@
-"""The root command, the state every command shares, and output helpers.
+"""The root command, the state every command shares, and the exit codes.
 
-Any ``MailerError`` becomes one line on stderr and exit code 1: staff never see a
-traceback for a mistake they can fix.
+Exit codes a script can trust (the README lists them): 0 when everything asked
+for was done; 1 for a refused request or bad input (a ``MailerError`` becomes one
+``Error:`` line, and click's usage errors exit 1 too, not click's 2); 75
+(EX_TEMPFAIL) when a campaign stopped with deliveries still due; 130 after Ctrl-C.
 """
 
 from __future__ import annotations
 
-import json
+import re
 import sqlite3
-import sys
 import zoneinfo
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-from rich.console import Console
 
 from .. import config as config_mod
 from ..config import Config
-from ..errors import MailerError
+from ..errors import AlreadySo, ConfigError, MailerError
 from ..stamps import parse_stamp
 from ..store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL: try again later
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+
+_STAMP = re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\b")
+
 
 class MailerGroup(click.Group):
-    """Turns library errors into one clear line instead of a traceback."""
+    """Turns library errors into one clear line instead of a traceback, in the
+    configured time zone, and makes usage errors exit 1 as the README promises."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:
+            e.exit_code = EXIT_REFUSED  # type: ignore[misc]  # click's own default is 2
+            raise
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:
+            e.exit_code = EXIT_REFUSED  # type: ignore[misc]  # click's own default is 2
+            raise
+        except AlreadySo as e:
+            # Nothing to do is not a failure: a script asking twice gets 0.
+            click.echo(str(e))
+            return None
         except MailerError as e:
-            raise click.ClickException(str(e)) from None
+            state = ctx.obj if isinstance(ctx.obj, State) else None
+            text = state.local_times_in(str(e)) if state else str(e)
+            raise click.ClickException(text) from None
         except sqlite3.DatabaseError as e:
             # Not expected from a database mailer made: say so in one line.
             raise click.ClickException(
@@ -57,25 +82,46 @@ class State:
     def store(self) -> Store:
         return Store.open(self.config.database)
 
-    def local_time(self, stamp: str) -> str:
-        """A stored UTC stamp shown in the configured time zone."""
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.config.timezone)
+
+    def local_time(self, stamp: str | None) -> str:
+        """A stored UTC stamp shown in the configured time zone ("" for none)."""
+        if not stamp:
+            return ""
         try:
             t = parse_stamp(stamp)
         except ValueError:
             return stamp
-        return t.astimezone(zoneinfo.ZoneInfo(self.config.timezone)).strftime("%Y-%m-%d %H:%M")
+        return t.astimezone(self.zone).strftime("%Y-%m-%d %H:%M")
+
+    def local_times_in(self, text: str) -> str:
+        """Every UTC stamp in ``text`` (an error from any layer) in the config's zone:
+        staff read one time zone everywhere."""
+        try:
+            zone = self.zone
+        except (ConfigError, OSError, zoneinfo.ZoneInfoNotFoundError):
+            return text
+        return _STAMP.sub(
+            lambda m: parse_stamp(m.group(0)).astimezone(zone).strftime("%Y-%m-%d %H:%M"), text)
 
 
 pass_state = click.make_pass_decorator(State)
 
 
-def console() -> Console:
-    # Wide when piped so tables of Chinese unit names are not cut with "…".
-    return Console(width=None if sys.stdout.isatty() else 160, highlight=False)
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 delivery``, ``2 deliveries``: English counts that read right."""
+    if n == 1:
+        return f"{n} {word}"
+    if many is None:
+        many = word[:-1] + "ies" if word.endswith("y") and word[-2:-1] not in "aeiou" \
+            else word + "s"
+    return f"{n} {many}"
 
 
-def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+def warn(text: str) -> None:
+    click.secho(f"warning: {text}", fg="yellow", err=True)
 
 
 @click.group(cls=MailerGroup)
@@ -89,6 +135,10 @@ def print_json(data: Any) -> None:
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
     """Render and send the bulletin (简报); manage its recipient lists.
+
+    \b
+    Exit codes: 0 done; 1 refused or bad input; 75 a campaign stopped with
+    deliveries still due (try again later); 130 interrupted (Ctrl-C).
 
     Example:
 

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import click
 
-from .. import campaigns
-from ..errors import InvalidInput, IssueError
+from .. import campaigns, endblock
+from .. import config as config_mod
+from ..errors import InvalidInput, IssueError, NotInitialised
 from ..files import make_folder, write_atomic
-from ..issue import parse_file, to_markdown
+from ..issue import check_punctuation, fix_issue, parse_file, to_markdown
+from ..models import Issue
 from .base import State, cli, pass_state
 
 
@@ -26,11 +28,13 @@ def issue() -> None:
 
 @issue.command("check")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-def issue_check(file: Path) -> None:
+@pass_state
+def issue_check(state: State, file: Path) -> None:
     """Show how an issue file parses, and every problem with its line number
 
     Exits 1 when there is an error (a contents entry with no article, no date,
-    no articles…); warnings alone exit 0.
+    no articles…); warnings alone exit 0. With a config and its database, also
+    says where the end block (版记) and the recipient lists disagree.
 
     Example:
 
@@ -55,15 +59,41 @@ def issue_check(file: Path) -> None:
         click.echo(f"    {n}. {a.title}  ({a.section_count} sections, "
                    f"{len(a.blocks)} blocks)")
     for line in i.end.lines:
-        click.echo(f"  {line.label}：{line.text}")
-    if i.end.copies is not None:
-        click.echo(f"  共印 {i.end.copies} 份")
+        click.echo(f"  {line.written}")
     for p in result.problems:
         click.secho(f"{file.name}: {p}", fg="red" if p.severity == "error" else "yellow",
                     err=True)
+    for w in _coverage(state, i):
+        click.secho(f"{file.name}: warning: {w}", fg="yellow", err=True)
+    _punctuation(file)
     if not result.ok:
         raise click.exceptions.Exit(1)
     click.echo("ok" + (f" ({len(result.warnings)} warnings)" if result.warnings else ""))
+
+
+def _punctuation(file: Path) -> None:
+    """Report half-width marks between Chinese characters; never changes the file."""
+    found = check_punctuation(file)
+    for f in found:
+        click.secho(f"{file.name}: {f}", fg="yellow", err=True)
+    if found:
+        n = sum(sum(f.counts.values()) for f in found)
+        click.secho(f"{file.name}: {n} half-width mark{'s' if n != 1 else ''} on "
+                    f"{len(found)} line{'s' if len(found) != 1 else ''}; `mailer issue convert "
+                    f"{file} --fix-punctuation` writes them full-width", fg="yellow", err=True)
+
+
+def _coverage(state: State, issue: Issue) -> list[str]:
+    """Where the end block and the lists disagree, when there is a config and a
+    database to ask; a check without them checks the file alone."""
+    if not config_mod.find_config_path(state.config_path).exists():
+        return []
+    try:
+        with state.store() as store:
+            _, warnings = endblock.printed(store, state.config, issue)
+    except NotInitialised:
+        return []
+    return warnings
 
 
 @issue.command("convert")
@@ -71,15 +101,19 @@ def issue_check(file: Path) -> None:
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               help="Where to write (default: the same name with .md).")
 @click.option("--force", is_flag=True, help="Replace an existing file.")
-def issue_convert(file: Path, output: Path | None, force: bool) -> None:
+@click.option("--fix-punctuation", "fix", is_flag=True,
+              help="Write half-width , : ; ? ! and straight quotes between Chinese "
+                   "characters full-width (GB/T 15834).")
+def issue_convert(file: Path, output: Path | None, force: bool, fix: bool) -> None:
     """Write the Markdown form of a plain-text issue, ready to edit
 
-    The Markdown file parses back to the same issue.
+    The Markdown file parses back to the same issue. The text is kept as
+    written unless --fix-punctuation is given.
 
     Example:
 
     \b
-        mailer issue convert issues/2015-09.txt -o issues/2015-09.md
+        mailer issue convert issues/2015-09.txt -o issues/2015-09.md --fix-punctuation
     """
     result = parse_file(file)
     if not result.ok:
@@ -89,8 +123,10 @@ def issue_convert(file: Path, output: Path | None, force: bool) -> None:
         raise InvalidInput(f"{target} is the input file; choose another --output")
     if target.exists() and not target.is_dir() and not force:  # write_atomic refuses a folder
         raise InvalidInput(f"{target} exists; add --force to replace it")
-    write_atomic(target, to_markdown(result.issue).encode("utf-8"))
-    click.echo(f"wrote {target}")
+    issue, fixed = fix_issue(result.issue) if fix else (result.issue, 0)
+    write_atomic(target, to_markdown(issue).encode("utf-8"))
+    click.echo(f"wrote {target}" + (f" ({fixed} punctuation mark{'s' if fixed != 1 else ''} "
+                                    "made full-width)" if fix else ""))
 
 
 @cli.command()

@@ -5,21 +5,23 @@ from __future__ import annotations
 import datetime as dt
 import io
 import sys
-import zoneinfo
 from dataclasses import asdict
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from .. import recipients_file
-from ..errors import ImportRejected, InvalidInput
+from ..addresses import parse_typed, typo_problem
+from ..errors import ImportRejected, InvalidInput, UnknownUnit
 from ..files import write_atomic
 from ..models import Event, Member, Status
 from ..stamps import stamp as to_stamp
 from ..store import Store
+from ..store.roster import UnitChange
 from ..validate import clean_text, normalise_email
-from .base import State, cli, console, pass_state, print_json
+from .base import State, cli, pass_state, plural
+from .params import LocalDateTime
+from .tables import Col, Output, emit, make_output, output_options
 
 
 @cli.command()
@@ -63,13 +65,26 @@ def recipients() -> None:
 list_option = click.option("--list", "list_slug", metavar="LIST", help="report-to or send-to.")
 
 
+def say_units(changes: list[UnitChange], *, prefix: str = "") -> None:
+    """Every unit created or moved to another 片组, one line each."""
+    for ch in changes:
+        if ch.created:
+            group = f" in {ch.after}" if ch.after else ""
+            click.echo(f"{prefix}new unit {ch.unit}{group}")
+        else:
+            click.echo(f"{prefix}unit {ch.unit}: 片组 {ch.before or '(none)'} → "
+                       f"{ch.after or '(none)'}")
+
+
 @recipients.command("add")
 @click.argument("email")
 @click.option("--list", "list_slug", required=True, metavar="LIST", help="report-to or send-to.")
 @click.option("--unit", required=True, help="The unit (单位) the address belongs to.")
-@click.option("--name", help="The contact's name (联系人).")
-@click.option("--group", help="The unit's 片组, when creating the unit.")
-@click.option("--create-unit", is_flag=True, help="Create the unit if it is not on file.")
+@click.option("--name", help="The contact's name (联系人); or write 张三 <zs@163.com>.")
+@click.option("--group", help="The unit's 片组 (a unit on file moves to it).")
+@click.option("--create-unit", "--create-units", "create_unit", is_flag=True,
+              help="Create the unit even if its name looks like one on file.")
+@click.option("--as-typed", is_flag=True, help="Keep an address that looks like a typo.")
 @pass_state
 def recipients_add(
     state: State,
@@ -79,73 +94,130 @@ def recipients_add(
     name: str | None,
     group: str | None,
     create_unit: bool,
+    as_typed: bool,
 ) -> None:
     """Put one address on a list
+
+    A new unit is created (and said so); a name that looks like a unit on file
+    (a prefix, a slip of a character) is refused with the name meant, as an
+    import does.
 
     Example:
 
     \b
         mailer recipients add dangban@wanxiang.example.org --list send-to \\
             --unit 万向集团 --name 李明
+        mailer recipients add "李明 <lm@wanxiang.example.org>" --list send-to --unit 万向集团
     """
-    address = normalise_email(email)
+    typed = parse_typed(email)
+    address = typed.address
+    if not as_typed and (typo := typo_problem(address)):
+        raise InvalidInput(typo)
+    if name and typed.name and name != typed.name:
+        raise InvalidInput(f"two names given: {typed.name!r} with the address and {name!r} "
+                           "in --name; give one")
     unit_name = clean_text(unit, "unit name", required=True)
     assert unit_name is not None
     with state.store() as store:
-        store.add_recipient(
+        changes = store.add_recipient(
             address,
             list_slug=list_slug,
             unit=unit_name,
-            name=clean_text(name, "contact name"),
+            name=clean_text(name or typed.name, "contact name"),
             group=clean_text(group, "group (片组)"),
             create_unit=create_unit,
         )
+    say_units(changes)
     click.echo(f"added {address.email} ({unit_name}) to {list_slug}")
 
 
 @recipients.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--list", "list_slug", required=True, metavar="LIST", help="report-to or send-to.")
+@click.option("--list", "list_slug", metavar="LIST",
+              help="report-to or send-to (default: each row's list column).")
 @click.option("--skip-invalid", is_flag=True, help="Import the good rows, report the bad ones.")
 @click.option("--dry-run", is_flag=True, help="Check and report, save nothing.")
+@click.option("--create-units", is_flag=True,
+              help="Create new units even if their names look like units on file.")
+@click.option("--as-typed", is_flag=True, help="Keep addresses that look like typos.")
 @click.option("--encoding", help="File encoding (default: detect UTF-8 or GBK/GB18030).")
 @pass_state
 def recipients_import(
     state: State,
     file: Path,
-    list_slug: str,
+    list_slug: str | None,
     skip_invalid: bool,
     dry_run: bool,
+    create_units: bool,
+    as_typed: bool,
     encoding: str | None,
 ) -> None:
     """Import a CSV of recipients: all rows or none
 
     Columns (English or the Chinese headers used in Excel): email (电子邮箱/邮箱),
-    name (联系人/姓名), unit (单位名称/单位), group (片组/分组). UTF-8, with or
-    without BOM, or GBK/GB18030 as Excel saves on Chinese Windows. Importing the
-    same file again changes nothing; an unsubscribed address stays unsubscribed.
+    name (联系人/姓名), unit (单位名称/单位), group (片组/分组), and, as `recipients
+    export` writes them, list and status. UTF-8, with or without BOM, or
+    GBK/GB18030 as Excel saves on Chinese Windows. Importing the same file again
+    changes nothing; an unsubscribed address stays unsubscribed. Units created and
+    units moved to another 片组 are listed, in a dry run too.
 
     Example:
 
     \b
         mailer recipients import recipients/send-to.csv --list send-to
+        mailer recipients import everyone.csv          # the file's list column
     """
     with state.store() as store:
-        store.get_list(list_slug)  # an unknown list is reported before the file
-        result = recipients_file.read(file, encoding=encoding)
-        for problem in result.problems:
+        if list_slug is not None:
+            store.get_list(list_slug)  # an unknown list is reported before the file
+        result = recipients_file.read(file, encoding=encoding, as_typed=as_typed)
+        problems = list(result.problems)
+        rows = result.rows
+        if list_slug is not None:
+            wrong = [r for r in rows if r.list_slug not in (None, list_slug)]
+            problems += [f"{file.name} line {r.line}: the row is for {r.list_slug}, not "
+                         f"{list_slug}; leave out --list to import each row to its own list"
+                         for r in wrong]
+            rows = [r for r in rows if r not in wrong]
+        elif any(r.list_slug is None for r in rows):
+            raise InvalidInput(f"{file.name} has no list column; say which list with --list "
+                               "report-to or --list send-to")
+        try:
+            report = store.import_rows(rows, list_slug=list_slug, dry_run=True,
+                                       create_units=create_units)
+        except InvalidInput as e:
+            problems += [f"{file.name} {p}" for p in str(e).splitlines()]
+            bad = {int(p.split("line ", 1)[1].split(":", 1)[0])
+                   for p in str(e).splitlines() if p.startswith("line ")}
+            rows = [r for r in rows if r.line not in bad]
+        problems.sort(key=_line_of)
+        for problem in problems:
             click.echo(problem, err=True)
-        if result.problems and not skip_invalid:
-            raise ImportRejected(file.name, result.problems)
-        report = store.import_rows(result.rows, list_slug=list_slug, dry_run=dry_run)
+        if problems and not skip_invalid:
+            raise ImportRejected(file.name, problems)
+        report = store.import_rows(rows, list_slug=list_slug, dry_run=dry_run,
+                                   create_units=create_units)
+    say_units(report.units, prefix=f"{file.name}: ")
     for note in report.notes:
         click.echo(f"{file.name} {note}")
-    skipped = f", {len(result.problems)} bad rows skipped" if result.problems else ""
+    skipped = f", {plural(len(problems), 'bad row')} skipped" if problems else ""
     tail = " (dry run: nothing was saved)" if dry_run else ""
+    units = ""
+    if report.units:
+        units = (f", {plural(len(report.units_created), 'unit')} created, "
+                 f"{len(report.units_changed)} changed")
+    where = f" on {list_slug}" if list_slug else ""
     click.echo(
         f"{file.name}: {report.added} added, {report.updated} updated, "
-        f"{report.unchanged} unchanged{skipped} on {list_slug}{tail}"
+        f"{report.unchanged} unchanged{units}{skipped}{where}{tail}"
     )
+
+
+def _line_of(problem: str) -> int:
+    try:
+        return int(problem.split(" line ", 1)[1].split(":", 1)[0])
+    except (IndexError, ValueError):
+        return 0
 
 
 def _status_choice() -> click.Choice[str]:
@@ -154,12 +226,13 @@ def _status_choice() -> click.Choice[str]:
 
 @recipients.command("list")
 @list_option
-@click.option("--unit", help="Only this unit.")
+@click.option("--unit", help="Only this unit (a unique beginning of its name will do).")
 @click.option("--status", type=_status_choice(), help="Only this status.")
-@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@output_options
 @pass_state
 def recipients_list(
-    state: State, list_slug: str | None, unit: str | None, status: str | None, as_json: bool
+    state: State, list_slug: str | None, unit: str | None, status: str | None, as_json: bool,
+    as_csv: bool, wide: bool, out_path: Path | None,
 ) -> None:
     """List recipients with their unit, list and status
 
@@ -168,26 +241,30 @@ def recipients_list(
     \b
         mailer recipients list --list send-to --status active
     """
+    out = make_output(as_json, as_csv, wide, out_path)
     with state.store() as store:
+        unit_name = store.resolve_unit(unit).name if unit is not None else None
         members = store.members(
-            list_slug=list_slug, unit=unit, status=Status(status) if status else None
+            list_slug=list_slug, unit=unit_name, status=Status(status) if status else None
         )
-    if as_json:
-        print_json([{**asdict(m), "status": m.status.value} for m in members])
-        return
-    _members_table(state, members, title=f"{len(members)} recipients")
+    _members_table(state, members, out, title=plural(len(members), "recipient"))
 
 
-def _members_table(state: State, members: list[Member], *, title: str) -> None:
-    table = Table(title=title, title_justify="left")
-    for col in ("List", "Unit", "Group", "Email", "Name", "Status", "Since"):
-        table.add_column(col, overflow="fold")
-    for m in members:
-        table.add_row(
-            m.list_slug, m.unit, m.group or "", m.email, m.name or "",
-            m.status.value, state.local_time(m.changed_at),
-        )
-    console().print(table)
+MEMBER_COLUMNS = (Col("list", 3), Col("unit"), Col("group", 4), Col("email"), Col("name", 2),
+                  Col("status"), Col("since", 5))
+
+
+def _members_table(state: State, members: list[Member], out: Output, *, title: str,
+                   unit_column: bool = True) -> None:
+    rows = [[m.list_slug, m.unit, m.group or "", m.email, m.name or "", m.status.value,
+             state.local_time(m.changed_at)] for m in members]
+    records = [{**asdict(m), "status": m.status.value} for m in members]
+    cols = list(MEMBER_COLUMNS)
+    if not unit_column:
+        # One unit's own page: its name and 片组 are in the heading already.
+        rows = [[r[0], *r[3:]] for r in rows]
+        cols = [cols[0], *cols[3:]]
+    emit(out, cols, rows, title=title, records=records)
 
 
 @recipients.command("remove")
@@ -276,19 +353,23 @@ def recipients_export(
 
 @cli.group()
 def units() -> None:
-    """Show the units (member units and superior bodies)
+    """Show, rename, merge and regroup the units (member units and superior bodies)
+
+    A unit may be named by the unique beginning of its name (万向 for 万向集团).
 
     Example:
 
     \b
         mailer units show 万向集团
+        mailer units set-group 万向集团 第四片组
     """
 
 
 @units.command("list")
-@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@output_options
 @pass_state
-def units_list(state: State, as_json: bool) -> None:
+def units_list(state: State, as_json: bool, as_csv: bool, wide: bool,
+               out_path: Path | None) -> None:
     """List units with their 片组 and active addresses per list
 
     Example:
@@ -296,24 +377,24 @@ def units_list(state: State, as_json: bool) -> None:
     \b
         mailer units list
     """
+    out = make_output(as_json, as_csv, wide, out_path)
     with state.store() as store:
-        rows = store.units()
+        found = store.units()
         slugs = [ml.slug for ml in store.lists()]
-    if as_json:
-        print_json([{**asdict(u), "kind": u.kind.value, "active": c} for u, c in rows])
-        return
-    table = Table(title=f"{len(rows)} units", title_justify="left")
-    for col in ("Unit", "Kind", "Group", *slugs):
-        table.add_column(col, overflow="fold")
-    for u, counts in rows:
-        table.add_row(u.name, u.kind.value, u.group or "", *(str(counts.get(s, 0)) for s in slugs))
-    console().print(table)
+    rows = [[u.name, u.kind.value, u.group or "", *(counts.get(s, 0) for s in slugs)]
+            for u, counts in found]
+    records = [{**asdict(u), "kind": u.kind.value, "active": c} for u, c in found]
+    cols = [Col("unit"), Col("kind", 2), Col("group", 1),
+            *(Col(s, right=True) for s in slugs)]
+    emit(out, cols, rows, title=plural(len(rows), "unit"), records=records)
 
 
 @units.command("show")
 @click.argument("unit")
+@output_options
 @pass_state
-def units_show(state: State, unit: str) -> None:
+def units_show(state: State, unit: str, as_json: bool, as_csv: bool, wide: bool,
+               out_path: Path | None) -> None:
     """Show one unit: its addresses on every list and their status
 
     Example:
@@ -321,11 +402,72 @@ def units_show(state: State, unit: str) -> None:
     \b
         mailer units show 娃哈哈集团
     """
+    out = make_output(as_json, as_csv, wide, out_path)
     with state.store() as store:
-        u = store.get_unit(unit)
+        u = store.resolve_unit(unit)
         members = store.members(unit=u.name)
-    click.echo(f"{u.name}  ({u.kind.value}{', 片组 ' + u.group if u.group else ''})")
-    _members_table(state, members, title=f"{len(members)} subscriptions")
+    if out.fmt == "table":
+        click.echo(f"{u.name}  ({u.kind.value}{', 片组 ' + u.group if u.group else ''})")
+    _members_table(state, members, out, title=plural(len(members), "subscription"),
+                   unit_column=False)
+
+
+@units.command("rename")
+@click.argument("unit")
+@click.argument("new_name")
+@pass_state
+def units_rename(state: State, unit: str, new_name: str) -> None:
+    """Give a unit its new name; addresses, lists and history stay with it
+
+    Example:
+
+    \b
+        mailer units rename 娃哈哈集团 杭州娃哈哈集团有限公司
+    """
+    new = clean_text(new_name, "unit name", required=True)
+    assert new is not None
+    with state.store() as store:
+        old = store.rename_unit(unit, new)
+    click.echo(f"unit {old} is now called {new}")
+
+
+@units.command("merge")
+@click.argument("unit")
+@click.argument("into")
+@pass_state
+def units_merge(state: State, unit: str, into: str) -> None:
+    """Move every address of UNIT to INTO and remove UNIT (two names for one unit)
+
+    Example:
+
+    \b
+        mailer units merge 杭州娃哈哈集团有限公司 娃哈哈集团
+    """
+    with state.store() as store:
+        src, dst, moved = store.merge_units(unit, into)
+    click.echo(f"merged {src} into {dst}: {plural(len(moved), 'address', 'addresses')} moved"
+               + (f" ({', '.join(moved)})" if moved else ""))
+
+
+@units.command("set-group")
+@click.argument("unit")
+@click.argument("group", required=False)
+@click.option("--none", "no_group", is_flag=True, help="Take the unit out of any 片组.")
+@pass_state
+def units_set_group(state: State, unit: str, group: str | None, no_group: bool) -> None:
+    """Move a unit to another 片组
+
+    Example:
+
+    \b
+        mailer units set-group 万向集团 第四片组
+    """
+    if (group is None) == (not no_group):
+        raise click.UsageError("give the 片组 (e.g. 第四片组), or --none")
+    value = None if no_group else clean_text(group, "group (片组)", required=True)
+    with state.store() as store:
+        change = store.set_unit_group(unit, value)
+    say_units([change])
 
 
 @units.command("unsubscribe")
@@ -347,16 +489,18 @@ def units_unsubscribe(state: State, unit: str, list_slug: str, reason: str | Non
         )
     if not changed:
         raise InvalidInput(f"{unit} has no active address on {list_slug}; nothing changed")
-    click.echo(f"unsubscribed {len(changed)} address(es) of {unit} from {list_slug}: "
+    click.echo(f"unsubscribed {plural(len(changed), 'address', 'addresses')} of {unit} from "
+               f"{list_slug}: "
                + ", ".join(changed))
 
 
 @cli.command()
-@click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%d %H:%M"]),
-              help="Only from this local date/time on.")
-@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@click.option("--since", type=LocalDateTime(date_only=True),
+              help="Only from this date on (config time zone), e.g. 2015-11-01.")
+@output_options
 @pass_state
-def unsubscribes(state: State, since: dt.datetime | None, as_json: bool) -> None:
+def unsubscribes(state: State, since: dt.datetime | None, as_json: bool, as_csv: bool,
+                 wide: bool, out_path: Path | None) -> None:
     """Who unsubscribed, when, and how (one-click, page, unit, staff)
 
     Example:
@@ -364,22 +508,16 @@ def unsubscribes(state: State, since: dt.datetime | None, as_json: bool) -> None
     \b
         mailer unsubscribes --since 2015-11-01
     """
-    stamp = None
-    if since is not None:
-        local = since.replace(tzinfo=zoneinfo.ZoneInfo(state.config.timezone))
-        stamp = to_stamp(local)
+    out = make_output(as_json, as_csv, wide, out_path)
+    stamp = to_stamp(since.replace(tzinfo=state.zone)) if since is not None else None
     with state.store() as store:
         events = store.unsubscribes(stamp)
-    if as_json:
-        print_json([asdict(e) for e in events])
-        return
-    table = Table(title=f"{len(events)} unsubscribes", title_justify="left")
-    for col in ("At", "Address", "Unit", "List", "Source", "By"):
-        table.add_column(col, overflow="fold")
-    for e in events:
-        table.add_row(state.local_time(e.at), e.subject, e.unit or "", e.list or "",
-                      str(e.detail.get("source", "")), e.actor)
-    console().print(table)
+    rows = [[state.local_time(e.at), e.subject, e.unit or "", e.list or "",
+             str(e.detail.get("source", "")), e.actor] for e in events]
+    cols = [Col("at"), Col("email"), Col("unit"), Col("list", 2), Col("source", 3),
+            Col("by", 4)]
+    emit(out, cols, rows, title=plural(len(rows), "unsubscribe"),
+         records=[asdict(e) for e in events])
 
 
 # --- history ------------------------------------------------------------------
@@ -388,9 +526,10 @@ def unsubscribes(state: State, since: dt.datetime | None, as_json: bool) -> None
 @cli.command()
 @click.argument("subject", required=False)
 @click.option("--limit", default=200, show_default=True, help="At most this many events.")
-@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@output_options
 @pass_state
-def history(state: State, subject: str | None, limit: int, as_json: bool) -> None:
+def history(state: State, subject: str | None, limit: int, as_json: bool, as_csv: bool,
+            wide: bool, out_path: Path | None) -> None:
     """The audit trail: every change to lists, units and addresses
 
     SUBJECT is an email address or a unit name; without it, the latest events.
@@ -402,18 +541,22 @@ def history(state: State, subject: str | None, limit: int, as_json: bool) -> Non
     """
     if limit < 1:
         raise InvalidInput("--limit must be at least 1")
+    out = make_output(as_json, as_csv, wide, out_path)
     with state.store() as store:
+        if subject is not None and "@" not in subject:
+            try:
+                subject = store.resolve_unit(subject).name
+            except UnknownUnit as e:
+                meant = f"; did you mean {' or '.join(e.suggestions)}?" if e.suggestions else ""
+                raise InvalidInput(f"{subject!r} is neither a unit on file nor an email "
+                                   f"address{meant}") from None
         events = store.history(subject, limit=limit)
-    if as_json:
-        print_json([asdict(e) for e in events])
-        return
-    table = Table(title=f"{len(events)} events", title_justify="left")
-    for col in ("At", "Actor", "What", "Subject", "Unit", "List", "Change"):
-        table.add_column(col, overflow="fold")
-    for e in events:
-        table.add_row(state.local_time(e.at), e.actor, e.kind, e.subject,
-                      e.unit if e.unit != e.subject else "", e.list or "", _describe(e))
-    console().print(table)
+    rows = [[state.local_time(e.at), e.actor, e.kind, e.subject,
+             e.unit if e.unit != e.subject else "", e.list or "", _describe(e)]
+            for e in events]
+    cols = [Col("at"), Col("by", 4), Col("what"), Col("subject"), Col("unit", 3),
+            Col("list", 2), Col("change", 1, wrap=True)]
+    emit(out, cols, rows, title=plural(len(rows), "event"), records=[asdict(e) for e in events])
 
 
 def _describe(e: Event) -> str:

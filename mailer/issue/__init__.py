@@ -1,17 +1,21 @@
 """Parse an issue source (plain bulletin text or Markdown) into an ``Issue``.
 
-Two sources give the same ``Issue``: the plain text staff take out of the printed
-PDF (``samples/bulletin-2015-09.txt``) and Markdown with TOML front matter, which is
-what ``to_markdown`` writes for staff to edit. Parsing never raises on odd input: it
-returns the ``Issue`` together with ``Problem``s (errors stop a send, warnings are
-shown). Only input with no masthead at all raises ``IssueError``.
+Every source gives the same ``Issue``: the plain text staff take out of the printed
+PDF (``samples/bulletin-2015-09.txt``), Markdown with TOML front matter, which is
+what ``to_markdown`` writes for staff to edit, and staff's own Word (.docx) and PDF
+files, which ``word`` and ``pdf`` read into that plain text (``extracted``).
+Parsing never raises on odd input: it returns the ``Issue`` together with
+``Problem``s (errors stop a send, warnings are shown). Only input with no masthead
+at all raises ``IssueError``.
 
 The package is split by source format: ``text`` (plain text), ``markdown``
-(Markdown, and writing it), ``common`` (what both share).
+(Markdown, and writing it), ``common`` (what both share), ``word`` and ``pdf``
+(reading those files), ``extracted`` (their text, parsed as plain text).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,16 +24,25 @@ from mailer.errors import InvalidInput, IssueError
 from mailer.links import is_safe_href
 
 from .common import ParseResult, Problem, split_names
+from .extracted import Extracted, as_text, parse_extracted
 from .markdown import parse_markdown, to_markdown
+from .pdf import read_pdf
+from .punctuation import Finding, check_source, fix_issue
 from .text import parse_text
+from .word import read_word
 
 __all__ = [
+    "SUFFIXES",
+    "Finding",
     "ParseResult",
     "Problem",
+    "check_punctuation",
+    "fix_issue",
     "is_safe_href",
     "parse_file",
     "parse_markdown",
     "parse_text",
+    "read_source",
     "split_names",
     "to_markdown",
 ]
@@ -42,30 +55,88 @@ _PARSERS: dict[str, Callable[[str], ParseResult]] = {
     ".md": parse_markdown,
     ".markdown": parse_markdown,
 }
+# Staff's own files: read into the plain text that ``parse_text`` parses.
+_READERS: dict[str, Callable[[bytes, str], Extracted]] = {
+    ".docx": read_word,
+    ".pdf": read_pdf,
+}
+SUFFIXES = (*_PARSERS, *_READERS)
+"""Every kind of issue file, by suffix: what the watched folder picks up too."""
+
+_OLD_WORD = {".doc", ".wps", ".rtf"}
 
 
 def parse_file(path: Path) -> ParseResult:
-    """Parse ``path`` by its suffix (.txt plain text, .md Markdown).
+    """Parse ``path`` by its suffix: .txt plain text, .md Markdown, .docx Word, .pdf the
+    printed edition.
 
-    The bytes are UTF-8 (a BOM is fine), else GB18030 as Chinese Windows saves them,
-    or UTF-16 with a BOM (see ``mailer.charset``).
+    Text bytes are UTF-8 (a BOM is fine), else GB18030 as Chinese Windows saves them,
+    or UTF-16 with a BOM (see ``mailer.charset``). A Word or PDF file's problems name a
+    paragraph or a page instead of a line.
     Raises ``IssueError`` naming the file if it cannot be read, decoded or parsed.
     """
-    parser = _PARSERS.get(path.suffix.lower())
-    if parser is None:
+    try:
+        if path.suffix.lower() in _READERS:
+            return parse_extracted(_extract(path))
+        return _parser(path)(read_source(path))
+    except IssueError as e:
+        message = str(e)
+        raise IssueError(message if message.startswith(str(path)) or
+                         message.startswith(path.name) else f"{path}: {message}") from e
+
+
+def _kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in _OLD_WORD:
+        raise IssueError(
+            f"{path}: Word can open this {suffix} file but mailer cannot; open it in Word "
+            "and choose File > Save As > Word Document (*.docx)"
+        )
+    if suffix not in _PARSERS and suffix not in _READERS:
         raise IssueError(
             f"{path}: unknown kind of issue file {path.suffix or '(no suffix)'!r}; use .txt "
-            "(plain bulletin text) or .md (Markdown with TOML front matter)"
+            "(plain bulletin text), .md (Markdown with TOML front matter), .docx (Word) "
+            "or .pdf (the printed edition)"
         )
+    return suffix
+
+
+def _parser(path: Path) -> Callable[[str], ParseResult]:
+    parser = _PARSERS.get(_kind(path))
+    if parser is None:
+        raise IssueError(f"{path}: a {path.suffix} file has no plain text of its own")
+    return parser
+
+
+def _read(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as e:
         raise IssueError(f"{path}: cannot read the file ({e.strerror or e})") from e
+
+
+def _extract(path: Path) -> Extracted:
+    return _READERS[_kind(path)](_read(path), path.name)
+
+
+def read_source(path: Path) -> str:
+    """The text of a .txt or .md issue file, decoded (see ``parse_file``)."""
+    _parser(path)
     try:
-        text, _ = decode(data, str(path), hint="save the issue as UTF-8 text (.txt or .md)")
+        text, _ = decode(_read(path), str(path),
+                         hint="save the issue as UTF-8 text (.txt or .md)")
     except InvalidInput as e:
         raise IssueError(str(e)) from None
-    try:
-        return parser(text)
-    except IssueError as e:
-        raise IssueError(f"{path}: {e}") from e
+    return text
+
+
+def check_punctuation(path: Path) -> list[Finding]:
+    """Half-width marks between Chinese characters in an issue file, by line (in a
+    Word or PDF file, by paragraph or page)."""
+    if _kind(path) in _READERS:
+        extracted = _extract(path)
+        found = check_source(as_text(extracted))
+        return [dataclasses.replace(f, where=extracted.lines[f.line - 1].where)
+                if 0 < f.line <= len(extracted.lines) else f for f in found]
+    markdown = _parser(path) is parse_markdown  # its TOML front matter is skipped
+    return check_source(read_source(path), markdown=markdown)

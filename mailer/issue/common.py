@@ -14,7 +14,18 @@ from markdown_it.rules_inline.state_inline import Delimiter, Scanned, StateInlin
 from markdown_it.token import Token
 
 from mailer.links import is_safe_href
-from mailer.models import Article, EndBlock, EndLine, Issue, Span
+from mailer.models import (
+    COPIES_LABEL,
+    END_LABELS,
+    ISSUED_LABEL,
+    Article,
+    EndBlock,
+    EndKind,
+    EndLine,
+    Issue,
+    Span,
+)
+from mailer.numerals import DATE_PATTERN, NUMBER_PATTERN, number_value
 
 Severity = Literal["error", "warning"]
 
@@ -26,9 +37,17 @@ class Problem:
     line: int  # 1-based line in the source, 0 if not tied to a line
     message: str
     severity: Severity
+    # Where staff find it in a Word or PDF file ("paragraph 12", "page 3"), which
+    # has no lines; empty for text and Markdown, whose ``line`` says it.
+    where: str = field(default="", compare=False)
+
+    @property
+    def place(self) -> str:
+        """``line 12``, ``paragraph 12``, ``page 3``; empty if not tied to a place."""
+        return self.where or (f"line {self.line}" if self.line else "")
 
     def __str__(self) -> str:
-        where = f"line {self.line}: " if self.line else ""
+        where = f"{self.place}: " if self.place else ""
         return f"{where}{self.severity}: {self.message}"
 
 
@@ -209,8 +228,15 @@ def _wide(ch: str) -> bool:
 _STARS = ("☆", "★")
 _RULE_RE = re.compile(r"^[-—─━_=*·.\s]{3,}$")
 _ENTRY_MARK_RE = re.compile(r"^(?:[-*•·●▪]\s*)?(?:(?:\d{1,3}\s*[、.．)）]|[(（]\d{1,3}[)）])\s*)?")
-_END_RE = re.compile(r"^(?P<label>抄送|抄报|报|送|发)\s*[:：]\s*(?P<text>.*)$")
-_COPIES_RE = re.compile(r"[(（]?\s*共印\s*(?P<n>\d+)\s*份\s*[)）]?$")
+# 报：, 报送：, 抄　送：… (a label may be spaced out to the width of the others).
+_END_RE = re.compile(
+    r"^(?P<label>"
+    + "|".join(r"\s*".join(lb) for lb in sorted(END_LABELS, key=len, reverse=True))
+    + r")\s*[:：]\s*(?P<text>.*)$"
+)
+_COPIES_RE = re.compile(r"[(（]?\s*共印\s*(?P<n>" + NUMBER_PATTERN + r")\s*份\s*[)）]?$")
+# 杭州市“两新”党务工作者协会秘书处　　2015 年 11 月 24 日印发
+_ISSUED_RE = re.compile(r"^(?P<body>.*?)\s*(?P<date>" + DATE_PATTERN + r")?\s*印\s*发$")
 
 
 # --- end block (报尾) -------------------------------------------------------------
@@ -259,6 +285,12 @@ def split_names(text: str) -> tuple[str, ...]:
     return tuple(n for n in names if n)
 
 
+def is_end_line(s: str) -> bool:
+    """Whether a line can belong to the end block: a labelled line (报：…), the
+    印发 line or the copies line."""
+    return bool(_END_RE.match(s) or _COPIES_RE.match(s) or _ISSUED_RE.match(s))
+
+
 def _end_start(rows: list[tuple[int, str]]) -> int:
     """Index of the first row of the end block: the first 报：/发： line after which
     only end-block lines follow; ``len(rows)`` if there is none."""
@@ -270,36 +302,59 @@ def _end_start(rows: list[tuple[int, str]]) -> int:
 
 def _all_end_lines(rows: list[tuple[int, str]]) -> bool:
     for _, s in rows:
-        if _END_RE.match(s) or _COPIES_RE.match(s) or _RULE_RE.match(s) or s.endswith("印发"):
+        if is_end_line(s) or _RULE_RE.match(s):
             continue
         if s.startswith(_STARS) or s.endswith(("。", "！", "？")):
             return False  # article text, not a wrapped 报： line
     return True
 
 
+def _copies(line: int, text: str, rep: _Problems) -> tuple[str, EndLine | None, int | None]:
+    """``text`` without a copies note at its end (发：协会会员　共印 50 份), that note as
+    a line of its own (as written) and the number it gives."""
+    c = _COPIES_RE.search(text)
+    if c is None:
+        return text, None, None
+    n = number_value(c["n"])
+    if n is None:
+        rep.warning(line, f"{_q(c.group(0))}: the number of copies is not a number; kept as "
+                          "written")
+    note = EndLine(COPIES_LABEL, c.group(0).strip(), kind=EndKind.COPIES)
+    return text[: c.start()].rstrip(), note, n
+
+
 def _end_block(rows: list[tuple[int, str]], rep: _Problems) -> EndBlock:
-    found: list[tuple[str, str]] = []
-    copies: int | None = None
+    """The end block as written: every line in order, with its label, punctuation kept."""
+    found: list[EndLine] = []
+    count: int | None = None
+    wrapped = False  # the last line found is a 报： line that may go on on the next row
     for line, s in rows:
         m = _END_RE.match(s)
-        c = _COPIES_RE.search(s)
         if m:
-            text = m["text"]
-            if c:
-                copies = int(c["n"])
-                text = text[: len(text) - len(c.group(0))].rstrip()
-            found.append((m["label"], text.strip()))
-        elif c and c.start() == 0:
-            copies = int(c["n"])
+            text, copies, n = _copies(line, m["text"].strip(), rep)
+            label = re.sub(r"\s+", "", m["label"])
+            found.append(EndLine(label, text, split_names(text)))
         elif _RULE_RE.match(s):
+            wrapped = False
             continue
-        elif s.endswith("印发"):
-            rep.warning(line, f"{_q(s)} is not kept (the date is in the masthead)")
-        elif found:  # a long 报： line wrapped onto the next line
-            found[-1] = (found[-1][0], found[-1][1] + s)
         else:
-            rep.warning(line, f"{_q(s)} in the end block is not kept")
-    return EndBlock(tuple(EndLine(lb, t, split_names(t)) for lb, t in found), copies)
+            text, copies, n = _copies(line, s, rep)
+            issued = _ISSUED_RE.match(text) if text else None
+            if issued:
+                found.append(EndLine(ISSUED_LABEL, issued["body"].strip(), kind=EndKind.ISSUED,
+                                     date=(issued["date"] or "").strip()))
+            elif text and wrapped and found:  # a long 报： line wrapped onto the next line
+                last = found[-1]
+                joined = last.text + text
+                found[-1] = EndLine(last.label, joined, split_names(joined))
+            elif text:
+                rep.warning(line, f"{_q(s)} in the end block is not a 报：/发： line, a 印发 "
+                                  "line or a copies line (共印 N 份); it is not kept")
+        if copies is not None:
+            found.append(copies)
+            count = n if n is not None else count
+        wrapped = bool(found) and found[-1].kind is EndKind.NAMES
+    return EndBlock(tuple(found), count)
 
 
 # --- contents -------------------------------------------------------------------

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import difflib
 import itertools
 import json
 import re
-import tomllib
 from collections.abc import Sequence
-from typing import Any
 
 from markdown_it.token import Token
 
 from mailer.errors import IssueError
-from mailer.models import Article, Block, BlockKind, EndBlock, EndLine, Issue, Masthead, Span
+from mailer.models import (
+    Article,
+    Block,
+    BlockKind,
+    EndBlock,
+    EndKind,
+    EndLine,
+    Issue,
+    Span,
+)
 
 from .common import (
     _COPIES_RE,
@@ -32,14 +37,13 @@ from .common import (
     _q,
     check_header_text,
     check_lone_cr,
+    is_end_line,
     split_names,
 )
+from .front import OVERRIDES, read_front
 
 # --- Markdown -------------------------------------------------------------------
 
-_FRONT_STR = ("notice", "organisation", "title", "publisher")
-_FRONT_KEYS = (*_FRONT_STR, "year", "number", "total_number", "date", "send_at")
-_FRONT_OVERRIDES = {"report_to": "报", "send_to": "发"}
 _CONTENTS_TITLES = {"本期导读", "本期要目", "本期目录", "目录"}
 
 
@@ -50,7 +54,8 @@ def _is_contents_title(text: str) -> bool:
 def parse_markdown(text: str) -> ParseResult:
     """Parse Markdown with TOML front matter between ``+++`` lines (see ``to_markdown``).
 
-    Raises ``IssueError`` if there is no front matter or it is not valid TOML.
+    Raises ``IssueError`` if there is no front matter; what is wrong inside it is
+    reported as problems at their lines (``front``).
     """
     rep = _Problems()
     lines = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
@@ -59,19 +64,9 @@ def parse_markdown(text: str) -> ParseResult:
     close = next((i for i in range(1, len(lines)) if lines[i].strip() == "+++"), None)
     if close is None:
         raise IssueError("the front matter opened on line 1 has no closing '+++' line")
-    front = "\n".join(lines[1:close])
-    try:
-        data = tomllib.loads(front)
-    except tomllib.TOMLDecodeError as e:
-        msg = re.sub(r"line (\d+)", lambda m: f"line {int(m[1]) + 1}", str(e))
-        raise IssueError(f"the front matter is not valid TOML: {msg}") from e
-
-    key_lines: dict[str, int] = {}
-    for i, ln in enumerate(lines[1:close], start=2):
-        km = re.match(r'\s*"?([A-Za-z0-9_-]+)"?\s*=', ln)
-        if km:
-            key_lines.setdefault(km[1], i)
-    masthead, send_at, overrides = _front_matter(data, key_lines, rep)
+    front = read_front(lines[1:close], 2, rep)
+    masthead, send_at, overrides, key_lines = (front.masthead, front.send_at, front.overrides,
+                                               front.lines)
     check_lone_cr(rep, text.lstrip("\ufeff"), close + 1)
     for key, value in (("title", masthead.title), ("organisation", masthead.organisation)):
         check_header_text(rep, key_lines.get(key, 0), key, value)
@@ -80,13 +75,14 @@ def parse_markdown(text: str) -> ParseResult:
     walker = _MarkdownBody(rep, offset)
     walker.walk(_MD.parse("\n".join(lines[close + 1 :])))
     end = walker.end
-    for key, label in _FRONT_OVERRIDES.items():
+    for key, label in OVERRIDES.items():
         if key in overrides:
             new = EndLine(label, overrides[key], split_names(overrides[key]))
             old = [ln for ln in end.lines if ln.label != label]
             pos = next((i for i, ln in enumerate(end.lines) if ln.label == label), None)
-            if pos is None:
-                pos = 0 if label == "报" else len(old)
+            if pos is None:  # 报 first; 发 after the last line that names bodies
+                named = [i for i, ln in enumerate(old) if ln.kind is EndKind.NAMES]
+                pos = 0 if label == "报" or not named else named[-1] + 1
             end = EndBlock((*old[:pos], new, *old[pos:]), end.copies)
 
     if not walker.articles:
@@ -103,83 +99,6 @@ def parse_markdown(text: str) -> ParseResult:
         send_at=send_at,
     )
     return ParseResult(issue, rep.sorted())
-
-
-def _kind(value: object) -> str:
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, dt.datetime):
-        return "a date-time"
-    if isinstance(value, dt.date):
-        return "a date"
-    return {str: "a string", int: "an integer", float: "a number", list: "a list"}.get(
-        type(value), "a table"
-    )
-
-
-def _front_matter(
-    data: dict[str, Any], key_lines: dict[str, int], rep: _Problems
-) -> tuple[Masthead, dt.datetime | None, dict[str, str]]:
-    def wrong(key: str, expected: str) -> None:
-        rep.error(
-            key_lines.get(key, 0),
-            f"front matter key '{key}' must be {expected}, not {_kind(data[key])}",
-        )
-
-    def missing(key: str, example: str) -> None:
-        rep.error(0, f"front matter has no '{key}' (add a line such as {key} = {example})")
-
-    strings: dict[str, str] = {}
-    for key in (*_FRONT_STR, *_FRONT_OVERRIDES):
-        value = data.get(key)
-        if isinstance(value, str):
-            strings[key] = value
-        elif value is not None:
-            wrong(key, 'a string in quotes, e.g. "…"')
-        elif key in _FRONT_STR:
-            missing(key, '"…"')
-
-    ints: dict[str, int | None] = {}
-    for key, example in (("year", "2015"), ("number", "9"), ("total_number", "33")):
-        value = data.get(key)
-        ints[key] = None
-        if isinstance(value, int) and not isinstance(value, bool):
-            ints[key] = value
-        elif value is not None:
-            wrong(key, f"a whole number such as {example}")
-        elif key != "total_number":
-            missing(key, example)
-
-    date = data.get("date")
-    if date is None:
-        missing("date", "2015-11-24")
-    elif isinstance(date, dt.datetime) or not isinstance(date, dt.date):
-        wrong("date", "a date such as 2015-11-24 (no quotes, no time)")
-        date = None
-    send_at = data.get("send_at")
-    if send_at is not None and not isinstance(send_at, dt.datetime):
-        wrong("send_at", "a date and time such as 2015-11-25T09:00:00+08:00 (no quotes)")
-        send_at = None
-
-    known = (*_FRONT_KEYS, *_FRONT_OVERRIDES)
-    for key in data:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, 1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            rep.warning(key_lines.get(key, 0), f"unknown front matter key '{key}'{hint}")
-
-    masthead = Masthead(
-        notice=strings.get("notice", ""),
-        organisation=strings.get("organisation", ""),
-        title=strings.get("title", ""),
-        year=ints["year"] or 0,
-        number=ints["number"] or 0,
-        total_number=ints["total_number"],
-        publisher=strings.get("publisher", ""),
-        date=date,
-    )
-    overrides = {k: v for k, v in strings.items() if k in _FRONT_OVERRIDES}
-    return masthead, send_at, overrides
 
 
 class _MarkdownBody:
@@ -349,7 +268,7 @@ class _MarkdownBody:
         for tok in tokens[last + 1 :]:
             if tok.type == "inline":
                 first = tok.content.split("\n")[0]
-                if not (_END_RE.match(first) or _COPIES_RE.fullmatch(first)):
+                if not is_end_line(first):
                     return len(tokens)
             elif tok.type not in ("paragraph_open", "paragraph_close"):
                 return len(tokens)
@@ -428,7 +347,7 @@ def to_markdown(issue: Issue) -> str:
     if issue.send_at is not None:
         out.append(f"send_at = {issue.send_at.isoformat()}")
     else:
-        out.append("# send_at = 2015-11-25T09:00:00+08:00  # when to send (optional)")
+        out.append("# send_at = 2015-11-25 09:00  # when to send (optional, local time)")
     out += ["+++", ""]
     # Only the first '## ' heading can open the contents, so an article that happens
     # to be called 本期导读 needs a contents heading (maybe empty) in front of it.
@@ -450,9 +369,7 @@ def to_markdown(issue: Issue) -> str:
             else:
                 out.append(_md_block_start(_md_spans(block.spans)))
             out.append("")
-    if issue.end.lines or issue.end.copies is not None:
+    if issue.end.lines:
         out += ["---", ""]
-        out += [f"{ln.label}：{_md_inline(ln.text)}\n" for ln in issue.end.lines]
-        if issue.end.copies is not None:
-            out += [f"共印 {issue.end.copies} 份", ""]
+        out += [_md_block_start(_md_inline(ln.written)) + "\n" for ln in issue.end.lines]
     return "\n".join(out).rstrip("\n") + "\n"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from mailer.errors import IssueError
 from mailer.models import Article, Block, BlockKind, Issue, Masthead, Span
+from mailer.numerals import CN_DIGIT, DATE_RE, LOOSE_DATE_RE, NUMBER_PATTERN, date_of, number_value
 
 from .common import (
     _ENTRY_MARK_RE,
@@ -29,11 +30,15 @@ from .common import (
 
 # --- plain text -----------------------------------------------------------------
 
+# 2015 年第 9 期 总第 33 期, 二〇一五年第九期（总第三十三期）
 _ISSUE_RE = re.compile(
-    r"^(?P<year>\d{4})\s*年\s*第\s*(?P<number>\d{1,4})\s*期\s*"
-    r"(?:[(（]?\s*总\s*第\s*(?P<total>\d{1,6})\s*期\s*[)）]?)?$"
+    rf"^(?P<year>\d{{4}}|[{CN_DIGIT}]{{4}})\s*年\s*第\s*(?P<number>{NUMBER_PATTERN})\s*期\s*"
+    rf"(?:[(（]?\s*总\s*第\s*(?P<total>{NUMBER_PATTERN})\s*期\s*[)）]?)?$"
 )
-_DATE_RE = re.compile(r"(?P<y>\d{4})\s*年\s*(?P<m>\d{1,2})\s*月\s*(?P<d>\d{1,2})\s*日")
+# What staff meant as the issue line, for a message at its own line when it cannot be read.
+_LOOSE_ISSUE_RE = re.compile(r"第\s*\S{1,8}\s*期")
+_ISSUE_HINT = "write it as 2015 年第 9 期 总第 33 期 (or 二〇一五年第九期 总第三十三期)"
+_DATE_HINT = "write it as 2015 年 11 月 24 日 (or 二〇一五年十一月二十四日)"
 _CONTENTS_RE = re.compile(r"^[【\[]?\s*(?:本期导读|本期要目|本期目录|目\s*录)\s*[】\]]?\s*[:：]?$")
 _SECTION_RE = re.compile(r"^[一二三四五六七八九十]{1,3}、")
 _SUBSECTION_RE = re.compile(r"^[(（][一二三四五六七八九十]{1,3}[)）]")
@@ -138,16 +143,34 @@ def parse_text(text: str) -> ParseResult:
     return ParseResult(issue, rep.sorted())
 
 
-def _plain_masthead(rows: list[tuple[int, str]], rep: _Problems) -> Masthead:
+def _issue_line(rows: list[tuple[int, str]]) -> int:
+    """Index of the issue line (2015 年第 9 期 …); raises ``IssueError`` at the line of
+    one that cannot be read, or when there is none."""
     at = next((k for k, (_, s) in enumerate(rows) if _ISSUE_RE.match(s)), None)
-    if at is None:
-        raise IssueError(
-            "no issue line such as '2015 年第 9 期 总第 33 期' above the contents and "
-            "articles; is this a bulletin?"
-        )
+    if at is not None:
+        return at
+    for line, s in rows:
+        if _LOOSE_ISSUE_RE.search(s) and "年" in s:
+            raise IssueError(f"line {line}: {_q(s, 40)} is not an issue line that can be "
+                             f"read; {_ISSUE_HINT}")
+    raise IssueError(
+        "no issue line such as '2015 年第 9 期 总第 33 期' above the contents and "
+        "articles; is this a bulletin?"
+    )
+
+
+def _plain_masthead(rows: list[tuple[int, str]], rep: _Problems) -> Masthead:
+    at = _issue_line(rows)
     issue_line, issue_text = rows[at]
     m = _ISSUE_RE.match(issue_text)
     assert m is not None
+    year, number = number_value(m["year"]), number_value(m["number"])
+    total = number_value(m["total"]) if m["total"] else None
+    for part, value in (("year", year), ("number", number), ("total number", total)):
+        key = {"year": "year", "number": "number", "total number": "total"}[part]
+        if m[key] and value is None:
+            rep.error(issue_line, f"the issue {part} {_q(m[key])} is not a number that can "
+                                  f"be read; {_ISSUE_HINT}")
     above = [s for _, s in rows[:at]]
     title = above[-1] if above else ""
     organisation = above[-2] if len(above) >= 2 else ""
@@ -166,14 +189,19 @@ def _plain_masthead(rows: list[tuple[int, str]], rep: _Problems) -> Masthead:
 
     publisher = ""
     date: dt.date | None = None
+    dated = False  # a line was meant as the date (read or not)
     for line, s in rows[at + 1 :]:
-        d = _DATE_RE.search(s)
+        d = DATE_RE.search(s) or LOOSE_DATE_RE.search(s)
         rest = (s[: d.start()] + s[d.end() :]).strip() if d else s
-        if d and date is None:
-            try:
-                date = dt.date(int(d["y"]), int(d["m"]), int(d["d"]))
-            except ValueError:
-                rep.error(line, f"{_q(d.group(0))} is not a valid date")
+        if d and not dated:
+            dated = True
+            if d.re is not DATE_RE:
+                rep.error(line, f"{_q(d.group(0))} is not a date that can be read; {_DATE_HINT}")
+            else:
+                try:
+                    date = date_of(d)
+                except ValueError:
+                    rep.error(line, f"{_q(d.group(0))} is not a valid date")
         elif d:
             rep.warning(line, f"second date {_q(d.group(0))} in the masthead; ignored")
         if rest and not publisher:
@@ -182,16 +210,15 @@ def _plain_masthead(rows: list[tuple[int, str]], rep: _Problems) -> Masthead:
             rep.warning(line, f"{_q(rest)} is not part of the masthead; ignored")
     if not publisher:
         rep.error(issue_line, "no publisher line (…编印) under the issue line")
-    if date is None and not any(_DATE_RE.search(s) for _, s in rows[at + 1 :]):
-        rep.error(issue_line, "no date line such as '2015 年 11 月 24 日' in the masthead")
-    total = m["total"]
+    if not dated:
+        rep.error(issue_line, f"no date line in the masthead under the issue line; {_DATE_HINT}")
     return Masthead(
         notice=notice,
         organisation=organisation,
         title=title,
-        year=int(m["year"]),
-        number=int(m["number"]),
-        total_number=int(total) if total else None,
+        year=year or 0,
+        number=number or 0,
+        total_number=total,
         publisher=publisher,
         date=date,
     )

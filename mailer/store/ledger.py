@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import AlreadySent, CampaignNotSending, InvalidInput, UnknownCampaign
-from ..models import Campaign, CampaignStatus, Delivery, DeliveryStatus, Status
+from ..models import Campaign, CampaignStatus, Delivery, DeliveryStatus, Role, Status
 from ..stamps import stamp as _stamp
 from .base import StoreBase
 
@@ -197,7 +197,8 @@ class LedgerMixin(StoreBase):
 
     def set_campaign_status(
         self, /, campaign_id: int, status: CampaignStatus, *,
-        allowed_from: Sequence[CampaignStatus], resume_at: dt.datetime | None = None, **detail: Any,
+        allowed_from: Sequence[CampaignStatus], resume_at: dt.datetime | None = None,
+        reason: str | None = None,
     ) -> None:
         with self.write():
             c = self.campaign(campaign_id)
@@ -211,11 +212,11 @@ class LedgerMixin(StoreBase):
                 "UPDATE campaigns SET status = ?, finished_at = COALESCE(?, finished_at), "
                 "resume_at = ?, status_reason = ? WHERE id = ?",
                 [status.value, finished, _stamp(resume_at) if resume_at else None,
-                 detail.get("reason"), campaign_id],
+                 reason, campaign_id],
             )
             self._event("campaign.status", f"campaign {campaign_id}",
                         before={"status": c.status.value}, after={"status": status.value},
-                        **detail)
+                        **({"reason": reason} if reason else {}))
 
     def approve(self, campaign_id: int) -> None:
         """Record who approved a scheduled campaign (schedule.require_approval)."""
@@ -328,7 +329,8 @@ class LedgerMixin(StoreBase):
         sql = (
             "SELECT d.id, d.campaign_id, d.recipient_id, r.uid, d.email, r.name, u.name, l.slug, "
             "d.status, d.attempts, d.message_id, d.last_code, d.last_response, d.sent_at, "
-            "d.updated_at FROM deliveries d JOIN recipients r ON r.id = d.recipient_id "
+            "d.updated_at, d.bounce_at, d.bounce_kind, d.bounce_text "
+            "FROM deliveries d JOIN recipients r ON r.id = d.recipient_id "
             "JOIN units u ON u.id = r.unit_id JOIN lists l ON l.id = d.list_id "
             "WHERE d.campaign_id = ?"
         )
@@ -341,7 +343,8 @@ class LedgerMixin(StoreBase):
             Delivery(id=r[0], campaign_id=r[1], recipient_id=r[2], uid=r[3], email=r[4],
                      name=r[5], unit=r[6], list_slug=r[7], status=DeliveryStatus(r[8]),
                      attempts=r[9], message_id=r[10], last_code=r[11], last_response=r[12],
-                     sent_at=r[13], updated_at=r[14])
+                     sent_at=r[13], updated_at=r[14], bounce_at=r[15], bounce_kind=r[16],
+                     bounce_text=r[17])
             for r in self.db.execute(sql + " ORDER BY l.id, u.id, d.email", params)
         ]
 
@@ -477,7 +480,7 @@ class LedgerMixin(StoreBase):
 
     def _bounce(self, delivery_id: int, code: int, response: str) -> None:
         r = self.db.execute(
-            "SELECT d.recipient_id, d.list_id, d.email, u.name, l.slug, s.status "
+            "SELECT d.recipient_id, d.list_id, d.email, u.name, l.slug, s.status, l.role "
             "FROM deliveries d JOIN recipients r ON r.id = d.recipient_id "
             "JOIN units u ON u.id = r.unit_id JOIN lists l ON l.id = d.list_id "
             "JOIN subscriptions s ON s.recipient_id = d.recipient_id AND s.list_id = d.list_id "
@@ -486,7 +489,14 @@ class LedgerMixin(StoreBase):
         ).fetchone()
         if r is None or r[5] != Status.ACTIVE.value:
             return
-        rid, lid, email, unit, slug, _ = r
+        rid, lid, email, unit, slug, _, role = r
+        if Role(role) is Role.REPORT_TO:
+            # An official recipient is fixed by a person, never stopped by a machine
+            # (the same rule as for bounces that come back by mail).
+            self._event("bounce.flagged", email, unit=unit, list_slug=slug, actor="smtp",
+                        reply=f"{code} {response}"[:300],
+                        note="report-to body: check and fix the address by hand")
+            return
         self.db.execute(
             "UPDATE subscriptions SET status = 'bounced', changed_at = ?, source = 'smtp' "
             "WHERE recipient_id = ? AND list_id = ?",

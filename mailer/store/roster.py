@@ -2,26 +2,40 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidInput, StaffOnly, UnknownRecipient
-from ..models import Event, MailingList, Member, Role, Status, Unit, UnitKind, may_unsubscribe
+from ..errors import AlreadySo, InvalidInput, StaffOnly, UnknownRecipient, UnknownUnit
+from ..models import (
+    Event,
+    ImportRow,
+    MailingList,
+    Member,
+    Role,
+    Status,
+    Unit,
+    UnitKind,
+    may_unsubscribe,
+)
 from ..validate import Address, normalise_email
 from .base import StoreBase
 
+__all__ = ["ImportReport", "ImportRow", "RosterMixin", "Subscriber", "UnitChange",
+           "group_order"]
 
-@dataclass
-class ImportRow:
-    """One validated row of a recipients file."""
 
-    line: int
-    address: Address
-    name: str | None
+@dataclass(frozen=True)
+class UnitChange:
+    """A unit created or whose 片组 changed by an import or an add."""
+
     unit: str
-    group: str | None
+    before: str | None  # the old 片组 (None: none, or the unit is new)
+    after: str | None
+    created: bool = False
 
 
 @dataclass
@@ -29,8 +43,17 @@ class ImportReport:
     added: int = 0
     updated: int = 0
     unchanged: int = 0
+    units: list[UnitChange] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # rows kept as they are, and why
     dry_run: bool = False
+
+    @property
+    def units_created(self) -> list[UnitChange]:
+        return [u for u in self.units if u.created]
+
+    @property
+    def units_changed(self) -> list[UnitChange]:
+        return [u for u in self.units if not u.created]
 
 
 @dataclass(frozen=True)
@@ -85,6 +108,107 @@ class RosterMixin(StoreBase):
         assert cur.lastrowid is not None
         return Unit(id=cur.lastrowid, name=name, kind=kind, group=group)
 
+    def _unit_names(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT name FROM units ORDER BY id")]
+
+    def similar_units(self, name: str, *, close: bool = True,
+                      among: Sequence[str] | None = None) -> tuple[str, ...]:
+        """Units on file a name may be meant as: one holds the other (娃哈哈集团 and
+        杭州娃哈哈集团有限公司), and with ``close`` those a character or two apart."""
+        names = self._unit_names() if among is None else among
+        held = [n for n in names if n != name and (n in name or name in n)]
+        near = difflib.get_close_matches(name, names, n=3, cutoff=0.7) if close else []
+        return tuple(dict.fromkeys([*held, *near]))[:3]
+
+    def resolve_unit(self, name: str) -> Unit:
+        """A unit named in full, or by the unique beginning of its name; otherwise
+        ``UnknownUnit`` with the names meant most likely."""
+        wanted = name.strip()
+        u = self._unit_row(wanted)
+        if u is not None:
+            return u
+        names = self._unit_names()
+        starts = [n for n in names if n.startswith(wanted)] if wanted else []
+        if len(starts) == 1:
+            found = self._unit_row(starts[0])
+            assert found is not None
+            return found
+        if len(starts) > 1:
+            raise InvalidInput(f"{wanted!r} begins {len(starts)} unit names: "
+                               f"{', '.join(starts[:6])}; give more of the name")
+        raise UnknownUnit(wanted, self.similar_units(wanted))
+
+    def _unit_for(self, name: str, group: str | None, ml: MailingList, *, create: bool,
+                  changes: list[UnitChange], on_file: Sequence[str] | None = None) -> Unit:
+        """The unit a row or an add names, created when it is new; a name that holds
+        or is held by one ``on_file`` (before this import) is refused, since one unit
+        under two names gets the bulletin twice (``create`` forces it). Names a
+        character apart are not: 万向集团 and 万华集团 are two companies. A 片组 given
+        for a unit on file becomes its 片组, and is reported."""
+        u = self._unit_row(name)
+        if u is None:
+            like = self.similar_units(name, close=False, among=on_file)
+            if like and not create:
+                raise InvalidInput(
+                    f"unknown unit {name!r}; did you mean {' or '.join(like)}? Use that "
+                    "name, or --create-units to create it as a new unit")
+            u = self._create_unit(name, _kind_for(ml.role), group)
+            changes.append(UnitChange(name, None, group, created=True))
+            return u
+        if group and group != u.group:
+            self._set_group(u, group)
+            changes.append(UnitChange(u.name, u.group, group))
+            u = Unit(id=u.id, name=u.name, kind=u.kind, group=group)
+        return u
+
+    def _set_group(self, u: Unit, group: str | None) -> None:
+        self.db.execute("UPDATE units SET group_name = ? WHERE id = ?", [group, u.id])
+        self._event("unit.changed", u.name, unit=u.name, before={"group": u.group},
+                    after={"group": group})
+
+    def set_unit_group(self, name: str, group: str | None) -> UnitChange:
+        """Change a unit's 片组 (None: no 片组); audited."""
+        with self.write():
+            u = self.resolve_unit(name)
+            if u.group == group:
+                raise AlreadySo(f"{u.name} is already in {group or 'no 片组'}; nothing changed")
+            self._set_group(u, group)
+            return UnitChange(u.name, u.group, group)
+
+    def rename_unit(self, old: str, new: str) -> str:
+        """Give a unit a new name; its addresses and subscriptions stay. Returns the old
+        full name. The history keeps both names (`mailer history NEW` shows the rename)."""
+        with self.write():
+            u = self.resolve_unit(old)
+            if u.name == new:
+                raise AlreadySo(f"the unit is already called {new}; nothing changed")
+            if self._unit_row(new) is not None:
+                raise InvalidInput(f"a unit {new!r} is already on file; to make the two one "
+                                   f"use `mailer units merge {u.name} {new}`")
+            self.db.execute("UPDATE units SET name = ? WHERE id = ?", [new, u.id])
+            self._event("unit.renamed", new, unit=new, before={"name": u.name},
+                        after={"name": new})
+            return u.name
+
+    def merge_units(self, source: str, into: str) -> tuple[str, str, list[str]]:
+        """Move every address of ``source`` to ``into`` and remove the emptied unit (its
+        history stays under its name). Returns (source, into, the addresses moved)."""
+        with self.write():
+            src, dst = self.resolve_unit(source), self.resolve_unit(into)
+            if src.id == dst.id:
+                raise InvalidInput(f"{src.name} and {dst.name} are the same unit")
+            moved = [r[0] for r in self.db.execute(
+                "SELECT email FROM recipients WHERE unit_id = ? ORDER BY email", [src.id])]
+            self.db.execute("UPDATE recipients SET unit_id = ? WHERE unit_id = ?",
+                            [dst.id, src.id])
+            for email in moved:
+                self._event("recipient.moved", email, unit=dst.name,
+                            before={"unit": src.name}, after={"unit": dst.name})
+            self.db.execute("DELETE FROM units WHERE id = ?", [src.id])
+            self._event("unit.merged", src.name, unit=dst.name, before={"name": src.name},
+                        after={"name": dst.name}, addresses=len(moved))
+            return src.name, dst.name, moved
+
     # --- recipients -----------------------------------------------------------
 
     def add_recipient(
@@ -96,45 +220,58 @@ class RosterMixin(StoreBase):
         name: str | None = None,
         group: str | None = None,
         create_unit: bool = False,
-    ) -> None:
-        """Put one address on a list (staff's `recipients add`). Refuses duplicates,
-        unknown units (unless ``create_unit``) and moving an address between units."""
+    ) -> list[UnitChange]:
+        """Put one address on a list (staff's `recipients add`). Units are treated as
+        an import treats them (new ones created, look-alikes refused, a 片组 given
+        applied); refuses duplicates and moving an address between units. Returns
+        the unit created or changed, if any."""
+        changes: list[UnitChange] = []
         with self.write():
             ml = self.get_list(list_slug)
-            u = self._unit_row(unit)
-            if u is None:
-                if not create_unit:
-                    raise InvalidInput(
-                        f"unknown unit {unit!r}; check the name in `mailer units list`, "
-                        "or add --create-unit to create it"
-                    )
-                u = self._create_unit(unit, _kind_for(ml.role), group)
+            u = self._unit_for(unit, group, ml, create=create_unit, changes=changes)
             self._put(ml, u, address, name, strict=True, report=None)
+        return changes
 
-    def import_rows(self, rows: list[ImportRow], *, list_slug: str, dry_run: bool) -> ImportReport:
-        """Apply validated rows in one transaction: all or nothing. Importing the same
-        rows again changes nothing; a stopped subscription is never revived by an import."""
+    def import_rows(self, rows: Sequence[ImportRow], *, list_slug: str | None, dry_run: bool,
+                    create_units: bool = False) -> ImportReport:
+        """Apply validated rows in one transaction: all or nothing. Each row goes to
+        ``list_slug``, or (None) to the list its own ``list`` column names. Importing
+        the same rows again changes nothing; a stopped subscription is never revived
+        by an import. Raises ``InvalidInput`` naming every row whose unit looks like
+        one on file (``create_units`` creates them)."""
         report = ImportReport(dry_run=dry_run)
         try:
             with self.write():
-                ml = self.get_list(list_slug)
+                lists = {ml.slug: ml for ml in self.lists()}
+                if list_slug is not None:
+                    lists = {list_slug: self.get_list(list_slug)}
+                refused = []
+                on_file = self._unit_names()
                 for row in rows:
-                    u = self._unit_row(row.unit)
-                    if u is None:
-                        u = self._create_unit(row.unit, _kind_for(ml.role), row.group)
-                    elif row.group and row.group != u.group:
-                        self.db.execute(
-                            "UPDATE units SET group_name = ? WHERE id = ?", [row.group, u.id]
-                        )
-                        self._event("unit.changed", u.name, unit=u.name,
-                                    before={"group": u.group}, after={"group": row.group})
-                        u = Unit(id=u.id, name=u.name, kind=u.kind, group=row.group)
+                    slug = list_slug or row.list_slug
+                    if slug is None:
+                        raise InvalidInput(f"line {row.line}: no list: give --list, or a "
+                                           "list column (as `recipients export` writes)")
+                    if slug not in lists:
+                        self.get_list(slug)  # UnknownList, naming the known ones
+                    ml = lists[slug]
+                    try:
+                        u = self._unit_for(row.unit, row.group, ml, create=create_units,
+                                           changes=report.units, on_file=on_file)
+                    except InvalidInput as e:
+                        refused.append(f"line {row.line}: {e}")
+                        continue
                     self._put(ml, u, row.address, row.name, strict=False, report=report,
-                              line=row.line)
-                if report.added or report.updated:
-                    self._event("recipients.imported", list_slug, list_slug=list_slug,
-                                added=report.added, updated=report.updated,
-                                unchanged=report.unchanged)
+                              line=row.line, status=row.status)
+                if refused:
+                    raise InvalidInput("\n".join(refused))
+                slugs = sorted({list_slug or r.list_slug or "" for r in rows})
+                if report.added or report.updated or report.units:
+                    self._event("recipients.imported", ",".join(slugs),
+                                list_slug=",".join(slugs), added=report.added,
+                                updated=report.updated, unchanged=report.unchanged,
+                                units_created=len(report.units_created),
+                                units_changed=len(report.units_changed))
                 if dry_run:
                     raise _DryRun
         except _DryRun:
@@ -151,6 +288,7 @@ class RosterMixin(StoreBase):
         strict: bool,
         report: ImportReport | None,
         line: int = 0,
+        status: Status | None = None,
     ) -> None:
         """The one place an address joins a list; strict for `add`, lenient for imports."""
         email = address.email
@@ -194,14 +332,17 @@ class RosterMixin(StoreBase):
             [rid, ml.id],
         ).fetchone()
         if s is None:
+            # A stopped address read back from an export stays stopped.
+            first = status or Status.ACTIVE
             self.db.execute(
                 "INSERT INTO subscriptions (recipient_id, list_id, status, changed_at, source) "
-                "VALUES (?, ?, 'active', ?, ?)",
-                [rid, ml.id, self._now(), "import" if report else "staff"],
+                "VALUES (?, ?, ?, ?, ?)",
+                [rid, ml.id, first.value, self._now(),
+                 "import" if report is not None else "staff"],
             )
             self._event("subscription.added", email, unit=unit.name, list_slug=ml.slug,
-                        after={"status": Status.ACTIVE.value})
-            if report:
+                        after={"status": first.value})
+            if report is not None:
                 report.added += 1
             return
         status = Status(s[0])
@@ -372,7 +513,7 @@ class RosterMixin(StoreBase):
         """Stop every active address of a unit on a list; returns the addresses changed."""
         with self.write():
             ml = self.get_list(list_slug)
-            u = self.get_unit(unit)
+            u = self.resolve_unit(unit)
             rows = self.db.execute(
                 "SELECT r.id, r.email FROM recipients r JOIN subscriptions s "
                 "ON s.recipient_id = r.id AND s.list_id = ? "

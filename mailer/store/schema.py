@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from sqlite_utils import Database, Migrations
 
+from ..stamps import OLD_GLOB
+
 MIGRATIONS = Migrations("mailer")
 
 
@@ -174,3 +176,66 @@ def m002_ledger(db: Database) -> None:
 def m003_campaign_reason(db: Database) -> None:
     # Why a campaign ended as it did (missed, failed to prepare), for `mailer log`.
     db.table("campaigns").add_column("status_reason", str)
+
+
+@MIGRATIONS()
+def m005_bounces(db: Database) -> None:
+    # What came back by mail for a delivery accepted earlier (the ledger's truth):
+    # when, what kind (hard, soft, policy, complaint) and the reply text.
+    for column in ("bounce_at", "bounce_kind", "bounce_text"):
+        db.table("deliveries").add_column(column, str)
+    # Every message read from the bounce mailbox, once (key: its SHA-256), and what
+    # was done with it; kept aside and unreadable ones are listed for staff.
+    db.table("bounce_messages").create(
+        {
+            "id": int,
+            "key": str,
+            "at": str,
+            "folder": str,
+            "subject": str,
+            "sender": str,
+            "kind": str,
+            "outcome": str,  # applied, flagged, ignored, aside, unreadable
+            "reason": str,
+            "campaign_id": int,
+            "recipient_id": int,
+            "status": str,
+            "text": str,
+        },
+        pk="id",
+        not_null={"key", "at", "kind", "outcome"},
+    )
+    db.table("bounce_messages").create_index(["key"], unique=True)
+    db.table("bounce_messages").create_index(["at"])
+    # The soft-bounce score of one subscription, as Mailman keeps it.
+    db.table("bounce_scores").create(
+        {
+            "recipient_id": int,
+            "list_id": int,
+            "score": float,
+            "last_day": str,  # the local day of the last counted bounce
+            "last_at": str,
+            "updated_at": str,
+        },
+        pk=("recipient_id", "list_id"),
+        not_null={"score", "last_day", "last_at", "updated_at"},
+        foreign_keys=[("recipient_id", "recipients", "id"), ("list_id", "lists", "id")],
+    )
+
+
+@MIGRATIONS()
+def m006_millisecond_stamps(db: Database) -> None:
+    # Every stored time gets the same millisecond width, so text comparison in SQL
+    # stays right; only values of exactly the old stamp shape are touched.
+    for table in db.tables:
+        if table.name.startswith("_"):
+            continue
+        for column in table.columns:
+            if column.type.upper() != "TEXT":
+                continue
+            db.execute(
+                f'UPDATE "{table.name}" SET "{column.name}" = '
+                f'substr("{column.name}", 1, 19) || \'.000Z\' '
+                f'WHERE "{column.name}" GLOB ?',
+                [OLD_GLOB],
+            )
