@@ -20,7 +20,6 @@ import datetime as dt
 import logging
 import os
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from . import campaigns
 from .bounces.poll import Poller
+from .clock import SYSTEM_CLOCK, Clock
 from .compose import Outbox, file_sha256
 from .config import Config
 from .errors import (
@@ -46,7 +46,6 @@ from .models import Campaign, CampaignStatus
 from .send import Database, Run
 from .stamps import parse_stamp
 from .store import Store
-from .store.base import utc_now
 
 POLL_SECONDS = 1.0
 RETRY_SECONDS = 30.0  # after a run failed for a reason that may pass
@@ -79,7 +78,9 @@ class _Watched:
 @dataclass
 class Daemon:
     config: Config
-    clock: Callable[[], dt.datetime] = utc_now
+    # The daemon's decisions (lateness, retry pauses, its poll) and its runs and web
+    # app read this clock; APScheduler, the timer, keeps the wall clock's time.
+    clock: Clock = SYSTEM_CLOCK
     web: bool = True
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     running: dict[int, tuple[Run, asyncio.Task[None]]] = field(default_factory=dict)
@@ -90,8 +91,8 @@ class Daemon:
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT (or ``stopping`` is set)."""
         with database_lock(self.config.database):
-            self.db = Database(self.config.database, clock=self.clock)
-            self.bounces = Poller(self.config, clock=self.clock)
+            self.db = Database(self.config.database, clock=self.clock.now)
+            self.bounces = Poller(self.config, clock=self.clock.now)
             self.scheduler = AsyncIOScheduler(timezone=dt.UTC)
             self.scheduler.start()
             loop = asyncio.get_running_loop()
@@ -108,8 +109,7 @@ class Daemon:
                     await self.sync()
                     await self.scan_folder()
                     await self.bounces.tick()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.stopping.wait(), POLL_SECONDS)
+                    await self.clock.wait(self.stopping, POLL_SECONDS)
             finally:
                 await self._shutdown(web_task, server)
                 for sig in (signal.SIGTERM, signal.SIGINT):
@@ -120,7 +120,7 @@ class Daemon:
             return None, None
         from .web import build_server, serve
 
-        server = build_server(self.config, handle_signals=False)
+        server = build_server(self.config, clock=self.clock, handle_signals=False)
         task = asyncio.create_task(serve(self.config, server=server))
         event(logging.INFO, "web.started", url=f"http://{self.config.web.host}:"
               f"{self.config.web.port}")
@@ -142,7 +142,7 @@ class Daemon:
     # --- making the timer match the table ---------------------------------------
 
     async def sync(self) -> None:
-        now = self.clock()
+        now = self.clock.now()
         late_limit = dt.timedelta(seconds=self.config.schedule.late_limit)
         campaigns = await self.db.call(
             Store.campaigns, statuses=[CampaignStatus.PENDING, CampaignStatus.SENDING])
@@ -190,9 +190,10 @@ class Daemon:
         if c.status is not CampaignStatus.PENDING:
             event(logging.INFO, "skipped", cid, status=c.status.value)
             return
-        when = parse_stamp(c.scheduled_at) if c.scheduled_at else self.clock()
-        if self.clock() - when > dt.timedelta(seconds=self.config.schedule.late_limit):
-            await self._miss(c, self.clock() - when)
+        now = self.clock.now()
+        when = parse_stamp(c.scheduled_at) if c.scheduled_at else now
+        if now - when > dt.timedelta(seconds=self.config.schedule.late_limit):
+            await self._miss(c, now - when)
             return
         try:
             outbox = await self._outbox(c)
@@ -228,6 +229,7 @@ class Daemon:
             await self._fail(c, str(e))
             return
         run = campaigns.sender(self.config, outbox, c.id, wait_for_retries=True)
+        run.clock = self.clock
         if resumed:
             event(logging.INFO, "resumed", c.id, issue=c.issue_label)
         self.running[c.id] = (run, asyncio.create_task(self._drive(run)))
@@ -240,20 +242,20 @@ class Daemon:
                   failed=p.failed)
         except CampaignLocked as e:
             # `mailer send` has it; look again soon, quietly.
-            self.retry_after[cid] = self.clock() + dt.timedelta(seconds=BUSY_SECONDS)
+            self.retry_after[cid] = self.clock.now() + dt.timedelta(seconds=BUSY_SECONDS)
             event(logging.INFO, "busy", cid, holder=e.holder)
         except CampaignNotSending as e:
             event(logging.INFO, "skipped", cid, status=e.status)
         except RelayMisconfigured as e:
-            self.retry_after[cid] = self.clock() + dt.timedelta(seconds=RETRY_SECONDS)
+            self.retry_after[cid] = self.clock.now() + dt.timedelta(seconds=RETRY_SECONDS)
             event(logging.ERROR, "relay_misconfigured", cid, error=str(e),
                   retry_in=f"{RETRY_SECONDS:.0f}s")
         except SendError as e:
-            self.retry_after[cid] = self.clock() + dt.timedelta(seconds=RETRY_SECONDS)
+            self.retry_after[cid] = self.clock.now() + dt.timedelta(seconds=RETRY_SECONDS)
             event(logging.ERROR, "send_failed", cid, error=str(e),
                   retry_in=f"{RETRY_SECONDS:.0f}s")
         except Exception as e:  # keep the daemon alive; the ledger keeps the campaign
-            self.retry_after[cid] = self.clock() + dt.timedelta(seconds=RETRY_SECONDS)
+            self.retry_after[cid] = self.clock.now() + dt.timedelta(seconds=RETRY_SECONDS)
             LOGGER.error(fields("crashed", cid, error=str(e)), exc_info=True)
         finally:
             self.running.pop(cid, None)
@@ -292,7 +294,7 @@ class Daemon:
                 return "ignored: no send_at"
             for w in prepared.warnings:
                 event(logging.WARNING, "issue", file=path.name, warning=w)
-            return campaigns.schedule_file(self.config, store, prepared, now=self.clock())
+            return campaigns.schedule_file(self.config, store, prepared, now=self.clock.now())
 
         name = "issue.not_scheduled"
         try:

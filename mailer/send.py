@@ -21,33 +21,32 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import datetime as dt
 import secrets
-import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from .clock import SYSTEM_CLOCK, Clock
 from .config import Config
 from .errors import CampaignLocked, RelayUnavailable, SenderRefused
 from .locks import exclusive, holder_description, lock_path
 from .message import PreparedMessage, make_message_id
 from .models import DeliveryStatus
 from .stamps import parse_stamp
-from .store import DeliveryResult, Job, Store
-from .store.base import utc_now
+from .store import DeliveryResult, Job, Now, Store
 from .transport import Envelope, Outcome, Reply, Transport
 
 T = TypeVar("T")
 P = ParamSpec("P")
-Clock = Callable[[], dt.datetime]
-Sleep = Callable[[float], Awaitable[None]]
 # Consecutive failures to open a session (refused, timed out, 421 at greeting or
 # EHLO) after which the relay counts as down: the run stops walking the campaign
 # (each recipient would cost a timeout) and backs off instead.
 RELAY_TROUBLE_LIMIT = 3
+# How often a wait for I/O (replies in flight) looks again. Such waits take real
+# time whatever the run's clock: nothing is due later, something is on the wire.
+IO_POLL_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -84,8 +83,13 @@ class Progress:
     sent: int = 0
     deferred: int = 0
     failed: int = 0
-    started: float = field(default_factory=time.monotonic)
     waiting_until: dt.datetime | None = None  # quota pause
+    clock: Clock = field(default=SYSTEM_CLOCK, repr=False, compare=False)
+    started: float = -1.0  # the clock's monotonic time at the start; set by __post_init__
+
+    def __post_init__(self) -> None:
+        if self.started < 0:
+            self.started = self.clock.monotonic()
 
     @property
     def done(self) -> int:
@@ -93,7 +97,7 @@ class Progress:
 
     @property
     def rate(self) -> float:
-        elapsed = time.monotonic() - self.started
+        elapsed = self.clock.monotonic() - self.started
         return self.sent / elapsed if elapsed > 0 else 0.0
 
 
@@ -101,7 +105,7 @@ class Database:
     """The store on one dedicated thread: sqlite3 objects stay on the thread that
     made them, and the event loop never waits on disk."""
 
-    def __init__(self, path: Path, *, clock: Clock) -> None:
+    def __init__(self, path: Path, *, clock: Now) -> None:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mailer-db")
         self._store: Store | None = None
         self._path = path
@@ -173,20 +177,19 @@ class Recorder:
 class RateLimiter:
     """Spaces messages evenly at ``rate`` per second across all connections."""
 
-    def __init__(self, rate: float, *, sleep: Sleep, monotonic: Callable[[], float]) -> None:
+    def __init__(self, rate: float, *, clock: Clock) -> None:
         self._interval = 1.0 / rate if rate > 0 else 0.0
         self._next = 0.0
-        self._sleep = sleep
-        self._monotonic = monotonic
+        self._clock = clock
 
     async def wait(self) -> None:
         if not self._interval:
             return
-        now = self._monotonic()
+        now = self._clock.monotonic()
         slot = max(now, self._next)
         self._next = slot + self._interval
         if slot > now:
-            await self._sleep(slot - now)
+            await self._clock.sleep(slot - now)
 
 
 MessageSource = Callable[[str, bool], PreparedMessage]  # (list slug, eight_bit) -> message
@@ -209,9 +212,7 @@ class Run:
     sender: str
     msgid_domain: str
     policy: Policy = field(default_factory=Policy)
-    clock: Clock = utc_now
-    sleep: Sleep = asyncio.sleep
-    monotonic: Callable[[], float] = time.monotonic
+    clock: Clock = SYSTEM_CLOCK  # retries, quotas, pauses and the rate limit
     # (uid, list slug) -> the recipient's web-edition URL, when the bulletin links one.
     web_edition_url: UrlSource | None = None
     limit: int | None = None  # send at most this many messages in this run
@@ -237,7 +238,7 @@ class Run:
         stays resumable."""
         lock = lock_path(self.database, f"campaign-{self.campaign_id}")
         with exclusive(lock, refuse=lambda holder: CampaignLocked(self.campaign_id, holder)):
-            db = Database(self.database, clock=self.clock)
+            db = Database(self.database, clock=self.clock.now)
             try:
                 await db.call(Store.take_over, self.campaign_id, self.owner)
                 try:
@@ -249,6 +250,7 @@ class Run:
                 await db.close()
 
     async def _run(self, db: Database) -> Progress:
+        self.progress.clock, self.progress.started = self.clock, self.clock.monotonic()
         c = await db.call(Store.campaign, self.campaign_id)
         self.progress.total = sum(c.counts.get(s.value, 0) for s in
                                   (DeliveryStatus.PENDING, DeliveryStatus.DEFERRED,
@@ -265,7 +267,7 @@ class Run:
                 raise RelayUnavailable(host, port, reason, campaign_id=self.campaign_id)
             pauses += 1
             delay = self.policy.retry_delay(pauses)
-            self.progress.waiting_until = self.clock() + dt.timedelta(seconds=delay)
+            self.progress.waiting_until = self.clock.now() + dt.timedelta(seconds=delay)
             self.on_progress(self.progress)
             await self._sleep_or_stop(delay)
             self.progress.waiting_until = None
@@ -284,7 +286,7 @@ class Run:
         transports = [first] + [self.connect() for _ in range(self.policy.concurrency - 1)]
         queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=self.policy.concurrency * 2)
         recorder = Recorder(db)
-        limiter = RateLimiter(self.policy.rate, sleep=self.sleep, monotonic=self.monotonic)
+        limiter = RateLimiter(self.policy.rate, clock=self.clock)
         abort: list[BaseException] = []
         workers = [
             asyncio.create_task(self._worker(t, queue, recorder, limiter, abort, db))
@@ -325,10 +327,11 @@ class Run:
             want = min(batch, room - self._in_flight)
             if self.limit is not None:
                 want = min(want, self.limit - self._claimed)
-            if want <= 0:
-                await self._sleep_or_stop(0.05)
+            if want <= 0:  # the quota's room is in flight: wait for replies
+                await self._io_poll()
                 continue
-            jobs = await db.call(Store.claim, self.campaign_id, self.owner, want, self.clock())
+            jobs = await db.call(Store.claim, self.campaign_id, self.owner, want,
+                                 self.clock.now())
             if jobs is None:
                 # Paused or cancelled: what is queued goes back, in flight finishes.
                 self.stop.set()
@@ -349,7 +352,7 @@ class Run:
     async def _more_to_come(self, db: Database) -> bool:
         """Nothing was due: wait for replies in flight, then for the next retry."""
         while self._in_flight and not self.stop.is_set() and self._down is None:
-            await self._sleep_or_stop(0.02)
+            await self._io_poll()
         c = await db.call(Store.campaign, self.campaign_id)
         if c.status.value != "sending" or self.stop.is_set() or self._down is not None:
             return False
@@ -361,14 +364,14 @@ class Run:
         if not self.wait_for_retries:
             return False
         when = parse_stamp(due)
-        await self._sleep_or_stop(max((when - self.clock()).total_seconds(), 0.0) + 0.01)
+        await self._sleep_or_stop(max((when - self.clock.now()).total_seconds(), 0.0) + 0.01)
         return True
 
     async def _quota_room(self, db: Database) -> int | None:
         """How many more messages the hourly/daily quotas allow now; at the quota,
         wait (recorded on the campaign for `mailer log`) and return None."""
         room = 1 << 30
-        now = self.clock()
+        now = self.clock.now()
         for limit, window in ((self.policy.per_hour, dt.timedelta(hours=1)),
                               (self.policy.per_day, dt.timedelta(days=1))):
             if not limit:
@@ -378,26 +381,27 @@ class Run:
                 room = min(room, limit - used)
                 continue
             while self._in_flight and not self.stop.is_set():
-                await self._sleep_or_stop(0.02)
+                await self._io_poll()
             oldest = await db.call(Store.oldest_sent_since, now - window)
             start = parse_stamp(oldest) if oldest else now
             resume = start + window + dt.timedelta(seconds=1)
             self.progress.waiting_until = resume
             self.on_progress(self.progress)
             await db.call(Store.set_resume_at, self.campaign_id, resume)
-            while self.clock() < resume and not self.stop.is_set():
-                await self._sleep_or_stop(min((resume - self.clock()).total_seconds(), 5.0))
+            while self.clock.now() < resume and not self.stop.is_set():
+                await self._sleep_or_stop(min((resume - self.clock.now()).total_seconds(), 5.0))
             self.progress.waiting_until = None
             await db.call(Store.set_resume_at, self.campaign_id, None)
             return None
         return room
 
     async def _sleep_or_stop(self, seconds: float) -> None:
-        if self.sleep is not asyncio.sleep:
-            await self.sleep(seconds)  # an injected clock: time moves when we sleep
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop.wait(), seconds)
+        """Wait for time to pass (a retry, a quota window) on the run's clock."""
+        await self.clock.wait(self.stop, seconds)
+
+    async def _io_poll(self) -> None:
+        """Wait a moment for replies in flight: real time, whatever the clock."""
+        await SYSTEM_CLOCK.wait(self.stop, IO_POLL_S)
 
     async def _worker(self, transport: Transport, queue: asyncio.Queue[Job | None],
                       recorder: Recorder, limiter: RateLimiter, abort: list[BaseException],
@@ -481,7 +485,7 @@ class Run:
             # address) says nothing about the mailbox: not a bounce.
             return DeliveryResult(job.delivery_id, DeliveryStatus.FAILED, reply.code, text,
                                   message_id, bounce=not reply.local)
-        now = self.clock()
+        now = self.clock.now()
         first = parse_stamp(job.first_attempt_at)
         if (now - first).total_seconds() >= self.policy.lifetime:
             return DeliveryResult(

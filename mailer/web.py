@@ -38,7 +38,6 @@ import ipaddress
 import logging
 import signal
 import socket
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -57,12 +56,13 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .clock import SYSTEM_CLOCK, Clock
 from .config import Config, IPNetwork, SigningKey
 from .errors import MailerError, StaffOnly, UnknownRecipient
 from .logs import LOGGER, event, fields, redact_access_log, setup_logging
 from .models import Status
 from .resources import templates_dir
-from .store import Clock, Store, Subscriber, utc_now
+from .store import Store, Subscriber
 from .tokens import read_token
 from .web_edition import SEARCHES_PER_MINUTE, EditionPages
 
@@ -111,11 +111,11 @@ class FailedCheckLimiter:
         per_minute: int,
         *,
         max_clients: int = MAX_TRACKED_CLIENTS,
-        now: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.per_minute = per_minute
         self.max_clients = max_clients
-        self.now = now
+        self.clock = clock
         self._windows: collections.OrderedDict[str, collections.deque[float]] = (
             collections.OrderedDict()
         )
@@ -134,7 +134,7 @@ class FailedCheckLimiter:
 
     def failed(self, host: str | None) -> bool:
         key = self.client_key(host)
-        now = self.now()
+        now = self.clock.monotonic()
         window = self._windows.get(key)
         if window is None:
             if len(self._windows) >= self.max_clients:
@@ -237,7 +237,7 @@ class _App:
         self.env = _environment()
         self.css = (TEMPLATES / "style.css").read_text(encoding="utf-8").strip()
         self.edition_css = (TEMPLATES / "edition.css").read_text(encoding="utf-8").strip()
-        self.limiter = FailedCheckLimiter(config.web.failed_checks_per_minute)
+        self.limiter = FailedCheckLimiter(config.web.failed_checks_per_minute, clock=clock)
         self.common = {
             "organisation": config.sender.name,
             "contact": config.contact,
@@ -266,7 +266,7 @@ class _App:
 
     def _with_store(self, work: Callable[[Store], T]) -> T:
         # Runs in a worker thread: the connection is opened, used and closed there.
-        with Store.open(self.config.database, clock=self.clock, actor=ACTOR) as store:
+        with Store.open(self.config.database, clock=self.clock.now, actor=ACTOR) as store:
             return work(store)
 
     async def _store(self, work: Callable[[Store], T]) -> T:
@@ -317,7 +317,7 @@ class _App:
     # --- handlers -----------------------------------------------------------------
 
     async def unsubscribe(self, request: Request) -> Response:
-        claims = read_token(self.keys, request.path_params["token"], now=self.clock())
+        claims = read_token(self.keys, request.path_params["token"], now=self.clock.now())
         found = None
         if claims is not None:
             found = await self._store(lambda s: self._find(s, claims.uid, claims.list_slug))
@@ -454,7 +454,7 @@ def _multipart_fields(ctype: str, body: bytes) -> dict[str, str]:
     return fields
 
 
-def create_app(config: Config, *, clock: Clock = utc_now) -> Starlette:
+def create_app(config: Config, *, clock: Clock = SYSTEM_CLOCK) -> Starlette:
     """The unsubscribe web app. Reads the signing keys now, so a missing or short
     secret is a ConfigError at start, not a 500 on the first click."""
     app = _App(config, clock=clock)
@@ -509,7 +509,7 @@ def build_server(
     *,
     host: str | None = None,
     port: int | None = None,
-    clock: Clock = utc_now,
+    clock: Clock = SYSTEM_CLOCK,
     handle_signals: bool = True,
 ) -> uvicorn.Server:
     """A uvicorn server for the app, not yet started: ``await serve(config,

@@ -66,11 +66,11 @@ class EditionPages:
 
     def _claims(self, request: Request) -> EditionClaims | None:
         return read_edition_token(self.app.keys, request.path_params["token"],
-                                  now=self.app.clock())
+                                  now=self.app.clock.now())
 
     def _url(self, reader: Reader, claims: EditionClaims, issue_id: int) -> str:
         token = make_edition_token(self.app.keys[0], claims.uid, claims.list_slug, issue_id,
-                                   int(self.app.clock().timestamp()))
+                                   int(self.app.clock.now().timestamp()))
         return edition_url(self.app.config.web.base_url, token)
 
     @staticmethod

@@ -172,7 +172,27 @@ class _Logins:
         return AuthResult(success=good, handled=False)
 
 
-class _SplittingSMTP(SMTP):  # type: ignore[misc]
+class _CountingSMTP(SMTP):  # type: ignore[misc]
+    """aiosmtpd's server, counting its open connections (``Server.connections``): once
+    none is open, every message whose DATA arrived has been stored (aiosmtpd drops
+    what is left unread at a hang-up)."""
+
+    def __init__(self, *args: Any, live: list[int], **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._live = live
+
+    def connection_made(self, transport: Any) -> None:
+        self._live[0] += 1
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        try:
+            super().connection_lost(error)
+        finally:
+            self._live[0] -= 1
+
+
+class _SplittingSMTP(_CountingSMTP):
     """aiosmtpd's server, writing each reply in pieces (``Behaviour.split``), all but
     the greeting: the Controller's own start-up probe reads only its first recv."""
 
@@ -205,16 +225,17 @@ class _SplittingSMTP(SMTP):  # type: ignore[misc]
 class _Controller(Controller):  # type: ignore[misc]
     """aiosmtpd's Controller on port 0: learn the real port before it tests itself."""
 
-    def __init__(self, handler: _Handler, **kw: Any) -> None:
+    def __init__(self, handler: _Handler, *, live: list[int], **kw: Any) -> None:
         super().__init__(handler, **kw)
         self.behaviour = handler.b
         self.rng = random.Random(handler.b.seed)
+        self.live = live
 
     def factory(self) -> SMTP:
         if not self.behaviour.split:
-            return super().factory()
+            return _CountingSMTP(self.handler, live=self.live, **self.SMTP_kwargs)
         return _SplittingSMTP(self.handler, behaviour=self.behaviour, rng=self.rng,
-                              **self.SMTP_kwargs)
+                              live=self.live, **self.SMTP_kwargs)
 
     def _trigger_server(self) -> None:
         self.port = self.server.sockets[0].getsockname()[1]
@@ -269,15 +290,21 @@ class Server:
     dropped: list[str] = field(default_factory=list)
     # Plain socket servers: when each connection was accepted.
     connects: list[float] = field(default_factory=list)
+    live: list[int] = field(default_factory=lambda: [0])  # [open connections]
 
-    def settle(self) -> None:
-        """Wait until no more messages arrive (at most 5 s): a message whose DATA was
-        complete when its sender was killed is still being stored."""
-        deadline = time.monotonic() + 5
-        seen = -1
-        while seen != len(self.messages) and time.monotonic() < deadline:
-            seen = len(self.messages)
-            time.sleep(0.2)
+    @property
+    def connections(self) -> int:
+        """Connections open now (aiosmtpd servers; the plain socket ones say 0)."""
+        return self.live[0]
+
+    def settle(self, timeout: float = 120.0) -> None:
+        """Let a message whose DATA was complete when its sender was killed be stored:
+        once the sender's connections are closed (the kernel closes a killed
+        process's sockets), the server has handled everything it will ever store."""
+        deadline = time.monotonic() + timeout
+        while self.connections:
+            assert time.monotonic() < deadline, f"{self.connections} connections still open"
+            time.sleep(0.01)
 
 
 def make_certificate(folder: Path) -> tuple[Path, Path] | None:
@@ -313,10 +340,11 @@ def smtp_server(behaviour: Behaviour | None = None) -> Iterator[Server]:
     if b.logins is not None:
         kwargs["authenticator"] = _Logins(b.logins)
         kwargs["auth_require_tls"] = False
-    controller = _Controller(_Handler(b, messages, sessions, dropped), hostname="127.0.0.1",
-                             port=0, ready_timeout=5, **kwargs)
+    live = [0]
+    controller = _Controller(_Handler(b, messages, sessions, dropped), live=live,
+                             hostname="127.0.0.1", port=0, ready_timeout=5, **kwargs)
     controller.start()
     try:
-        yield Server(controller.port, messages, sessions, dropped=dropped)
+        yield Server(controller.port, messages, sessions, dropped=dropped, live=live)
     finally:
         controller.stop()

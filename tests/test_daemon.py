@@ -71,6 +71,10 @@ class Daemon:
     def text(self) -> str:
         return self.log.read_text(encoding="utf-8") if self.log.exists() else ""
 
+    def last_synced(self) -> str:
+        """The line on which the last start's first pass over the table ended."""
+        return [ln for ln in self.text().splitlines() if "event=synced" in ln][-1]
+
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:
@@ -141,9 +145,17 @@ def test_scheduled_two_seconds_ahead_arrives_on_time(daemon_env: Callable[..., t
         first = dt.datetime.now(ZONE)
         wait_for(lambda: len(srv.messages) == 14, 15, "all 14 messages")
         assert d.stop() == 0
+    # Never early. How late depends on the machine's load as much as on the daemon,
+    # so lateness is judged by order rather than by a tight window: the timer was
+    # armed before it fired, and the run it started was its first (no retry, no
+    # missed). The bound only catches a daemon that waits for something else.
     lag = (first - when).total_seconds()
-    assert -0.5 <= lag <= 2.0, f"first message {lag:.2f} s after its time"
-    assert "event=started" in d.text() and "event=finished" in d.text()
+    assert lag >= -0.5, f"first message {-lag:.2f} s before its time"
+    assert lag <= 10, f"first message {lag:.2f} s after its time"
+    text = d.text()
+    assert text.index("event=scheduled") < text.index("event=started")
+    assert "event=missed" not in text and "event=busy" not in text
+    assert "event=started" in text and "event=finished" in text
     assert campaigns(run)[0]["status"] == "sent"
 
 
@@ -153,12 +165,15 @@ def test_down_across_the_send_time_then_restarted_within_the_late_limit(
         d, issue = daemon_env(srv)
         text, when = at(1)
         run("schedule", str(issue), "--at", text, "--list", "send-to")
-        wait_for(lambda: dt.datetime.now(ZONE) > when + dt.timedelta(seconds=1), 10, "the time")
+        wait_for(lambda: dt.datetime.now(ZONE) > when + dt.timedelta(seconds=0.2), 10,
+                 "the time")
         d.start()
         wait_for(lambda: len(srv.messages) == 14, 20, "the late campaign")
         d.stop()
         d.start()  # a second start must not send it again
-        time.sleep(1.5)
+        # Its first pass over the table (done before "synced") found nothing to send,
+        # schedule or resume.
+        assert d.last_synced().endswith("event=synced jobs=0 sending=0")
         assert d.stop() == 0
     assert set(by_recipient(srv).values()) == {1}
     assert len(srv.messages) == 14
@@ -167,14 +182,16 @@ def test_down_across_the_send_time_then_restarted_within_the_late_limit(
 def test_restarted_past_the_late_limit_marks_it_missed(
         daemon_env: Callable[..., tuple[Daemon, Path]], run: Run) -> None:
     with smtp_server() as srv:
-        # 0.0005 h = 1.8 s
-        d, issue = daemon_env(srv, extra="\n[schedule]\nlate_limit_hours = 0.0005\n")
+        # 0.0002 h = 0.72 s
+        d, issue = daemon_env(srv, extra="\n[schedule]\nlate_limit_hours = 0.0002\n")
         text, when = at(1)
         run("schedule", str(issue), "--at", text, "--list", "send-to")
-        wait_for(lambda: dt.datetime.now(ZONE) > when + dt.timedelta(seconds=3), 10, "lateness")
+        wait_for(lambda: dt.datetime.now(ZONE) > when + dt.timedelta(seconds=1.5), 10,
+                 "lateness")
         d.start()
-        wait_for(lambda: "event=missed" in d.text(), 10, "the missed line")
-        time.sleep(0.5)
+        # Marked missed in the first pass over the table, before "synced"; nothing runs.
+        assert "event=missed" in d.text()
+        assert d.last_synced().endswith("event=synced jobs=0 sending=0")
         assert d.stop() == 0
     assert srv.messages == []
     assert campaigns(run)[0]["status"] == "missed"
@@ -219,10 +236,12 @@ def test_a_second_daemon_is_refused(daemon_env: Callable[..., tuple[Daemon, Path
 def test_sigterm_mid_campaign_then_restart_misses_nobody(
         daemon_env: Callable[..., tuple[Daemon, Path]], run: Run) -> None:
     with smtp_server(Behaviour(pipelining=True)) as srv:
-        d, issue = daemon_env(srv, rate=40, recipients=86)  # 100 recipients, ~2.5 s
+        # 100 recipients at 25/s: after the first 10, 3.6 s for the SIGTERM to land
+        # before the end, on a loaded machine too.
+        d, issue = daemon_env(srv, rate=25, recipients=86)
         d.start()
         run("schedule", str(issue), "--at", at(1)[0], "--list", "send-to")
-        wait_for(lambda: len(srv.messages) >= 20, 20, "sending to begin")
+        wait_for(lambda: len(srv.messages) >= 10, 20, "sending to begin")
         assert d.stop(signal.SIGTERM) == 0  # finishes what is in flight, exits 0
         stopped_at = len(srv.messages)
         assert stopped_at < 100
@@ -236,7 +255,7 @@ def test_sigterm_mid_campaign_then_restart_misses_nobody(
     assert "event=resumed" in d.text()
 
 
-def test_pause_stops_smtp_traffic_within_a_second(
+def test_pause_stops_smtp_traffic_at_once(
         daemon_env: Callable[..., tuple[Daemon, Path]], run: Run) -> None:
     with smtp_server(Behaviour(pipelining=True)) as srv:
         d, issue = daemon_env(srv, rate=30, recipients=86)
@@ -244,10 +263,16 @@ def test_pause_stops_smtp_traffic_within_a_second(
         run("schedule", str(issue), "--at", at(1)[0], "--list", "send-to")
         wait_for(lambda: len(srv.messages) >= 10, 20, "sending to begin")
         run("pause", "1")
-        time.sleep(1.0)
-        after_a_second = len(srv.messages)
+        paused_at = len(srv.messages)
+        # The run sees the pause at its next claim, gives back what is queued and
+        # ends once the messages in hand are answered: a count, not a time window.
+        wait_for(lambda: "event=run.ended" in d.text(), 20, "the run to end")
+        after_the_run = len(srv.messages)
+        # At most what the 4 connections had in hand and queued (2 each) at the pause.
+        assert after_the_run - paused_at <= 3 * 4
+        # Nothing more while paused: the daemon looks at the table every second.
         time.sleep(2.0)
-        assert len(srv.messages) == after_a_second  # nothing more while paused
+        assert len(srv.messages) == after_the_run
         assert campaigns(run)[0]["status"] == "paused"
         run("resume", "1")
         wait_for(lambda: len(by_recipient(srv)) == 100, 30, "the rest after resume")
@@ -260,12 +285,16 @@ def test_cancel_before_the_time_sends_nothing(
     with smtp_server() as srv:
         d, issue = daemon_env(srv)
         d.start()
-        text, when = at(4)
+        # Far enough ahead that scheduling and cancelling (each seen at the daemon's
+        # next pass, every second) are done before the time on a loaded machine too.
+        text, when = at(10)
         run("schedule", str(issue), "--at", text, "--list", "send-to")
-        wait_for(lambda: "event=scheduled" in d.text(), 5, "the job")
+        wait_for(lambda: "event=scheduled" in d.text(), 10, "the job")
         run("schedule", "cancel", "1")
-        wait_for(lambda: "event=unscheduled" in d.text(), 5, "the job to go")
-        wait_for(lambda: dt.datetime.now(ZONE) > when + dt.timedelta(seconds=2), 10, "the time")
+        wait_for(lambda: "event=unscheduled" in d.text(), 10, "the job to go")
+        assert dt.datetime.now(ZONE) < when, "cancelled too late to tell"
+        wait_for(lambda: dt.datetime.now(ZONE) > when + dt.timedelta(seconds=1.5), 20,
+                 "the time")
         assert d.stop() == 0
     assert srv.messages == []
     assert campaigns(run)[0]["status"] == "cancelled"
@@ -338,7 +367,6 @@ def test_watched_folder_schedules_reschedules_and_refuses(
         # A file that fails the check is reported and not scheduled.
         (folder / "broken.md").write_text("+++\ntitle = 1\n+++\n", encoding="utf-8")
         wait_for(lambda: "broken.md" in d.text(), 10, "the broken file report")
-        time.sleep(1.5)
         assert d.stop() == 0
     assert len(srv.messages) == 14
     rows = campaigns(run)

@@ -3,13 +3,18 @@ fresh virtual environment outside it, renders the sample issue and serves the
 unsubscribe pages from its own packaged templates.
 
 The wheel is built by pip (with build isolation, as a user's ``pip wheel`` would),
-the environment is a plain ``python -m venv`` that cannot see the checkout, and its
-dependencies come from the package index pip is configured with. Everything then
-runs from a folder outside the checkout, with ``PYTHONPATH`` removed.
+the environment is a plain ``python -m venv`` that cannot see the checkout, and pip
+resolves its dependencies from the wheel's own metadata. They come from the wheels
+`make` keeps in ``.venv/wheels`` (downloaded once, when it installs the test venv,
+from the same ``[project] dependencies``), with no index: a dependency the code
+needs but the metadata lacks is missing there just the same. Without that folder
+(pytest run outside `make`) they come from the package index pip is configured with.
+Everything then runs from a folder outside the checkout, with ``PYTHONPATH`` removed.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -29,7 +34,9 @@ from .conftest import CONFIG, REPO, SAMPLE_ISSUE
 SECRET = "package-secret-0123456789abcdef"
 BUILD_TIMEOUT_S = 300.0  # building the wheel, making the venv, installing: each step
 RUN_TIMEOUT_S = 60.0  # one command of the installed package
-START_TIMEOUT_S = 20.0  # `mailer serve` answering /healthz
+START_TIMEOUT_S = 60.0  # `mailer serve` answering /healthz (a loaded machine is slow)
+# Wheels of the dependencies and of the build backend; see the Makefile.
+WHEELS = Path(sys.prefix) / "wheels"
 
 
 def _run(cmd: list[str | Path], *, cwd: Path, timeout: float,
@@ -62,9 +69,27 @@ class Installed:
                     env=self.env)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    root = tmp_path_factory.mktemp("package")
+    """Built and installed once per run. Under pytest-xdist each process has its own
+    session: the first to get here builds, under a lock in the run's own temporary
+    folder, and the others wait for it and use what it made."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's folder, above each process's own
+    with (shared / "package.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        done = shared / "package.json"
+        if not done.exists():
+            wheel, venv = _build_and_install(shared / "package")
+            done.write_text(json.dumps({"wheel": str(wheel), "venv": str(venv)}),
+                            encoding="utf-8")
+        made = json.loads(done.read_text(encoding="utf-8"))
+    return Installed(Path(made["wheel"]), Path(made["venv"]))
+
+
+def _build_and_install(root: Path) -> tuple[Path, Path]:
+    root.mkdir()
     assert REPO not in root.parents
     # Build from a copy of what a build needs, so no build/ or *.egg-info left in the
     # checkout (or stale ones in it) plays a part.
@@ -75,17 +100,25 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     for name in ("mailer", "templates"):
         shutil.copytree(REPO / name, src / name,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    sources: list[str | Path] = (["--no-index", "--find-links", WHEELS]
+                                 if (WHEELS / ".complete").exists() else [])
     dist = root / "dist"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", dist,
-          src], cwd=root, timeout=BUILD_TIMEOUT_S)
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", *sources,
+          "--wheel-dir", dist, src], cwd=root, timeout=BUILD_TIMEOUT_S)
     (wheel,) = dist.glob("mailer-*.whl")
 
+    # A venv without pip of its own (ensurepip is the slow part of making one); this
+    # pip installs into it with --python, as into any other interpreter.
     venv = root / "venv"
-    _run([sys.executable, "-m", "venv", venv], cwd=root, timeout=BUILD_TIMEOUT_S)
+    _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=root,
+         timeout=BUILD_TIMEOUT_S)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    _run([venv / "bin" / "python", "-m", "pip", "install", "--quiet", wheel], cwd=root,
-         timeout=BUILD_TIMEOUT_S, env=env)
-    return Installed(wheel, venv)
+    # --no-compile: Python compiles what it imports when it imports it; byte-compiling
+    # every installed module up front is most of the install's CPU time.
+    _run([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install",
+          "--quiet", "--no-compile", *sources, wheel], cwd=root, timeout=BUILD_TIMEOUT_S,
+         env=env)
+    return wheel, venv
 
 
 @pytest.fixture

@@ -227,13 +227,12 @@ def test_drop_after_data_then_reconnect(pipelining: bool) -> None:
 
 
 def test_silent_server_times_out() -> None:
+    # The bound is what a timeout that was not applied would run into; how much past
+    # its 0.5 s the timeout fires depends on the machine's load, so no window.
     with smtp_server(Behaviour(silent=True)) as srv:
-        start = time.monotonic()
-        [reply] = run(send_all(settings(srv, timeout=0.5), [message()[0]]))
-        took = time.monotonic() - start
+        [reply] = run(send_all(settings(srv, timeout=0.5), [message()[0]]), 10)
     assert (reply.code, reply.outcome, reply.stage) == (0, Outcome.DEFERRED, "connect")
     assert "timed out" in reply.text.lower()
-    assert took < 3
 
 
 def test_starttls_required_but_not_offered() -> None:
@@ -396,26 +395,25 @@ def test_server_that_goes_mute_mid_session() -> None:
             pass
         w.close()
 
-    async def go() -> tuple[Reply, Reply, float]:
+    async def go() -> tuple[Reply, Reply]:
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         t = SMTPTransport(settings(Server(port, [], []), timeout=0.3))
         try:
-            start = time.monotonic()
             first = await t.send(message()[0])
             await t.connect()
             await t.close()
-            return first, await t.send(message()[0]), time.monotonic() - start
+            return first, await t.send(message()[0])
         finally:
             await t.close()
             server.close()
             await server.wait_closed()
 
-    first, again, took = run(go(), 10)
+    # Both timeouts fire well within the bound; the reply names the 0.3 s one.
+    first, again = run(go(), 10)
     assert (first.code, first.outcome) == (0, Outcome.DEFERRED)
     assert "no reply within 0.3 s" in first.text
     assert again.outcome is Outcome.DEFERRED  # reconnected, timed out again
-    assert took < 3
 
 
 # --- replies cut anywhere ----------------------------------------------------------

@@ -21,6 +21,7 @@ import pytest
 import uvicorn
 
 from mailer import config as config_mod
+from mailer.clock import ManualClock
 from mailer.config import Config, SigningKey
 from mailer.errors import ConfigError, MailerError
 from mailer.models import Status
@@ -60,18 +61,8 @@ def populated(initialised: Path, run: Run) -> Path:
     return initialised
 
 
-class Clock:
-    """A clock the test moves; the app reads it for key expiry and timestamps."""
-
-    def __init__(self) -> None:
-        self.now: dt.datetime | None = None
-
-    def __call__(self) -> dt.datetime:
-        return self.now or dt.datetime.now(dt.UTC)
-
-
 class Running:
-    def __init__(self, config: Config, client: httpx.Client, clock: Clock) -> None:
+    def __init__(self, config: Config, client: httpx.Client, clock: ManualClock) -> None:
         self.config = config
         self.client = client
         self.clock = clock
@@ -102,7 +93,8 @@ def start(config_file: Path) -> Iterator[Callable[[], Running]]:
 
     def go() -> Running:
         config = config_mod.load(config_file)
-        clock = Clock()
+        # The app's clock, which the test moves: key expiry, stamps, the limiter.
+        clock = ManualClock(dt.datetime.now(dt.UTC))
         server = build_server(config, host="127.0.0.1", port=0, clock=clock,
                               handle_signals=False)
         sock = bind_socket("127.0.0.1", 0)
@@ -394,11 +386,11 @@ def test_previous_key_works_until_valid_until_then_404(rotated: None, web: Runni
     new = web.token(email, key=current)
     assert old.startswith("v1.k0.") and new.startswith("v1.k1.")
 
-    web.clock.now = dt.datetime(2026, 6, 30, 15, 59, 59, tzinfo=dt.UTC)
+    web.clock.set(dt.datetime(2026, 6, 30, 15, 59, 59, tzinfo=dt.UTC))
     assert web.client.get(f"/u/{old}").status_code == 200
     assert web.client.get(f"/u/{new}").status_code == 200
 
-    web.clock.now = dt.datetime(2026, 6, 30, 16, 0, 0, tzinfo=dt.UTC)
+    web.clock.set(dt.datetime(2026, 6, 30, 16, 0, 0, tzinfo=dt.UTC))
     r = web.client.post(f"/u/{old}", content=ONE_CLICK_BODY, headers=ONE_CLICK)
     assert r.status_code == 404
     assert status_of(web, email) is Status.ACTIVE
@@ -409,7 +401,7 @@ def test_previous_key_works_until_valid_until_then_404(rotated: None, web: Runni
 
 def test_previous_key_unsubscribes_while_valid(rotated: None, web: Running) -> None:
     email = "dangban@wanhua.example.org"
-    web.clock.now = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+    web.clock.set(dt.datetime(2026, 6, 1, tzinfo=dt.UTC))
     old = web.token(email, key=web.config.signing_keys()[1])
     r = web.client.post(f"/u/{old}", content=ONE_CLICK_BODY, headers=ONE_CLICK)
     assert r.status_code == 200
@@ -460,6 +452,20 @@ def test_failed_checks_are_limited_per_client_valid_tokens_never(
     r = web.client.post(good, content=ONE_CLICK_BODY, headers=ONE_CLICK)
     assert r.status_code == 200
     assert status_of(web, email) is Status.UNSUBSCRIBED
+
+
+def test_the_failed_check_window_runs_on_the_apps_clock(strict: None, web: Running) -> None:
+    """A minute on the app's clock frees the client's tries one by one, as they age."""
+    bad = "v1.k1.YWJjOnNlbmQtdG8." + "A" * 22
+    codes = []
+    for _ in range(5):
+        codes.append(web.client.get(f"/u/{bad}").status_code)
+        web.clock.advance(10)
+    codes.append(web.client.get(f"/u/{bad}").status_code)  # 50 s after the first
+    web.clock.advance(10)  # the first try is a minute old
+    codes.append(web.client.get(f"/u/{bad}").status_code)
+    codes.append(web.client.get(f"/u/{bad}").status_code)
+    assert codes == [404] * 5 + [429, 404, 429]
 
 
 BAD_TOKEN = "v1.k1.YWJjOnNlbmQtdG8." + "A" * 22
@@ -542,13 +548,13 @@ def test_trusted_proxies_as_uvicorn_allow_list() -> None:
 
 
 def test_limiter_window_slides_and_memory_is_bounded() -> None:
-    now = [0.0]
-    limiter = FailedCheckLimiter(3, max_clients=100, now=lambda: now[0])
+    clock = ManualClock()
+    limiter = FailedCheckLimiter(3, max_clients=100, clock=clock)
     assert [limiter.failed("192.0.2.1") for _ in range(4)] == [False, False, False, True]
     assert limiter.failed("192.0.2.2") is False
-    now[0] = 59.9
+    clock.advance(59.9)
     assert limiter.failed("192.0.2.1") is True
-    now[0] = 60.0
+    clock.advance(0.1)
     assert limiter.failed("192.0.2.1") is False
     for i in range(1000):
         limiter.failed(f"10.0.{i // 256}.{i % 256}")

@@ -23,9 +23,9 @@ from email.message import EmailMessage
 
 from imapclient.exceptions import IMAPClientError
 
+from ..clock import utc_now
 from ..config import Config
 from ..errors import MailerError
-from ..store.base import utc_now
 from ..transport import Envelope, Outcome, SMTPSettings, send_one
 from .intake import PROBE_HEADER, PROCESSED, MailboxError, connect
 from .verp import VerpSigner

@@ -35,11 +35,11 @@ from email.message import Message
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
+from ..clock import utc_now
 from ..config import BouncesConfig, Config
 from ..errors import MailerError
 from ..message import make_message_id
 from ..store import BounceInput, Scoring, Store
-from ..store.base import utc_now
 from .classify import Kind, classify, decoded_header
 from .verp import VerpSigner
 

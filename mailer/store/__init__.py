@@ -7,7 +7,8 @@ the modules beside this one (``roster``: units, recipients, subscriptions;
 
 from __future__ import annotations
 
-from .base import BUSY_TIMEOUT_S, Clock, default_actor, utc_now
+from ..clock import utc_now
+from .base import BUSY_TIMEOUT_S, Now, default_actor
 from .bounces import BounceInput, BounceRow, BouncesMixin, Scoring
 from .editions import ArchivedIssue, ArchiveRow, ArticleHit, EditionsMixin, Reader
 from .ledger import DeliveryResult, Job, LedgerMixin
@@ -27,11 +28,11 @@ __all__ = [
     "ArticleHit",
     "BounceInput",
     "BounceRow",
-    "Clock",
     "DeliveryResult",
     "ImportReport",
     "ImportRow",
     "Job",
+    "Now",
     "Reader",
     "Scoring",
     "Store",

@@ -26,6 +26,7 @@ from typing import Any, Self
 
 from sqlite_utils import Database
 
+from ..clock import utc_now
 from ..config import ListConfig
 from ..errors import NotInitialised, StoreError, UnknownList, UnknownUnit
 from ..models import MailingList, Role, Unit, UnitKind
@@ -33,7 +34,8 @@ from ..stamps import stamp
 from .schema import MIGRATIONS
 
 BUSY_TIMEOUT_S = 10.0
-Clock = Callable[[], dt.datetime]
+# What the store reads the time with (for its stamps): ``Clock.now`` of mailer.clock.
+Now = Callable[[], dt.datetime]
 
 def default_actor() -> str:
     """Who is at the keyboard, for the audit trail."""
@@ -41,10 +43,6 @@ def default_actor() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return f"uid:{os.getuid()}"
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 
@@ -72,7 +70,7 @@ def _connect(path: Path) -> Database:
 class StoreBase:
     """Connection, transactions, audit events and lists; ``Store`` adds the rest."""
 
-    def __init__(self, db: Database, path: Path, *, clock: Clock = utc_now, actor: str) -> None:
+    def __init__(self, db: Database, path: Path, *, clock: Now = utc_now, actor: str) -> None:
         self.db = db
         self.path = path
         self.clock = clock
@@ -81,7 +79,7 @@ class StoreBase:
     # --- opening --------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path, *, clock: Clock = utc_now, actor: str | None = None) -> Self:
+    def open(cls, path: Path, *, clock: Now = utc_now, actor: str | None = None) -> Self:
         """Open an initialised database; brings its schema up to date."""
         if not path.exists():
             raise NotInitialised(
@@ -100,7 +98,7 @@ class StoreBase:
         path: Path,
         lists: Iterable[ListConfig],
         *,
-        clock: Clock = utc_now,
+        clock: Now = utc_now,
         actor: str | None = None,
     ) -> Self:
         """Create the database if needed (mode 0600) and make its lists match the config."""
