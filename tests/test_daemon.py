@@ -360,6 +360,9 @@ def test_watched_folder_schedules_reschedules_and_refuses(
                           encoding="utf-8")
         wait_for(lambda: "event=issue.rescheduled" in d.text(), 10, "the reschedule")
         wait_for(lambda: len(srv.messages) == 14, 20, "the rescheduled campaign")
+        # Sent, not still sending: the last replies are recorded a moment after the
+        # server has the last message.
+        wait_for(lambda: "event=finished" in d.text(), 20, "the campaign to finish")
         # Edited after sending: refused, logged, not sent again.
         edited = markdown_issue(tmp_path, run, soon.strftime("%Y-%m-%dT%H:%M:%S"))
         target.write_text(edited.replace("协会承办。", "协会承办！"), encoding="utf-8")

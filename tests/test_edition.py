@@ -88,9 +88,9 @@ def test_old_link_after_a_key_rotation(rotated: None, sent: Sent,  # noqa: F811
     uid = w.store().uid_of(MEMBER)
     assert uid
     old = make_edition_token(previous, uid, "send-to", sent.issue_ids[9], 1)
-    w.clock.now = dt.datetime(2026, 6, 30, 15, 59, tzinfo=dt.UTC)
+    w.clock.set(dt.datetime(2026, 6, 30, 15, 59, tzinfo=dt.UTC))
     assert w.client.get(f"/w/{old}").status_code == 200
-    w.clock.now = dt.datetime(2026, 6, 30, 16, 0, tzinfo=dt.UTC)
+    w.clock.set(dt.datetime(2026, 6, 30, 16, 0, tzinfo=dt.UTC))
     assert w.client.get(f"/w/{old}").status_code == 404
     new = make_edition_token(current, uid, "send-to", sent.issue_ids[9], 1)
     assert w.client.get(f"/w/{new}").status_code == 200

@@ -651,18 +651,21 @@ def test_a_silent_relay_pauses_the_campaign_instead_of_walking_it(
         with pytest.raises(RelayUnavailable):
             asyncio.run(sender(s, silent.port, timeout=0.3).run())
         assert len(silent.connects) == 1
-        waits: list[float] = []
         policy = Policy(concurrency=4, first_retry=5.0, max_retry=100.0)
-        paused = sender(s, silent.port, timeout=0.3, policy=policy, wait_for_retries=True)
 
-        async def sleep(seconds: float) -> None:
-            waits.append(seconds)
-            if len(waits) == 3:
-                paused.stop.set()  # staff give up waiting (Ctrl-C)
-            await asyncio.sleep(0)
+        class StaffGiveUp(ManualClock):
+            """Time moves when slept on; after the third back-off staff press Ctrl-C."""
 
-        paused.sleep = sleep
-        asyncio.run(paused.run())
+            async def sleep(self, seconds: float) -> None:
+                await super().sleep(seconds)
+                if len(self.slept) == 3:
+                    paused.stop.set()
+
+        clock = StaffGiveUp(dt.datetime.now(dt.UTC))
+        paused = sender(s, silent.port, timeout=0.3, policy=policy, wait_for_retries=True,
+                        clock=clock)
+        asyncio.run(asyncio.wait_for(paused.run(), 60))
+    waits = clock.slept
     assert waits == [5.0, 10.0, 20.0]
     assert len(silent.connects) == 1 + 3  # one attempt per pass
     rows = ledger(initialised)
