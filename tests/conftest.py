@@ -13,6 +13,8 @@ from click.testing import CliRunner, Result
 
 from mailer.cli import cli
 
+from .tls_cert import make_certificate
+
 REPO = Path(__file__).resolve().parent.parent
 # The real issue staff have (the design folder's samples/bulletin-2015-09.txt), copied.
 SAMPLE_ISSUE = REPO / "tests" / "data" / "bulletin-2015-09.txt"
@@ -116,3 +118,9 @@ def refuse_with(code: int) -> Callable[..., NoReturn]:
         raise OSError(code, os.strerror(code))
 
     return fail
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A throwaway self-signed (certificate, key) for 127.0.0.1, for TLS servers."""
+    return make_certificate(tmp_path_factory.mktemp("tls"))

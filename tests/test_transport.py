@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import shutil
 import ssl
-import subprocess
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -246,21 +244,6 @@ def test_starttls_required_but_not_offered() -> None:
         with pytest.raises(SMTPSetupError, match="STARTTLS"):
             run(send_all(s, [message()[0]]))
     assert srv.messages == []
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )
-    return cert, key
 
 
 @pytest.mark.parametrize("pipelining", [False, True])
