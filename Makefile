@@ -38,13 +38,17 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 # tests from a throwaway config on a loopback port, never as a system service).
 # LibreOffice (without its GUI) prints the tests' Word issues to PDF, as staff print
 # them. WeasyPrint needs pango; pdftoppm (poppler-utils) turns the PDF's pages into
-# images for the browser test's folder.
+# images for the browser test's folder. Postfix writes a real bounce in the tests
+# from a throwaway config; preseeded "No configuration", installing it configures
+# and starts no system mail service.
 SYSTEM_PACKAGES := chromium fonts-noto-cjk dovecot-imapd libreoffice-writer-nogui \
-  libpango-1.0-0 libpangoft2-1.0-0 poppler-utils
+  libpango-1.0-0 libpangoft2-1.0-0 poppler-utils postfix
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages for the tests:" $$missing; \
+	  echo "postfix postfix/main_mailer_type select No configuration" | \
+	    $(SUDO) debconf-set-selections; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi

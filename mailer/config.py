@@ -16,7 +16,7 @@ import stat
 import string
 import tomllib
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -135,6 +135,9 @@ class BouncesConfig:
     score_stale_days: float = 7.0
     max_message_kb: int = 2048
     imap_timeout: float = 30.0
+    # The CA certificate(s) (PEM) the mailbox's certificate must chain to, instead of
+    # the system's: for a mailbox with a private CA. None: the system's public CAs.
+    imap_ca_file: Path | None = None
 
     @property
     def imap_password(self) -> str | None:
@@ -476,7 +479,7 @@ def parse(data: Mapping[str, object], path: Path) -> Config:
     ct.no_unknown_keys()
 
     lists = _parse_lists(root.table("lists"))
-    bounces = _parse_bounces(root) if "bounces" in root.data else None
+    bounces = _parse_bounces(root, rel) if "bounces" in root.data else None
     root.no_unknown_keys()
 
     if web.inline_secret:
@@ -530,7 +533,7 @@ def _parse_lists(tbl: _Table) -> tuple[ListConfig, ...]:
 _LOOPBACK_NAMES = ("localhost", "localhost.localdomain")
 
 
-def _parse_bounces(root: _Table) -> BouncesConfig:
+def _parse_bounces(root: _Table, rel: Callable[[str], Path]) -> BouncesConfig:
     b = root.table("bounces")
     if "imap_password" in b.data:
         raise b.error("imap_password", f"the IMAP password is read only from "
@@ -567,11 +570,15 @@ def _parse_bounces(root: _Table) -> BouncesConfig:
         score_stale_days=b.number("score_stale_days", 7.0, low=1.0),
         max_message_kb=b.integer("max_message_kb", 2048, low=1, high=1 << 20),
         imap_timeout=b.number("imap_timeout", 30.0, low=0.1),
+        imap_ca_file=rel(ca_file) if (ca_file := b.text("imap_ca_file", None)) else None,
     )
     b.no_unknown_keys()
     if cfg.delete_processed and cfg.processed_folder:
         raise b.error("delete_processed", "set either processed_folder or delete_processed, "
                                           "not both")
+    if cfg.imap_ca_file is not None and tls == "none":
+        raise b.error("imap_ca_file", 'has no use with imap_tls = "none" (no certificate is '
+                                      'checked); remove it or use "tls" or "starttls"')
     return cfg
 
 

@@ -13,6 +13,8 @@ from click.testing import CliRunner, Result
 
 from mailer.cli import cli
 
+from .smtp_server import make_certificate
+
 REPO = Path(__file__).resolve().parent.parent
 # The real issue staff have (the design folder's samples/bulletin-2015-09.txt), copied.
 SAMPLE_ISSUE = REPO / "tests" / "data" / "bulletin-2015-09.txt"
@@ -142,3 +144,12 @@ def refuse_with(code: int) -> Callable[..., NoReturn]:
         raise OSError(code, os.strerror(code))
 
     return fail
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A throwaway self-signed (certificate, key) for 127.0.0.1, for TLS servers."""
+    made = make_certificate(tmp_path_factory.mktemp("tls"))
+    if made is None:
+        pytest.skip("openssl is not installed")
+    return made

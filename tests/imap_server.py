@@ -1,10 +1,12 @@
 """A real Dovecot IMAP server for the bounce tests, from a throwaway config.
 
 Started by the test on a loopback port, never as a system service; its files live
-in a fresh temporary folder removed afterwards. As an ordinary user everything
-runs as that user. As root (CI), Dovecot refuses to run its login and mail
-processes as root: they run as the unprivileged users Debian's package creates
-(dovenull, dovecot) and as nobody for the mail itself.
+in a fresh temporary folder removed afterwards. Without a certificate it speaks
+plain IMAP only (no STARTTLS offered); with one it offers STARTTLS on its plain
+port, implicit TLS on a second port, and refuses to log anyone in without TLS.
+As an ordinary user everything runs as that user. As root (CI), Dovecot refuses
+to run its login and mail processes as root: they run as the unprivileged users
+Debian's package creates (dovenull, dovecot) and as nobody for the mail itself.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pwd
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -38,11 +41,22 @@ class Dovecot:
     user: str
     password: str
     root: Path
+    tls_port: int | None = None  # implicit TLS; None: a server without TLS
+    ca_file: Path | None = None  # the certificate that verifies it
 
     def client(self) -> IMAPClient:
-        c = IMAPClient(self.host, port=self.port, ssl=False, timeout=10)
+        if self.tls_port is None:
+            c = IMAPClient(self.host, port=self.port, ssl=False, timeout=10)
+        else:
+            context = ssl.create_default_context(cafile=str(self.ca_file))
+            c = IMAPClient(self.host, port=self.tls_port, ssl=True, ssl_context=context,
+                           timeout=10)
         c.login(self.user, self.password)
         return c
+
+    def log(self) -> str:
+        path = self.root / "dovecot.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def append(self, raw: bytes, folder: str = "INBOX") -> None:
         with contextlib.closing(_Logout(self.client())) as c:
@@ -76,7 +90,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _config(root: Path, port: int) -> tuple[str, pwd.struct_passwd]:
+def _config(root: Path, port: int, tls: tuple[Path, Path] | None,
+            tls_port: int) -> tuple[str, pwd.struct_passwd]:
     me = pwd.getpwuid(os.getuid())
     if os.getuid() == 0:
         login, internal, mail = "dovenull", "dovecot", pwd.getpwnam("nobody")
@@ -90,8 +105,7 @@ log_path = {root}/dovecot.log
 instance_name = mailer-test-{port}
 protocols = imap
 listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
+{_ssl(tls)}
 auth_mechanisms = plain
 default_login_user = {login}
 default_internal_user = {internal}
@@ -112,7 +126,8 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {tls_port if tls else 0}
   }}
 }}
 service anvil {{
@@ -126,16 +141,25 @@ service stats {{
 """, mail
 
 
+def _ssl(tls: tuple[Path, Path] | None) -> str:
+    if tls is None:
+        return "ssl = no\ndisable_plaintext_auth = no"
+    cert, key = tls
+    # "required": no login at all before TLS, so a login that works proves TLS.
+    return f"ssl = required\nssl_cert = <{cert}\nssl_key = <{key}"
+
+
 @contextlib.contextmanager
-def dovecot_server() -> Iterator[Dovecot]:
+def dovecot_server(tls: tuple[Path, Path] | None = None) -> Iterator[Dovecot]:
+    """``tls``: (certificate, key) in PEM to offer TLS with."""
     if not os.path.exists(DOVECOT):
         pytest.fail("dovecot is not installed; `make test` installs dovecot-imapd")
     # Not under pytest's tmp_path: its folders are 0700, and as root the mail
     # processes run as nobody, who must reach the mail folder.
     root = Path(tempfile.mkdtemp(prefix="mailer-dovecot-"))
     root.chmod(0o755)
-    port = _free_port()
-    text, mail = _config(root, port)
+    port, tls_port = _free_port(), _free_port()
+    text, mail = _config(root, port, tls, tls_port)
     (root / "dovecot.conf").write_text(text)
     (root / "users").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")
     for sub in ("run", "state", "mail", "home"):
@@ -148,7 +172,8 @@ def dovecot_server() -> Iterator[Dovecot]:
     proc = subprocess.Popen([DOVECOT, "-F", "-c", str(root / "dovecot.conf")],
                             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                             start_new_session=True)
-    server = Dovecot("127.0.0.1", port, USER, PASSWORD, root)
+    server = Dovecot("127.0.0.1", port, USER, PASSWORD, root,
+                     tls_port if tls else None, tls[0] if tls else None)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         for _ in range(400):  # bounded in count and time

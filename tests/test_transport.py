@@ -26,7 +26,7 @@ from mailer.transport import (
     send_one,
 )
 
-from .smtp_server import Behaviour, Server, make_certificate, smtp_server
+from .smtp_server import Behaviour, Server, smtp_server
 
 T = TypeVar("T")
 SENDER = "bulletin@example.org"
@@ -243,14 +243,6 @@ def test_starttls_required_but_not_offered() -> None:
         with pytest.raises(SMTPSetupError, match="STARTTLS"):
             run(send_all(s, [message()[0]]))
     assert srv.messages == []
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    made = make_certificate(tmp_path_factory.mktemp("tls"))
-    if made is None:
-        pytest.skip("openssl is not installed")
-    return made
 
 
 @pytest.mark.parametrize("pipelining", [False, True])

@@ -79,21 +79,48 @@ class PassReport:
 
 
 def connect(cfg: BouncesConfig) -> IMAPClient:
-    """A logged-in client, per ``imap_tls``; MailboxError when that fails."""
+    """A logged-in client, per ``imap_tls``; MailboxError when that fails. The
+    password is sent only after TLS is up (or with "none", to a loopback host)."""
     password = cfg.imap_password
     if cfg.imap_user is None or password is None:
         raise MailboxError(cfg.imap_host, cfg.imap_port,
                            "set bounces.imap_user in the config and $MAILER_IMAP_PASSWORD")
-    context = ssl.create_default_context()
+    context = _tls_context(cfg)
     try:
         client = IMAPClient(cfg.imap_host, port=cfg.imap_port, ssl=cfg.imap_tls == "tls",
                             ssl_context=context, timeout=cfg.imap_timeout)
         if cfg.imap_tls == "starttls":
+            if not client.has_capability("STARTTLS"):
+                with contextlib.suppress(OSError, IMAPClientError):
+                    client.shutdown()
+                raise MailboxError(cfg.imap_host, cfg.imap_port,
+                                   "the server does not offer STARTTLS; the password was not "
+                                   "sent in clear (if it listens for TLS, usually on port 993, "
+                                   'set imap_tls = "tls")')
             client.starttls(context)
         client.login(cfg.imap_user, password)
+    except ssl.SSLCertVerificationError as e:
+        hint = ("; set bounces.imap_ca_file to the CA certificate that signed it"
+                if cfg.imap_ca_file is None else f" against {cfg.imap_ca_file}")
+        raise MailboxError(cfg.imap_host, cfg.imap_port,
+                           f"the server's certificate does not verify "
+                           f"({e.verify_message}){hint}") from None
     except (OSError, IMAPClientError) as e:
         raise MailboxError(cfg.imap_host, cfg.imap_port, str(e) or type(e).__name__) from None
     return client
+
+
+def _tls_context(cfg: BouncesConfig) -> ssl.SSLContext:
+    """Verifying, with the system's CAs or only those of ``imap_ca_file``."""
+    if cfg.imap_ca_file is None:
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cafile=str(cfg.imap_ca_file))
+    except (OSError, ValueError) as e:  # missing, unreadable, or not PEM certificates
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise MailboxError(cfg.imap_host, cfg.imap_port,
+                           f"bounces.imap_ca_file {cfg.imap_ca_file}: cannot be read as CA "
+                           f"certificates ({reason})") from None
 
 
 class Reader:
