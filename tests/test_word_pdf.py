@@ -240,3 +240,29 @@ def test_send_at_from_the_word_document_properties(tmp_path: Path, run: Run) -> 
     [error] = parse_file(path).errors
     assert error.place == "document properties"
     assert "'next tuesday': write it as 2026-12-02 09:00" in error.message
+
+
+def test_convert_names_each_picture_the_markdown_cannot_carry(tmp_path: Path, run: Run) -> None:
+    path = write_word(tmp_path / "pictured.docx", Style(picture=True))
+    second = docx.Document(str(path))  # a second one, inline in article 3's first paragraph
+    start = sample_issue().articles[2].blocks[0].text[:12]
+    [para] = [p for p in second.paragraphs if p.text.strip().startswith(start)]
+    para.add_run().add_picture(io.BytesIO(png(200, 100, (30, 30, 200))), width=Cm(5))
+    second.save(str(path))
+    pictures = [b.image for a in parse_file(path).issue.articles for b in a.blocks
+                if b.image is not None]
+    assert len(pictures) == 2
+    out = tmp_path / "pictured.md"
+    result = run("issue", "convert", str(path), "-o", str(out))
+    warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("warning: ")]
+    assert len(warnings) == 2, result.stderr
+    for picture, warning in zip(pictures, warnings, strict=True):
+        assert f"picture {picture.name} is not in the Markdown file" in warning
+        assert "cannot carry pictures" in warning
+    assert "image1.png (after paragraph 13)" in warnings[0]
+    # The rest is all there, and reads back as the issue without its pictures.
+    assert parse_file(out).issue == without_pictures(parse_file(path).issue)
+    # A file without pictures converts without a word of warning.
+    plain = write_word(tmp_path / "plain.docx", Style())
+    assert "warning" not in run("issue", "convert", str(plain), "-o",
+                                str(tmp_path / "plain.md")).stderr
