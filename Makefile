@@ -25,9 +25,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 # tests from a throwaway config on a loopback port, never as a system service).
 # LibreOffice (without its GUI) prints the tests' Word issues to PDF, as staff print
 # them. WeasyPrint needs pango; pdftoppm (poppler-utils) turns the PDF's pages into
-# images for the browser test's folder.
+# images for the browser test's folder. qpdf puts a password on a printed PDF, as
+# staff's PDF printers can.
 SYSTEM_PACKAGES := chromium fonts-noto-cjk dovecot-imapd libreoffice-writer-nogui \
-  libpango-1.0-0 libpangoft2-1.0-0 poppler-utils
+  libpango-1.0-0 libpangoft2-1.0-0 poppler-utils qpdf
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

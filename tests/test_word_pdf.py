@@ -13,7 +13,9 @@ import email.policy
 import io
 import os
 import re
+import shutil
 import struct
+import subprocess
 import zlib
 from email.message import EmailMessage
 from pathlib import Path
@@ -190,6 +192,30 @@ def test_old_word_files_and_scans_get_one_line(run: Run, tmp_path: Path) -> None
         (tmp_path / name).write_bytes(data)
         assert_one_line_error(run("issue", "check", str(tmp_path / name), ok=False),
                               name, words)
+
+
+@pytest.mark.skipif(shutil.which("qpdf") is None,
+                    reason="qpdf is not installed: `make test` installs it")
+def test_a_password_protected_pdf_gets_one_line(files: dict[str, Path], run: Run,
+                                                initialised: Path, tmp_path: Path) -> None:
+    printed = files["star.pdf"]
+    locked = tmp_path / "locked.pdf"  # a password to open it, AES-256 as printers set it
+    subprocess.run(["qpdf", "--encrypt", "open-sesame", "owner-pw", "256", "--",
+                    str(printed), str(locked)], check=True, capture_output=True, timeout=60)
+    assert b"/Encrypt" in locked.read_bytes()
+    for command in (["issue", "check", str(locked)],
+                    ["render", str(locked), "--out", str(tmp_path / "out")]):
+        assert_one_line_error(run(*command, ok=False), "locked.pdf is password-protected",
+                              "without a password", ".docx")
+    assert not (tmp_path / "out").exists()  # nothing half-written
+    # Only a permissions password (no copying, no printing): every reader opens it
+    # without asking, and so does mailer.
+    restricted = tmp_path / "restricted.pdf"
+    subprocess.run(["qpdf", "--encrypt", "", "owner-pw", "256", "--extract=n", "--print=none",
+                    "--", str(printed), str(restricted)],
+                   check=True, capture_output=True, timeout=60)
+    assert b"/Encrypt" in restricted.read_bytes()
+    assert without_pictures(parse_file(restricted).issue) == sample_issue()
 
 
 def test_a_pdf_without_text_is_a_scan(files: dict[str, Path], run: Run) -> None:
