@@ -40,9 +40,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 # them. WeasyPrint needs pango; pdftoppm (poppler-utils) turns the PDF's pages into
 # images for the browser test's folder. Postfix writes a real bounce in the tests
 # from a throwaway config; preseeded "No configuration", installing it configures
-# and starts no system mail service.
+# and starts no system mail service. qpdf puts a password on a printed PDF, as
+# staff's PDF printers can.
 SYSTEM_PACKAGES := chromium fonts-noto-cjk dovecot-imapd libreoffice-writer-nogui \
-  libpango-1.0-0 libpangoft2-1.0-0 poppler-utils postfix
+  libpango-1.0-0 libpangoft2-1.0-0 poppler-utils postfix qpdf
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -378,6 +378,43 @@ def test_watched_folder_schedules_reschedules_and_refuses(
     assert "event=issue.rejected" in d.text() or "event=issue.unreadable" in d.text()
 
 
+def test_an_edited_word_file_in_the_watched_folder_reschedules(
+        daemon_env: Callable[..., tuple[Daemon, Path]], run: Run, tmp_path: Path) -> None:
+    from .word_issue import Style, set_send_at, write_word
+
+    folder = tmp_path / "issues"
+    folder.mkdir()
+    drafts = tmp_path / "drafts"
+    drafts.mkdir()
+    target = folder / "2015-09.docx"
+
+    def save(when: dt.datetime) -> None:
+        """As Word saves: the whole file written anew beside, then put in place; its
+        send_at in the custom document property."""
+        draft = write_word(drafts / target.name, Style())
+        set_send_at(draft, when.strftime("%Y-%m-%d %H:%M:%S"))
+        os.replace(draft, target)
+
+    with smtp_server() as srv:
+        d, _ = daemon_env(srv, extra=f'\n[schedule]\nissues_dir = "{folder}"\n')
+        d.start()
+        later = at(3600)[1]
+        save(later)
+        wait_for(lambda: "event=issue.scheduled" in d.text(), 10, "the Word file to be scheduled")
+        [row] = campaigns(run)
+        assert row["status"] == "pending" and later.strftime("%Y-%m-%d %H:%M") in str(row["at"])
+        # Saved again in Word with another time, before the first: rescheduled. (More
+        # ahead than for a text file: reading a .docx takes a moment on a busy machine.)
+        _, soon = at(6)
+        save(soon)
+        wait_for(lambda: "event=issue.rescheduled" in d.text(), 15, "the reschedule")
+        wait_for(lambda: len(srv.messages) == 14, 20, "the rescheduled campaign")
+        assert d.stop() == 0
+    [row] = campaigns(run)
+    assert row["status"] == "sent" and soon.strftime("%Y-%m-%d %H:%M") in str(row["at"])
+    assert "event=issue.not_scheduled" not in d.text()
+
+
 # --- the web app runs inside the daemon ------------------------------------------------
 
 

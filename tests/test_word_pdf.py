@@ -13,7 +13,9 @@ import email.policy
 import io
 import os
 import re
+import shutil
 import struct
+import subprocess
 import zlib
 from email.message import EmailMessage
 from pathlib import Path
@@ -192,6 +194,30 @@ def test_old_word_files_and_scans_get_one_line(run: Run, tmp_path: Path) -> None
                               name, words)
 
 
+@pytest.mark.skipif(shutil.which("qpdf") is None,
+                    reason="qpdf is not installed: `make test` installs it")
+def test_a_password_protected_pdf_gets_one_line(files: dict[str, Path], run: Run,
+                                                initialised: Path, tmp_path: Path) -> None:
+    printed = files["star.pdf"]
+    locked = tmp_path / "locked.pdf"  # a password to open it, AES-256 as printers set it
+    subprocess.run(["qpdf", "--encrypt", "open-sesame", "owner-pw", "256", "--",
+                    str(printed), str(locked)], check=True, capture_output=True, timeout=60)
+    assert b"/Encrypt" in locked.read_bytes()
+    for command in (["issue", "check", str(locked)],
+                    ["render", str(locked), "--out", str(tmp_path / "out")]):
+        assert_one_line_error(run(*command, ok=False), "locked.pdf is password-protected",
+                              "without a password", ".docx")
+    assert not (tmp_path / "out").exists()  # nothing half-written
+    # Only a permissions password (no copying, no printing): every reader opens it
+    # without asking, and so does mailer.
+    restricted = tmp_path / "restricted.pdf"
+    subprocess.run(["qpdf", "--encrypt", "", "owner-pw", "256", "--extract=n", "--print=none",
+                    "--", str(printed), str(restricted)],
+                   check=True, capture_output=True, timeout=60)
+    assert b"/Encrypt" in restricted.read_bytes()
+    assert without_pictures(parse_file(restricted).issue) == sample_issue()
+
+
 def test_a_pdf_without_text_is_a_scan(files: dict[str, Path], run: Run) -> None:
     assert_one_line_error(run("issue", "check", str(files["scan.pdf"]), ok=False),
                           "scan.pdf", "no text", "(a scan)")
@@ -240,3 +266,29 @@ def test_send_at_from_the_word_document_properties(tmp_path: Path, run: Run) -> 
     [error] = parse_file(path).errors
     assert error.place == "document properties"
     assert "'next tuesday': write it as 2026-12-02 09:00" in error.message
+
+
+def test_convert_names_each_picture_the_markdown_cannot_carry(tmp_path: Path, run: Run) -> None:
+    path = write_word(tmp_path / "pictured.docx", Style(picture=True))
+    second = docx.Document(str(path))  # a second one, inline in article 3's first paragraph
+    start = sample_issue().articles[2].blocks[0].text[:12]
+    [para] = [p for p in second.paragraphs if p.text.strip().startswith(start)]
+    para.add_run().add_picture(io.BytesIO(png(200, 100, (30, 30, 200))), width=Cm(5))
+    second.save(str(path))
+    pictures = [b.image for a in parse_file(path).issue.articles for b in a.blocks
+                if b.image is not None]
+    assert len(pictures) == 2
+    out = tmp_path / "pictured.md"
+    result = run("issue", "convert", str(path), "-o", str(out))
+    warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("warning: ")]
+    assert len(warnings) == 2, result.stderr
+    for picture, warning in zip(pictures, warnings, strict=True):
+        assert f"picture {picture.name} is not in the Markdown file" in warning
+        assert "cannot carry pictures" in warning
+    assert "image1.png (after paragraph 13)" in warnings[0]
+    # The rest is all there, and reads back as the issue without its pictures.
+    assert parse_file(out).issue == without_pictures(parse_file(path).issue)
+    # A file without pictures converts without a word of warning.
+    plain = write_word(tmp_path / "plain.docx", Style())
+    assert "warning" not in run("issue", "convert", str(plain), "-o",
+                                str(tmp_path / "plain.md")).stderr

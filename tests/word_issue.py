@@ -40,6 +40,7 @@ class Style:
     end: str = "borders"  # "borders": paragraphs with rules; "table": a bordered table
     masthead: str = "tab"  # "tab": publisher<tab>date; "table": a borderless table
     picture: bool = False  # a picture after the first paragraph of the first article
+    picture_cm: float = 8  # its width on the page
     running: bool = True  # a running header and page numbers in the footer
 
 
@@ -131,7 +132,7 @@ def write_word(path: Path, style: Style, issue: Issue | None = None, *,
         for n, block in enumerate(article.blocks):
             _block(d.add_paragraph(), block, style, cuts.get(block.line, []))
             if style.picture and k == 0 and n == 0:
-                d.add_picture(io.BytesIO(picture), width=Cm(8))
+                d.add_picture(io.BytesIO(picture), width=Cm(style.picture_cm))
 
     end = []
     for line in issue.end.lines:

@@ -10,7 +10,7 @@ from .. import campaigns, endblock
 from .. import config as config_mod
 from ..errors import InvalidInput, IssueError, NotInitialised
 from ..files import make_folder, write_atomic
-from ..issue import check_punctuation, fix_issue, parse_file, to_markdown
+from ..issue import check_punctuation, fix_issue, parse_file, pictures_left_out, to_markdown
 from ..models import Issue
 from .base import State, cli, pass_state
 
@@ -125,6 +125,8 @@ def issue_convert(file: Path, output: Path | None, force: bool, fix: bool) -> No
         raise InvalidInput(f"{target} exists; add --force to replace it")
     issue, fixed = fix_issue(result.issue) if fix else (result.issue, 0)
     write_atomic(target, to_markdown(issue).encode("utf-8"))
+    for w in pictures_left_out(issue):
+        click.secho(f"warning: {w}", fg="yellow", err=True)
     click.echo(f"wrote {target}" + (f" ({fixed} punctuation mark{'s' if fixed != 1 else ''} "
                                     "made full-width)" if fix else ""))
 

@@ -25,7 +25,7 @@ from mailer.links import is_safe_href
 
 from .common import ParseResult, Problem, split_names
 from .extracted import Extracted, as_text, parse_extracted
-from .markdown import parse_markdown, to_markdown
+from .markdown import parse_markdown, pictures_left_out, to_markdown
 from .pdf import read_pdf
 from .punctuation import Finding, check_source, fix_issue
 from .text import parse_text
@@ -42,6 +42,7 @@ __all__ = [
     "parse_file",
     "parse_markdown",
     "parse_text",
+    "pictures_left_out",
     "read_source",
     "split_names",
     "to_markdown",

@@ -363,6 +363,8 @@ def to_markdown(issue: Issue) -> str:
     for article in issue.articles:
         out += [f"## {_md_inline(article.title, heading=True)}", ""]
         for block in article.blocks:
+            if block.kind is BlockKind.IMAGE:
+                continue  # see pictures_left_out: staff are told
             prefix = prefixes.get(block.kind)
             if prefix:
                 out.append(prefix + _md_spans(block.spans, heading=True))
@@ -373,3 +375,14 @@ def to_markdown(issue: Issue) -> str:
         out += ["---", ""]
         out += [_md_block_start(_md_inline(ln.written)) + "\n" for ln in issue.end.lines]
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def pictures_left_out(issue: Issue) -> list[str]:
+    """A warning for each picture ``to_markdown`` leaves out: Markdown here is text
+    only, so a picture from a Word issue would otherwise vanish without a word."""
+    return [
+        f"picture {block.image.name} is not in the Markdown file: the Markdown form "
+        "cannot carry pictures; send the Word file itself to keep it in the email"
+        for article in issue.articles for block in article.blocks
+        if block.kind is BlockKind.IMAGE and block.image is not None
+    ]
