@@ -22,11 +22,10 @@ from pathlib import Path
 from .bounces.verp import VerpSigner
 from .compose import Outbox, compose, file_sha256, load_issue
 from .config import Config
-from .errors import CampaignNotSending, InvalidInput, IssueError, SendError
+from .errors import CampaignNotSending, InvalidInput, IssueError, SendError, UnknownRecipient
 from .message import PreparedMessage, make_message_id
 from .models import Campaign, CampaignStatus
-from .pdf import render_pdf
-from .render import UNSUBSCRIBE_PLACEHOLDER, WEB_EDITION_PLACEHOLDER
+from .render import PDF_PATH, UNSUBSCRIBE_PLACEHOLDER, WEB_EDITION_PLACEHOLDER
 from .send import Policy, Progress, Run
 from .store import Store
 from .tokens import make_token, unsubscribe_url
@@ -34,11 +33,13 @@ from .transport import Envelope, Outcome, Reply, SMTPSettings, SMTPTransport, se
 from .validate import normalise_email
 
 __all__ = [
+    "EditionLinks",
     "Prepared",
     "Preview",
     "TestCopyRefused",
     "TestSent",
     "choose_lists",
+    "edition_links",
     "local_time",
     "prepare",
     "preview",
@@ -297,7 +298,37 @@ def preview(config: Config, store: Store, path: Path, list_slug: str) -> Preview
 def print_edition(config: Config, store: Store, path: Path, list_slug: str) -> bytes:
     """The issue's PDF edition (A4, the printed 简报) as ``list_slug`` gets it."""
     outbox = prepare(config, store, path, (list_slug,)).outbox
-    return render_pdf(outbox.issue, outbox.audience(list_slug), end=outbox.end)
+    return outbox.pdf(list_slug)[1]
+
+
+@dataclass(frozen=True)
+class EditionLinks:
+    """One recipient's own links to an issue's web and PDF editions."""
+
+    web: str
+    pdf: str
+
+
+def edition_links(config: Config, store: Store, path: Path, list_slug: str,
+                  email: str) -> EditionLinks:
+    """The web and PDF edition URLs ``email`` gets for the issue in ``path`` as a
+    member of ``list_slug`` (they open once the issue has been sent to them)."""
+    address = normalise_email(email)
+    outbox = prepare(config, store, path, (list_slug,)).outbox
+    uid = store.uid_of(address.email)
+    if uid is None:
+        raise UnknownRecipient(address.email)
+    if store.find_subscription(uid, list_slug) is None:
+        raise InvalidInput(f"{address.email} is not on the list {list_slug}; "
+                           "name its list with --list")
+    m = outbox.issue.masthead
+    issue_id = store.find_issue(m.year, m.number)
+    if issue_id is None:
+        raise IssueError(f"{outbox.issue.subject_label} has not been sent or scheduled yet, "
+                         "so it has no links; they exist once it is (`mailer send FILE`)")
+    outbox.issue_id = issue_id
+    web = outbox.web_edition_url(uid, list_slug)
+    return EditionLinks(web=web, pdf=web + PDF_PATH)
 
 
 def _zone(config: Config) -> dt.tzinfo:

@@ -14,18 +14,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Config, SigningKey
+from .config import Config, SigningKey, default_pdf_mode
 from .endblock import printed
 from .errors import IssueError
 from .issue import parse_file
-from .message import MessageParts, PreparedMessage
+from .message import Attachment, MessageParts, PreparedMessage
 from .models import EndBlock, Issue, MailingList
+from .pdf import typeset
 from .render import (
     UNSUBSCRIBE_PLACEHOLDER,
     WEB_EDITION_PLACEHOLDER,
     Audience,
     Rendered,
     render_issue,
+    render_print,
     render_web,
 )
 from .store import Store
@@ -74,13 +76,44 @@ class Outbox:
     _prepared: dict[tuple[str, bool], PreparedMessage] = field(default_factory=dict)
     _key: SigningKey | None = None
     issue_id: int | None = None  # the issues row, once recorded (or reopened)
+    # PDF editions by the hash of the print HTML they were typeset from: lists whose
+    # print HTML is the same share one PDF, typeset once (or read back from the store).
+    _pdfs: dict[str, bytes] = field(default_factory=dict)
 
     def audience(self, slug: str) -> Audience:
         ml = self._list(slug)
         return Audience(
             role=ml.role, list_title=ml.title, footer_label=ml.footer_label,
             allow_unsubscribe=ml.allow_unsubscribe, contact=self.config.contact,
+            pdf_link=self.pdf_mode(slug) == "link",
         )
+
+    def pdf_mode(self, slug: str) -> str:
+        """How the list's email carries the PDF edition: attach, link or none."""
+        ml = self._list(slug)
+        for lc in self.config.lists:
+            if lc.slug == slug:
+                return lc.pdf
+        return default_pdf_mode(ml.role)  # a list the config no longer names
+
+    def pdf(self, slug: str) -> tuple[str, bytes]:
+        """(hash of its print HTML, bytes) of the PDF edition as ``slug`` gets it."""
+        html = render_print(self.issue, self.audience(slug), end=self.end)
+        digest = hashlib.sha256(html.encode()).hexdigest()
+        if digest not in self._pdfs:
+            self._pdfs[digest] = typeset(html)
+        return digest, self._pdfs[digest]
+
+    @property
+    def pdf_filename(self) -> str:
+        return f"{self.issue.subject_label}.pdf".replace(" ", "")
+
+    def load_pdf(self, store: Store, issue_id: int) -> None:
+        """Take the issue's stored PDF edition, so an unchanged issue is not typeset
+        again (a reopened campaign, a second campaign of the same issue)."""
+        stored = store.issue_pdf(issue_id)
+        if stored is not None:
+            self._pdfs.setdefault(stored[0], stored[1])
 
     def render(self, slug: str) -> Rendered:
         if slug not in self.rendered:
@@ -109,6 +142,10 @@ class Outbox:
             date=self.date,
             images=r.images,
             web_placeholder=WEB_EDITION_PLACEHOLDER,
+            attachments=(
+                (Attachment(self.pdf_filename, "application/pdf", self.pdf(slug)[1]),)
+                if self.pdf_mode(slug) == "attach" else ()
+            ),
         )
 
     @property
@@ -165,6 +202,13 @@ class Outbox:
                  for ml in self.lists}
         articles = next(iter(pages.values())).articles if pages else ()
         store.record_edition(self.issue_id, {s: w.html for s, w in pages.items()}, articles)
+        # For the …/pdf link and the web edition's; WeasyPrint takes seconds, so not
+        # when every list is set to "none".
+        wanted = [ml.slug for ml in self.lists if self.pdf_mode(ml.slug) != "none"]
+        if wanted:
+            self.load_pdf(store, self.issue_id)
+            digest, data = self.pdf(wanted[0])
+            store.record_pdf(self.issue_id, digest, data)
 
     def _list(self, slug: str) -> MailingList:
         for ml in self.lists:
@@ -188,7 +232,11 @@ def compose(
     if sha256 is None:
         sha256 = (file_sha256(source) if source
                   else hashlib.sha256(repr(issue).encode()).hexdigest())
-    return Outbox(
+    outbox = Outbox(
         issue=issue, source=source, sha256=sha256, lists=chosen, end=end, warnings=warnings,
         config=config, date=now or dt.datetime.now(dt.UTC),
     )
+    known = store.find_issue(issue.masthead.year, issue.masthead.number)
+    if known is not None:
+        outbox.load_pdf(store, known)
+    return outbox

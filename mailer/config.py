@@ -31,6 +31,7 @@ ENV_SECRET = "MAILER_SECRET"
 ENV_PREVIOUS_SECRET = "MAILER_PREVIOUS_SECRET"
 ENV_IMAP_PASSWORD = "MAILER_IMAP_PASSWORD"
 TLS_MODES = ("starttls", "tls", "none")
+PDF_MODES = ("attach", "link", "none")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MIN_SECRET_BYTES = 16
 
@@ -43,6 +44,14 @@ class ListConfig:
     footer_label: str
     allow_unsubscribe: bool
     collective_label: str | None = None  # printed on the 发： line instead of every unit
+    # The PDF edition in this list's email: attached, linked (…/w/<token>/pdf), or neither.
+    pdf: str = "link"
+
+
+def default_pdf_mode(role: Role) -> str:
+    """Superior bodies print and file the 简报: they get the PDF attached; member
+    units get a link, so every member's mailbox does not carry the file."""
+    return "attach" if role is Role.REPORT_TO else "link"
 
 
 @dataclass(frozen=True)
@@ -521,6 +530,7 @@ def _parse_lists(tbl: _Table) -> tuple[ListConfig, ...]:
                 # Superior bodies are official recipients: only staff change them.
                 allow_unsubscribe=lt.flag("allow_unsubscribe", role is not Role.REPORT_TO),
                 collective_label=lt.text("collective_label", None),
+                pdf=lt.choice("pdf", default_pdf_mode(role), PDF_MODES),
             )
         )
         lt.no_unknown_keys()

@@ -23,7 +23,7 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
 
@@ -33,6 +33,7 @@ from .validate import ascii_domain, wire_address
 
 __all__ = [
     "MAX_URL_LENGTH",
+    "Attachment",
     "MessageParts",
     "PreparedMessage",
     "format_to",
@@ -116,6 +117,16 @@ def make_message_id(campaign_id: int, recipient_id: int, domain: str) -> str:
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A file sent with every message of a list (the PDF edition): its bytes go into
+    the prepared message once, base64, so the per-recipient join does not grow."""
+
+    filename: str  # may be Chinese: written RFC 2231-encoded
+    content_type: str  # "application/pdf"
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class MessageParts:
     """Everything that is the same for every recipient of one (issue, list)."""
 
@@ -135,6 +146,8 @@ class MessageParts:
     # Stands for the recipient's web-edition URL in html and text; "" when the
     # bodies carry none.
     web_placeholder: str = ""
+    # Files after the bodies (multipart/mixed around them); the same for every recipient.
+    attachments: tuple[Attachment, ...] = ()
 
 
 class PreparedMessage:
@@ -200,6 +213,13 @@ class PreparedMessage:
                 html_part.add_related(image.data, maintype, subtype, cid=f"<{image.cid}>",
                                       disposition="inline")
             html_part.set_boundary(boundary + "_r")  # a fixed one: the same bytes each time
+        if parts.attachments:
+            # Not boundary + a suffix: a lax reader would take the outer delimiter
+            # line for the inner one; hex digests never start with "m".
+            msg.make_mixed(boundary="=_mailer_m" + boundary.removeprefix("=_mailer_"))
+            for a in parts.attachments:
+                maintype, _, subtype = a.content_type.partition("/")
+                msg.add_attachment(a.data, maintype, subtype, filename=a.filename)
         for part in msg.walk():
             if part is not msg:
                 del part["MIME-Version"]  # add_alternative/add_related repeat it

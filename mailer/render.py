@@ -45,6 +45,9 @@ WEB_EDITION_PLACEHOLDER = "https://mailer.invalid/w/MAILER_WEB_EDITION_TOKEN"
 """Stands for the recipient's personal web-edition URL (网页版), like
 ``UNSUBSCRIBE_PLACEHOLDER``; every rendering of the email carries it."""
 
+PDF_PATH = "/pdf"
+"""The PDF edition's URL is the web edition's with this added (``/w/<token>/pdf``)."""
+
 TEMPLATES_DIR = templates_dir()
 TEXT_WIDTH = 72
 """Display columns of the plain-text part: 36 full-width characters."""
@@ -70,6 +73,7 @@ class Audience:
     footer_label: str  # 发 / 报
     allow_unsubscribe: bool
     contact: str  # 协会秘书处 0571-00000000 secretariat@example.org
+    pdf_link: bool = False  # the email links the PDF edition (下载 PDF 版)
 
 
 @dataclass(frozen=True)
@@ -431,6 +435,8 @@ def _context(issue: Issue, audience: Audience, end: EndBlock) -> dict[str, objec
         "footer": _footer_view(audience),
         "width": TEXT_WIDTH,
         "web_edition_url": WEB_EDITION_PLACEHOLDER,
+        # Below the web edition's URL, so the same substitution personalises it.
+        "pdf_url": WEB_EDITION_PLACEHOLDER + PDF_PATH if audience.pdf_link else None,
     }
 
 

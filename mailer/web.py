@@ -463,6 +463,7 @@ def create_app(config: Config, *, clock: Clock = SYSTEM_CLOCK) -> Starlette:
             Route("/u/{token}", app.unsubscribe, methods=["GET", "POST"]),
             Route("/w/{token}", app.editions.edition, methods=["GET"]),
             Route("/w/{token}/archive", app.editions.archive, methods=["GET"]),
+            Route("/w/{token}/pdf", app.editions.pdf, methods=["GET"]),
             Route("/healthz", app.healthz, methods=["GET"]),
         ],
         middleware=[Middleware(_SecurityHeaders, headers=app.headers)],

@@ -10,6 +10,7 @@ reads. Searches are bounded (``archive.MAX_QUERY_CHARS``) and limited per client
 from __future__ import annotations
 
 import itertools
+import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -37,6 +38,7 @@ class _Opened:
     reader: Reader
     label: str
     body: str
+    has_pdf: bool
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,15 @@ class EditionPages:
         page = store.edition_page(claims.issue_id, claims.list_slug)
         if page is None:
             return None
-        return _Opened(reader, page[0], page[1])
+        return _Opened(reader, page[0], page[1], store.has_pdf(claims.issue_id))
+
+    @classmethod
+    def _open_pdf(cls, store: Store, claims: EditionClaims) -> tuple[str, bytes] | None:
+        opened = cls._open(store, claims)
+        stored = store.issue_pdf(claims.issue_id) if opened is not None else None
+        if opened is None or stored is None:
+            return None
+        return opened.label, stored[1]
 
     def _page(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         return self.app._page(template, status, **context)
@@ -114,8 +124,23 @@ class EditionPages:
             "edition_page.html", label=opened.label,
             body=Markup(opened.body),  # rendered by us from the Issue, autoescaped then
             archive_url=f"{base}/archive" if archive.has_archive(opened.reader) else None,
-            pdf_url=None,
+            pdf_url=f"{base}/pdf" if opened.has_pdf else None,
         )
+
+    async def pdf(self, request: Request) -> Response:
+        """The PDF edition, to the same readers as the web edition (the same 404)."""
+        claims = self._claims(request)
+        found = None
+        if claims is not None:
+            found = await self.app._store(lambda s: self._open_pdf(s, claims))
+        if claims is None or found is None:
+            return self.app._not_found(request)
+        label, data = found
+        # An ASCII name for old clients, the issue's own name (RFC 6266) for the rest.
+        name = urllib.parse.quote(f"{label.replace(' ', '')}.pdf", safe="")
+        return Response(data, media_type="application/pdf", headers={
+            "Content-Disposition": f"inline; filename=\"bulletin-{claims.issue_id}.pdf\"; "
+                                   f"filename*=UTF-8''{name}"})
 
     async def archive(self, request: Request) -> Response:
         claims = self._claims(request)

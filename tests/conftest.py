@@ -44,6 +44,11 @@ base_url = "{BASE_URL}"
 title = "简报发送名单"
 footer_label = "发"
 collective_label = "协会会员"
+# WeasyPrint takes seconds per issue: only the tests of the PDF in the mail turn it on.
+pdf = "none"
+
+[lists.report-to]
+pdf = "none"
 """
 
 

@@ -8,7 +8,7 @@ import asyncio
 import email
 import email.policy
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -26,6 +26,8 @@ WEB_LINK = re.compile(r'href="(https?://[^"]+/w/[^"]+)"[^>]*>点此查看网页�
 class Sent:
     links: dict[tuple[str, int], str]  # (email, issue number) -> 网页版 URL in the mail
     issue_ids: dict[int, int]  # issue number -> issues.id
+    # (email, issue number) -> the message as that address received it
+    messages: dict[tuple[str, int], EmailMessage] = field(default_factory=dict)
 
 
 def issue_file(folder: Path, number: int, *, extra_article: str | None = None) -> Path:
@@ -71,3 +73,4 @@ def send_issue(config_file: Path, path: Path, lists: tuple[str, ...], sent: Sent
             assert text_part is not None and found.group(1) in text_part.get_content()
             for rcpt in m.rcpt_tos:
                 sent.links[(rcpt, number)] = found.group(1)
+                sent.messages[(rcpt, number)] = msg

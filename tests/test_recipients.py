@@ -437,7 +437,8 @@ def test_report_to_never_unsubscribes_itself_whatever_the_config(
 
     from .conftest import CONFIG
 
-    config_file.write_text(CONFIG + "\n[lists.report-to]\nallow_unsubscribe = true\n",
+    config_file.write_text(CONFIG.replace("[lists.report-to]\n",
+                                          "[lists.report-to]\nallow_unsubscribe = true\n"),
                            encoding="utf-8")
     run("init")
     run("recipients", "import", str(REPO / "recipients" / "report-to.csv"), "--list", "report-to")

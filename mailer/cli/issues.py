@@ -139,17 +139,22 @@ def issue_convert(file: Path, output: Path | None, force: bool, fix: bool) -> No
               type=click.Path(path_type=Path),
               help="Folder for issue.html, issue.txt and issue.eml.")
 @click.option("--pdf", is_flag=True, help="Also write issue.pdf, the printed edition (A4).")
+@click.option("--for", "for_email", metavar="EMAIL",
+              help="Print this recipient's own web and PDF edition links.")
 @pass_state
-def render(state: State, file: Path, list_slug: str, out_dir: Path, pdf: bool) -> None:
+def render(state: State, file: Path, list_slug: str, out_dir: Path, pdf: bool,
+           for_email: str | None) -> None:
     """Render an issue as its recipients on a list will see it
 
     Writes issue.html (inline-styled), issue.txt (the text part) and issue.eml
-    (the complete message, to open in a mail client).
+    (the complete message, to open in a mail client). With --for, prints that
+    recipient's own links to the web edition and the PDF edition.
 
     Example:
 
     \b
         mailer render issues/2015-09.txt --list send-to --out preview/
+        mailer render issues/2015-09.txt --out preview/ --for dangban@wanhua.example.org
     """
     with state.store() as store:
         shown = campaigns.preview(state.config, store, file, list_slug)
@@ -167,3 +172,11 @@ def render(state: State, file: Path, list_slug: str, out_dir: Path, pdf: bool) -
             data = campaigns.print_edition(state.config, store, file, list_slug)
         write_atomic(out_dir / "issue.pdf", data)
         click.echo(f"PDF edition: {out_dir / 'issue.pdf'} ({len(data) / 1024:.0f} KB)")
+    if for_email is None:
+        click.echo("Web and PDF edition links are personal: add --for EMAIL to print "
+                   "one recipient's.")
+        return
+    with state.store() as store:
+        links = campaigns.edition_links(state.config, store, file, list_slug, for_email)
+    click.echo(f"web edition link: {links.web}")
+    click.echo(f"PDF edition link: {links.pdf}")

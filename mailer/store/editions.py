@@ -101,6 +101,31 @@ class EditionsMixin(StoreBase):
                     [issue_id, n, title, body],
                 )
 
+    def record_pdf(self, issue_id: int, print_sha256: str, pdf: bytes) -> None:
+        """Store (or replace) the issue's PDF edition; the same one is not rewritten."""
+        with self.write():
+            old = self.db.execute("SELECT print_sha256 FROM issue_pdfs WHERE issue_id = ?",
+                                  [issue_id]).fetchone()
+            if old is not None and old[0] == print_sha256:
+                return
+            self.db.execute(
+                "INSERT INTO issue_pdfs (issue_id, print_sha256, pdf, created_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (issue_id) DO UPDATE SET "
+                "print_sha256 = excluded.print_sha256, pdf = excluded.pdf, "
+                "created_at = excluded.created_at",
+                [issue_id, print_sha256, pdf, self._now()],
+            )
+
+    def issue_pdf(self, issue_id: int) -> tuple[str, bytes] | None:
+        """(hash of the print HTML, PDF bytes) of the issue's stored PDF edition."""
+        r = self.db.execute("SELECT print_sha256, pdf FROM issue_pdfs WHERE issue_id = ?",
+                            [issue_id]).fetchone()
+        return (r[0], bytes(r[1])) if r else None
+
+    def has_pdf(self, issue_id: int) -> bool:
+        return self.db.execute("SELECT 1 FROM issue_pdfs WHERE issue_id = ?",
+                               [issue_id]).fetchone() is not None
+
     def reader(self, uid: str, list_slug: str) -> Reader | None:
         r = self.db.execute(
             "SELECT r.id, r.email, u.name, l.slug, l.role, s.status, "

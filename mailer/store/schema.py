@@ -264,3 +264,16 @@ def m007_editions(db: Database) -> None:
         not_null={"revoked_before", "at", "actor"},
         foreign_keys=[("recipient_id", "recipients", "id")],
     )
+
+
+@MIGRATIONS()
+def m008_issue_pdfs(db: Database) -> None:
+    # The PDF edition, typeset once per issue and kept for the web app's …/pdf page
+    # and for a resumed campaign's attachment; ``print_sha256`` is the hash of the HTML
+    # it was typeset from, so an unchanged issue is never typeset again.
+    db.table("issue_pdfs").create(
+        {"issue_id": int, "print_sha256": str, "pdf": bytes, "created_at": str},
+        pk="issue_id",
+        not_null={"print_sha256", "pdf", "created_at"},
+        foreign_keys=[("issue_id", "issues", "id")],
+    )
