@@ -110,7 +110,7 @@ def test_a_ca_file_with_no_tls_is_refused(config_file: Path, tmp_path: Path) -> 
     config_file.write_text(text, "utf-8")
     with pytest.raises(config_mod.ConfigError, match='no use with imap_tls = "none"'):
         config_mod.load(config_file)
-    config_file.write_text(text.replace('"none"', '"tls"'), "utf-8")
+    config_file.write_text(text.replace('imap_tls = "none"', 'imap_tls = "tls"'), "utf-8")
     cfg = config_mod.load(config_file).bounces
     assert cfg is not None and cfg.imap_ca_file == config_file.parent / "ca.pem"
 
