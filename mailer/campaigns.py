@@ -27,7 +27,7 @@ from .message import PreparedMessage, make_message_id
 from .models import Campaign, CampaignStatus
 from .render import PDF_PATH, UNSUBSCRIBE_PLACEHOLDER, WEB_EDITION_PLACEHOLDER
 from .send import Policy, Progress, Run
-from .store import Store
+from .store import Job, Store
 from .tokens import make_token, unsubscribe_url
 from .transport import Envelope, Outcome, Reply, SMTPSettings, SMTPTransport, send_one
 from .validate import normalise_email
@@ -216,7 +216,19 @@ def sender(config: Config, outbox: Outbox, campaign_id: int, *, limit: int | Non
         run.on_progress = on_progress
     if config.bounces is not None:
         verp = VerpSigner(config.bounces.address, config.signing_keys())
-        run.sender_for = lambda job: verp.address(job.campaign_id, job.recipient_id)
+        # One HMAC per delivery, shared by its envelope sender and its Message-ID
+        # (the engine asks for the Message-ID first, then the sender).
+        last: dict[int, str] = {}
+
+        def mac(job: Job) -> str:
+            if job.delivery_id not in last:
+                last.clear()
+                last[job.delivery_id] = verp.mac(job.campaign_id, job.recipient_id)
+            return last[job.delivery_id]
+
+        run.message_id_for = lambda job, domain: make_message_id(
+            job.campaign_id, job.recipient_id, domain, mac=mac(job))
+        run.sender_for = lambda job: verp.address(job.campaign_id, job.recipient_id, mac(job))
     return run
 
 

@@ -100,7 +100,8 @@ def _char_name(c: str) -> str:
     return _CHAR_NAMES.get(c) or unicodedata.name(c, "") or "a control character"
 
 
-def make_message_id(campaign_id: int, recipient_id: int, domain: str) -> str:
+def make_message_id(campaign_id: int, recipient_id: int, domain: str, *,
+                    mac: str | None = None) -> str:
     """The Message-ID of one delivery: the same for every attempt of the same
     (campaign, recipient), so a re-send after a crash is recognisable as a duplicate.
 
@@ -112,6 +113,10 @@ def make_message_id(campaign_id: int, recipient_id: int, domain: str) -> str:
             domain = ascii_domain(domain)  # an IDN sender domain, in punycode
         except InvalidInput:
             raise UnsafeHeader("Message-ID domain", domain, "is not a host name") from None
+    if mac is not None:
+        # Signed (``mailer.bounces.verp``): a bounce that keeps only the Message-ID
+        # still names its delivery, and a forged one names nobody.
+        return f"<c{campaign_id}.r{recipient_id}.{mac}@{domain}>"
     digest = hashlib.sha256(f"{campaign_id}:{recipient_id}:{domain}".encode()).hexdigest()
     return f"<c{campaign_id}.r{recipient_id}.{digest[:10]}@{domain}>"
 

@@ -223,6 +223,8 @@ class Run:
                                                f"run {secrets.token_hex(4)}")
     # Each delivery's own envelope sender (VERP, mailer.bounces.verp); None: ``sender``.
     sender_for: Callable[[Job], str] | None = None
+    # (job, msgid domain) -> the delivery's Message-ID, when it is signed (bounces).
+    message_id_for: Callable[[Job, str], str] | None = None
 
     progress: Progress = field(default_factory=Progress)
     _claimed: int = 0
@@ -448,7 +450,9 @@ class Run:
         """One delivery's result; None when no session could be opened (the row is
         given back, and enough of those in a row mark the relay down)."""
         message = self.messages(job.list_slug, transport.eight_bit)
-        message_id = make_message_id(job.campaign_id, job.recipient_id, self.msgid_domain)
+        message_id = (make_message_id(job.campaign_id, job.recipient_id, self.msgid_domain)
+                      if self.message_id_for is None
+                      else self.message_id_for(job, self.msgid_domain))
         url = self.unsubscribe_url(job.uid, job.list_slug)
         try:
             web = self.web_edition_url(job.uid, job.list_slug) if self.web_edition_url else None

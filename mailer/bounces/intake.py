@@ -41,7 +41,7 @@ from ..errors import MailerError
 from ..message import make_message_id
 from ..store import BounceInput, Scoring, Store
 from .classify import Kind, classify, decoded_header
-from .verp import VerpSigner
+from .verp import MAC_CHARS, VerpSigner
 
 PROCESSED = b"$MailerProcessed"
 ASIDE = b"$MailerAside"
@@ -51,8 +51,10 @@ BATCH = 20
 # Headers of the bounce itself that carry the address it was sent to, best first.
 _TO_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "X-Rcpt-To",
                "To", "Original-Recipient", "Final-Recipient")
-_MSGID = re.compile(r"<c([0-9]{1,12})\.r([0-9]{1,12})\.[0-9a-f]{10}@([A-Za-z0-9.-]+)>",
-                    re.ASCII)
+# Ours: ``<c12.r345.<sig>@domain>``, the sig a VERP mac (signed, with [bounces]) or an
+# unkeyed digest (mail sent before bounces were configured).
+_MSGID = re.compile(r"<c([0-9]{1,12})\.r([0-9]{1,12})\.([a-z2-7]{16}|[0-9a-f]{10})"
+                    r"@([A-Za-z0-9.-]+)>", re.ASCII)
 
 
 class MailboxError(MailerError):
@@ -157,9 +159,18 @@ class Reader:
             c, r, _ = candidates[0]
             return replace(item, aside=f"forged or altered VERP address (c{c}-r{r}: the "
                                        "signature does not match)")
-        for cid, rid, domain in msgids:
-            # The Message-ID is not signed: it names the delivery for staff, but a
-            # forged one must not stop anyone's mail, so nothing changes on it alone.
+        for cid, rid, domain, sig in msgids:
+            # A signed Message-ID names its delivery as surely as a VERP address (the
+            # relay rewrote the envelope sender, or the bounce quotes only headers).
+            if len(sig) == MAC_CHARS:
+                claim = self.signer.verify(str(cid), str(rid), sig, now=now)
+                if claim is not None:
+                    return replace(item, campaign_id=claim.campaign_id,
+                                   recipient_id=claim.recipient_id)
+                return replace(item, aside=f"forged or altered Message-ID (c{cid}.r{rid}: the "
+                                           "signature does not match)")
+            # An unsigned one (mail sent before [bounces]) names the delivery for staff,
+            # but a forged one must not stop anyone's mail: nothing changes on it alone.
             return replace(item, campaign_id=cid, recipient_id=rid,
                            aside=f"names campaign {cid} recipient {rid} only by Message-ID "
                                  f"(@{domain}), without a signed VERP address: the relay "
@@ -174,13 +185,15 @@ class Reader:
         for text in _texts(msg):
             yield from self.signer.find(text)
 
-    def _message_ids(self, msg: Message) -> Iterator[tuple[int, int, str]]:
+    def _message_ids(self, msg: Message) -> Iterator[tuple[int, int, str, str]]:
         for text in _texts(msg):
             for m in _MSGID.finditer(text):
-                cid, rid, domain = int(m.group(1)), int(m.group(2)), m.group(3)
-                if m.group(0) == make_message_id(cid, rid, domain) and \
-                        domain.lower() == self.msgid_domain.lower():
-                    yield cid, rid, domain
+                cid, rid, sig, domain = int(m.group(1)), int(m.group(2)), m.group(3), \
+                    m.group(4)
+                if domain.lower() != self.msgid_domain.lower():
+                    continue
+                if len(sig) == MAC_CHARS or m.group(0) == make_message_id(cid, rid, domain):
+                    yield cid, rid, domain, sig
 
 
 def _texts(msg: Message) -> Iterator[str]:

@@ -69,10 +69,14 @@ class VerpSigner:
             re.escape(local) + r"\+c([0-9]{1,12})-r([0-9]{1,12})-([a-z2-7]{16})@"
             + re.escape(domain), re.IGNORECASE | re.ASCII)
 
-    def address(self, campaign_id: int, recipient_id: int) -> str:
+    def mac(self, campaign_id: int, recipient_id: int) -> str:
+        """The signature of one delivery, as its VERP address and Message-ID carry it."""
+        return _mac(self._sign, f"c{campaign_id}-r{recipient_id}")
+
+    def address(self, campaign_id: int, recipient_id: int, mac: str | None = None) -> str:
         """The envelope sender of one delivery (called for every recipient)."""
-        body = f"{campaign_id}-r{recipient_id}"
-        return f"{self._prefix}{body}-{_mac(self._sign, 'c' + body)}{self._suffix}"
+        mac = mac or self.mac(campaign_id, recipient_id)
+        return f"{self._prefix}{campaign_id}-r{recipient_id}-{mac}{self._suffix}"
 
     def find(self, text: str) -> list[tuple[str, str, str]]:
         """Every VERP-shaped address of this base in ``text``, as (campaign, recipient,
