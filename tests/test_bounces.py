@@ -214,6 +214,9 @@ def test_a_mailbox_of_real_bounce_formats(
     assert d["reply"].startswith("accepted ") and ", bounced " in d["reply"]
     assert d["reply"].endswith("550 5.1.1 <dangban@wanhua.example.org>: Recipient address "
                                "rejected: User unknown")
+    answer = run("log", "--issue", "9", "--unit", "万华集团").stdout.splitlines()[0]
+    assert ": no: 1 of 1 address accepted on " in answer, answer
+    assert answer.endswith(", 1 bounced later, 0 refused"), answer
     table = run("log", "1").stdout
     assert "21 deliveries, 21 accepted by the relay, 10 bounced later" in table
     history = json.loads(run("history", WANHUA, "--json").stdout)

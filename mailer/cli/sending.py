@@ -340,12 +340,16 @@ def _answer(state: State, unit: str, chosen: list[Campaign],
             continue
         sent = [d for d in mine if d.status is DeliveryStatus.SENT]
         failed = sum(1 for d in mine if d.status is DeliveryStatus.FAILED)
+        # Accepted by the relay and later returned by mail (mailer.bounces): not got.
+        bounced = sum(1 for d in sent if d.bounce_at and d.bounce_kind in ("hard", "soft"))
+        got = len(sent) - bounced
         last = max((d.sent_at for d in sent if d.sent_at), default=None)
-        yes = "yes" if len(sent) == len(mine) else ("partly" if sent else "not yet")
+        yes = ("yes" if got == len(mine) else "partly" if got else
+               "no" if sent else "not yet")
         when = f" on {state.local_time(last)}" if last else ""
         click.echo(f"campaign {c.id} ({c.issue_label}): {yes}: {len(sent)} of "
                    f"{plural(len(mine), 'address', 'addresses')} accepted{when}, "
-                   f"{failed} refused")
+                   f"{bounced} bounced later, {failed} refused")
 
 
 def short_issue(label: str) -> str:
