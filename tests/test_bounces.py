@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 
 from mailer import config as config_mod
-from mailer.bounces import VerpSigner, classify, fetch_pass
-from mailer.bounces.intake import ASIDE, PROCESSED, UNREADABLE
+from mailer.bounces.classify import classify
+from mailer.bounces.intake import ASIDE, PROCESSED, UNREADABLE, fetch_pass
+from mailer.bounces.verp import VerpSigner
 from mailer.schedule import Daemon
 
 from . import bounce_mail as bm
@@ -305,7 +306,7 @@ def test_soft_bounces_score_once_a_day_stop_at_the_threshold_and_go_stale(
 CRASH = """
 import os, sys
 from mailer import config
-from mailer.bounces import fetch_pass
+from mailer.bounces.intake import fetch_pass
 seen = []
 def after(uid, outcome):
     seen.append(uid)

@@ -355,3 +355,35 @@ def test_excel_files_and_short_rows_in_staff_words(run: Run, initialised: Path,
     result = run("recipients", "import", str(short), "--list", "send-to", ok=False)
     assert "in.csv line 2: short row: 2 of 3 cells" in result.stderr
     assert "is not an email address" not in result.stderr
+
+
+def test_every_command_is_loaded_by_its_name_only() -> None:
+    """``base.COMMANDS`` names each command's module; a command missing from it
+    would not exist for staff, and one pointing at the wrong module would not run."""
+    import importlib
+
+    from mailer.cli import base
+
+    for module in set(base.COMMANDS.values()):
+        importlib.import_module(f"mailer.cli.{module}")
+    assert set(cli.commands) == set(base.COMMANDS)
+    for name, command in cli.commands.items():
+        assert command.callback is not None
+        assert command.callback.__module__ == f"mailer.cli.{base.COMMANDS[name]}", name
+
+
+def test_a_send_loads_neither_the_typesetter_nor_the_readers_it_does_not_need() -> None:
+    """`mailer send` on a .txt issue, in a fresh interpreter: the PDF typesetter, the
+    Word and PDF readers, the IMAP client and the web server stay unloaded."""
+    probe = (
+        "import sys\n"
+        "from mailer.cli.base import cli\n"
+        "cli.main(['send', '--help'], standalone_mode=False)\n"
+        "heavy = ('weasyprint', 'docx', 'pdfplumber', 'imapclient', 'flufl.bounce',\n"
+        "         'uvicorn', 'starlette', 'apscheduler')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "print('mailer.cli.sending' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60, check=True)
+    assert out.stdout.splitlines()[-2:] == ["[]", "True"], out.stdout + out.stderr

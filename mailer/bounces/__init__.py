@@ -8,21 +8,8 @@
 
 What a bounce changes (ledger, score, subscription) is the store's
 (``mailer.store.bounces``), in one transaction per message.
+
+Import from the module itself (``mailer.bounces.verp``…): the package imports
+nothing, so that sending, which needs only ``verp``, does not load the IMAP client
+and the bounce detectors.
 """
-
-from __future__ import annotations
-
-from .classify import Kind, Reading, classify
-from .intake import MailboxError, PassReport, fetch_pass
-from .verp import VerpClaim, VerpSigner
-
-__all__ = [
-    "Kind",
-    "MailboxError",
-    "PassReport",
-    "Reading",
-    "VerpClaim",
-    "VerpSigner",
-    "classify",
-    "fetch_pass",
-]

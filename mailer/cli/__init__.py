@@ -6,14 +6,7 @@ traceback for a mistake they can fix. Commands live in modules by concern.
 
 from __future__ import annotations
 
-from . import archive as archive
-from . import bounces as bounces
-from . import doctor as doctor
-from . import issues as issues
-from . import roster as roster  # registers the commands
-from . import schedule as schedule
-from . import sending as sending
-from .base import cli
+from .base import cli  # each command's module is imported when it runs (base.COMMANDS)
 
 __all__ = ["cli", "main"]
 

@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 import click
 
-from ..bounces import fetch_pass
+from ..bounces.intake import fetch_pass
 from ..stamps import stamp as to_stamp
 from .base import State, cli, pass_state, plural
 from .tables import Col, console, print_table

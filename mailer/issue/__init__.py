@@ -16,6 +16,7 @@ The package is split by source format: ``text`` (plain text), ``markdown``
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,10 +27,8 @@ from mailer.links import is_safe_href
 from .common import ParseResult, Problem, split_names
 from .extracted import Extracted, as_text, parse_extracted
 from .markdown import parse_markdown, pictures_left_out, to_markdown
-from .pdf import read_pdf
 from .punctuation import Finding, check_source, fix_issue
 from .text import parse_text
-from .word import read_word
 
 __all__ = [
     "SUFFIXES",
@@ -56,10 +55,12 @@ _PARSERS: dict[str, Callable[[str], ParseResult]] = {
     ".md": parse_markdown,
     ".markdown": parse_markdown,
 }
-# Staff's own files: read into the plain text that ``parse_text`` parses.
-_READERS: dict[str, Callable[[bytes, str], Extracted]] = {
-    ".docx": read_word,
-    ".pdf": read_pdf,
+# Staff's own files: read into the plain text that ``parse_text`` parses, by the
+# module's ``read``. Imported only for such a file: python-docx and pdfplumber take a
+# quarter of a second to import, which a command on a .txt issue need not pay.
+_READERS: dict[str, str] = {
+    ".docx": "word",
+    ".pdf": "pdf",
 }
 SUFFIXES = (*_PARSERS, *_READERS)
 """Every kind of issue file, by suffix: what the watched folder picks up too."""
@@ -117,7 +118,9 @@ def _read(path: Path) -> bytes:
 
 
 def _extract(path: Path) -> Extracted:
-    return _READERS[_kind(path)](_read(path), path.name)
+    reader: Callable[[bytes, str], Extracted] = importlib.import_module(
+        f"{__name__}.{_READERS[_kind(path)]}").read
+    return reader(_read(path), path.name)
 
 
 def read_source(path: Path) -> str:

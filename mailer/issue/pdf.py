@@ -59,7 +59,7 @@ class _VLine:
     bold: bool  # the whole line is in a bold font
 
 
-def read_pdf(data: bytes, name: str) -> Extracted:
+def read(data: bytes, name: str) -> Extracted:
     """The text of a PDF's bytes, paragraph by paragraph.
 
     Raises ``IssueError`` for a file that is not a PDF, is password-protected, or has
