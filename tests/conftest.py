@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -109,6 +111,26 @@ def db_path(config_file: Path) -> Path:
 def initialised(run: Run, db_path: Path) -> Path:
     run("init")
     return db_path
+
+
+def made_once(tmp_path_factory: pytest.TempPathFactory, name: str,
+              make: Callable[[Path], None]) -> Path:
+    """The folder ``name``, made by ``make`` once per test run. Under pytest-xdist each
+    process has its own session: the first to get here makes it, under a lock in the
+    run's own temporary folder, and the others wait for it and use what it made."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's folder, above each process's own
+    folder = shared / name
+    with (shared / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        done = shared / f"{name}.done"
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a make that failed part-way
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
 
 
 def snapshot(path: Path) -> dict[str, list[tuple[Any, ...]]]:

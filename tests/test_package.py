@@ -14,7 +14,6 @@ Everything then runs from a folder outside the checkout, with ``PYTHONPATH`` rem
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -29,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import CONFIG, REPO, SAMPLE_ISSUE
+from .conftest import CONFIG, REPO, SAMPLE_ISSUE, made_once
 
 SECRET = "package-secret-0123456789abcdef"
 BUILD_TIMEOUT_S = 300.0  # building the wheel, making the venv, installing: each step
@@ -71,25 +70,13 @@ class Installed:
 
 @pytest.fixture(scope="session")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    """Built and installed once per run. Under pytest-xdist each process has its own
-    session: the first to get here builds, under a lock in the run's own temporary
-    folder, and the others wait for it and use what it made."""
-    shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        shared = shared.parent  # the run's folder, above each process's own
-    with (shared / "package.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
-        done = shared / "package.json"
-        if not done.exists():
-            wheel, venv = _build_and_install(shared / "package")
-            done.write_text(json.dumps({"wheel": str(wheel), "venv": str(venv)}),
-                            encoding="utf-8")
-        made = json.loads(done.read_text(encoding="utf-8"))
+    """Built and installed once per run (``made_once``)."""
+    root = made_once(tmp_path_factory, "package", _build_and_install)
+    made = json.loads((root / "made.json").read_text(encoding="utf-8"))
     return Installed(Path(made["wheel"]), Path(made["venv"]))
 
 
-def _build_and_install(root: Path) -> tuple[Path, Path]:
-    root.mkdir()
+def _build_and_install(root: Path) -> None:
     assert REPO not in root.parents
     # Build from a copy of what a build needs, so no build/ or *.egg-info left in the
     # checkout (or stale ones in it) plays a part.
@@ -118,7 +105,8 @@ def _build_and_install(root: Path) -> tuple[Path, Path]:
     _run([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install",
           "--quiet", "--no-compile", *sources, wheel], cwd=root, timeout=BUILD_TIMEOUT_S,
          env=env)
-    return wheel, venv
+    (root / "made.json").write_text(json.dumps({"wheel": str(wheel), "venv": str(venv)}),
+                                    encoding="utf-8")
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import email
 import email.policy
+import functools
 import io
 import os
 import re
@@ -25,11 +26,11 @@ import pdfplumber
 import pytest
 from docx.shared import Cm
 
-from mailer.issue import parse_file
+from mailer.issue import ParseResult, parse_file
 from mailer.issue.word import IMAGE_LIMIT
 from mailer.models import BlockKind, Issue
 
-from .conftest import Run, assert_one_line_error
+from .conftest import Run, assert_one_line_error, made_once
 from .word_issue import (
     PICTURE,
     Style,
@@ -55,6 +56,14 @@ STYLES = {
 CUT_STARTS = ("发展的党员", "合，分成", "增强，真正", "常，导致", "新组织党务", "协会承办。")
 
 
+@functools.cache
+def parsed(path: Path) -> ParseResult:
+    """Each of the session's files parsed once per test process (a PDF takes about a
+    second; parsing is a function of the bytes). The tests that change a file, or
+    parse through the CLI, parse for themselves."""
+    return parse_file(path)
+
+
 def without_pictures(issue: Issue) -> Issue:
     articles = tuple(
         dataclasses.replace(a, blocks=tuple(b for b in a.blocks if b.kind is not BlockKind.IMAGE))
@@ -66,24 +75,27 @@ def without_pictures(issue: Issue) -> Issue:
 @pytest.fixture(scope="session")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The Word files, and their PDFs printed in one LibreOffice run (it is slow to
-    start) with a profile of its own in tmp."""
-    folder = tmp_path_factory.mktemp("word")
-    out = {name: write_word(folder / f"{name}.docx", style) for name, style in STYLES.items()}
+    start) with a profile of its own, once for the whole test run."""
+    if soffice() is None:
+        pytest.skip("LibreOffice is not installed: `make test` installs it")
+    folder = made_once(tmp_path_factory, "word", _write_and_print)
+    return {p.name: p for p in folder.iterdir() if p.suffix in (".docx", ".pdf")}
+
+
+def _write_and_print(folder: Path) -> None:
+    out = [write_word(folder / f"{name}.docx", style) for name, style in STYLES.items()]
     bad = sample_issue()
     bad = dataclasses.replace(bad, contents=(*bad.contents[:2], "本期没有这篇文章。",
                                              *bad.contents[3:]))
-    out["bad"] = write_word(folder / "bad.docx", Style(), bad)
+    out.append(write_word(folder / "bad.docx", Style(), bad))
     # A page that is only a picture, as a scanner makes it.
     scan = docx.Document()
     scan.add_picture(io.BytesIO(png(400, 560, (240, 240, 240))), width=Cm(15))
     scan.save(str(folder / "scan.docx"))
-    out["scan"] = folder / "scan.docx"
-    if soffice() is None:
-        pytest.skip("LibreOffice is not installed: `make test` installs it")
-    pdfs = print_pdf(list(out.values()), folder, tmp_path_factory.mktemp("lo-profile"))
-    files = {p.name: p for p in out.values()}
-    files.update({pdf.name: pdf for pdf in pdfs})
-    return files
+    out.append(folder / "scan.docx")
+    profile = folder / "lo-profile"
+    print_pdf(out, folder, profile)
+    shutil.rmtree(profile)
 
 
 def test_the_sample_is_what_the_word_files_hold() -> None:
@@ -97,7 +109,7 @@ def test_the_sample_is_what_the_word_files_hold() -> None:
 @pytest.mark.parametrize("kind", [".docx", ".pdf"])
 def test_word_and_pdf_give_the_sample_issue(files: dict[str, Path], name: str,
                                             kind: str) -> None:
-    result = parse_file(files[name + kind])
+    result = parsed(files[name + kind])
     sample = sample_issue()
     assert without_pictures(result.issue) == sample
     issue = result.issue
@@ -112,7 +124,7 @@ def test_word_and_pdf_give_the_sample_issue(files: dict[str, Path], name: str,
 
 
 def test_a_word_picture_is_an_image_block(files: dict[str, Path]) -> None:
-    issue = parse_file(files["formatted.docx"]).issue
+    issue = parsed(files["formatted.docx"]).issue
     blocks = issue.articles[0].blocks
     assert blocks[1].kind is BlockKind.IMAGE and blocks[1].image is not None
     image = blocks[1].image
@@ -121,7 +133,7 @@ def test_a_word_picture_is_an_image_block(files: dict[str, Path]) -> None:
     assert "paragraph" in image.name
     assert sum(b.kind is BlockKind.IMAGE for a in issue.articles for b in a.blocks) == 1
     # The PDF cannot carry it into the email, and says so.
-    problems = parse_file(files["formatted.pdf"]).problems
+    problems = parsed(files["formatted.pdf"]).problems
     assert any("picture" in p.message and p.place.startswith("page ") for p in problems)
 
 
@@ -135,7 +147,7 @@ def test_the_pdf_joins_paragraphs_across_its_page_breaks(files: dict[str, Path])
     for cut in CUT_STARTS:  # the six page breaks of the printed sample
         assert any(s.startswith(cut) for s in starts), (cut, starts)
     # ... and each came back whole (the issue equals the sample's).
-    issue = parse_file(files["star.pdf"]).issue
+    issue = parsed(files["star.pdf"]).issue
     texts = [b.text for a in issue.articles for b in a.blocks]
     assert any("新发展的党员" in t for t in texts)
     assert any("市两新组织党务工作者协会承办。" in t for t in texts)
@@ -146,15 +158,15 @@ def test_running_headers_and_page_numbers_are_dropped(files: dict[str, Path]) ->
         assert len(pdf.pages) >= 7
         footer = pdf.pages[2].extract_text_lines()[-1]["text"]
     assert footer.replace(" ", "") == "-3-"
-    issue = parse_file(files["star.pdf"]).issue
+    issue = parsed(files["star.pdf"]).issue
     texts = [b.text for a in issue.articles for b in a.blocks]
     assert not any(t.startswith("杭州市新经济") or t.replace(" ", "").startswith("-")
                    for t in texts)
 
 
 def test_problems_name_the_paragraph_or_the_page(files: dict[str, Path], run: Run) -> None:
-    word = parse_file(files["bad.docx"])
-    pdf = parse_file(files["bad.pdf"])
+    word = parsed(files["bad.docx"])
+    pdf = parsed(files["bad.pdf"])
     for result, place in ((word, "paragraph 9"), (pdf, "page 1")):
         [error] = result.errors
         assert error.place == place, error
@@ -172,7 +184,7 @@ def test_every_issue_command_takes_word_and_pdf(files: dict[str, Path], run: Run
         md = tmp_path / (name + ".md")
         run("issue", "convert", str(files[name]), "-o", str(md))
         again = parse_file(md)
-        assert again.issue == without_pictures(parse_file(files[name]).issue)
+        assert again.issue == without_pictures(parsed(files[name]).issue)
         assert "\u3000" not in md.read_text(encoding="utf-8")  # no doubled indent
         preview = tmp_path / name
         run("render", str(files[name]), "--out", str(preview))
