@@ -1,7 +1,7 @@
 """kill -9 in the middle of a campaign, then `mailer send --resume` until it is sent.
 
-`python -m mailer send` runs as a subprocess against an aiosmtpd server in this
-process; the test kills it with SIGKILL once a random number of messages has arrived
+`mailer send` runs in a process of its own (tests/processes.py) against an aiosmtpd
+server in this process; the test kills it with SIGKILL once a random number of messages has arrived
 (and once more during the first resume), then resumes until the campaign is sent.
 DESIGN.md promises: nothing missed, duplicates per kill bounded by the connections,
 and a duplicate carries the Message-ID of its first copy.
@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from .conftest import REPO, Run, ledger
+from .processes import Command, start_mailer
 from .smtp_server import Behaviour, Received, Server, smtp_server
 from .test_send import many
 from .test_send_cli import SECRET, import_lists, issue_file, write_config
@@ -39,7 +40,14 @@ TOTAL = BULK + 21
 STEP_TIMEOUT = 120.0  # seconds for one subprocess
 
 
-def mailer(config_file: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
+def mailer(config_file: Path, *args: str, log: Path) -> Command:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MAILER_SECRET": SECRET}
+    return start_mailer("--config", str(config_file), *args, env=env, log=log)
+
+
+def exec_mailer(config_file: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
+    """``python -m mailer`` as this process's own child, for the test that needs it
+    unreaped after a kill (the fork server's children are reaped by the server)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "MAILER_SECRET": SECRET}
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -48,13 +56,14 @@ def mailer(config_file: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: Command | subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.kill()
     proc.wait(10)  # reaped: a zombie's pid would still look alive
 
 
-def wait_for_messages(srv: Server, proc: subprocess.Popen[bytes], count: int) -> bool:
+def wait_for_messages(srv: Server, proc: Command | subprocess.Popen[bytes],
+                      count: int) -> bool:
     """Until the server holds ``count`` messages; False if the sender ended first."""
     deadline = time.monotonic() + STEP_TIMEOUT
     while len(srv.messages) < count:
@@ -104,7 +113,7 @@ def test_kill_9_mid_campaign_then_resume(
     run("recipients", "import", str(bulk), "--list", "send-to")
     log = tmp_path / "mailer.log"
     kills: list[dict[str, Any]] = []
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[Command] = []
     with smtp_server(Behaviour(pipelining=True)) as srv:
         write_config(config_file, srv.port, smtp_extra=f"concurrency = {CONCURRENCY}")
         try:
@@ -172,7 +181,7 @@ def test_sigterm_stops_cleanly_then_resume_sends_each_once(
     bulk.write_text(many(BULK), encoding="utf-8")
     run("recipients", "import", str(bulk), "--list", "send-to")
     log = tmp_path / "mailer.log"
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[Command] = []
     with smtp_server(Behaviour(pipelining=True)) as srv:
         write_config(config_file, srv.port, smtp_extra=f"concurrency = {CONCURRENCY}")
         try:
@@ -212,7 +221,7 @@ def test_a_second_sender_is_refused_while_the_first_is_alive(
     monkeypatch.setenv("MAILER_SECRET", SECRET)
     import_lists(run)
     log = tmp_path / "mailer.log"
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[Command] = []
     with smtp_server(Behaviour(pipelining=True)) as srv:
         # Slow enough (21 messages at 5/s) that the first sender is still at it.
         write_config(config_file, srv.port, smtp_extra="concurrency = 2\nrate_limit = 5")
@@ -249,7 +258,7 @@ def test_resume_right_after_kill_9_is_accepted_at_once(
     log = tmp_path / "mailer.log"
     with smtp_server(Behaviour(pipelining=True)) as srv:
         write_config(config_file, srv.port, smtp_extra="concurrency = 2\nrate_limit = 5")
-        proc = mailer(config_file, "send", str(issue_file), log=log)
+        proc = exec_mailer(config_file, "send", str(issue_file), log=log)
         try:
             assert wait_for_messages(srv, proc, 2), log.read_text()
             os.kill(proc.pid, signal.SIGKILL)
@@ -276,7 +285,7 @@ def test_two_resumes_at_once_exactly_one_sends(
     monkeypatch.setenv("MAILER_SECRET", SECRET)
     import_lists(run)
     log = tmp_path / "mailer.log"
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[Command] = []
     with smtp_server(Behaviour(pipelining=True)) as srv:
         write_config(config_file, srv.port, smtp_extra="concurrency = 2\nrate_limit = 10")
         try:

@@ -12,7 +12,7 @@ from mailer.logs import quote
 
 from .conftest import SAMPLE_ISSUE, Run, snapshot
 from .smtp_server import smtp_server
-from .test_daemon import Daemon, at, campaigns, daemon_env, wait_for
+from .test_daemon import Daemon, at, campaigns, daemon_env, schedule_soon, wait_for
 
 __all__ = ["daemon_env"]  # a fixture, used by name
 
@@ -63,7 +63,7 @@ def test_a_campaign_the_daemon_cannot_prepare_is_failed_once_with_its_reason(
     with smtp_server() as srv:
         d, issue = daemon_env(srv)
         d.start()
-        run("schedule", str(issue), "--at", at(2)[0], "--list", "send-to")
+        schedule_soon(run, issue, 2)
         issue.write_text(issue.read_text(encoding="utf-8") + "\n", encoding="utf-8")
         wait_for(lambda: "event=failed" in d.text(), 20, "the campaign to fail")
         time.sleep(2.5)  # the daemon syncs every second: it must not try again
