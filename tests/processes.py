@@ -31,17 +31,27 @@ _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(PRELOAD)
 
 
-def _main(args: list[str], env: dict[str, str], cwd: str, log: str) -> None:
-    """In the new process: the environment, folder and output it would have had as
-    ``python -m mailer …``, then the command line."""
+def _main(args: list[str], env: dict[str, str], cwd: str, log: str | None,
+          terminal: str | None) -> None:
+    """In the new process: the environment, folder and standard streams it would have
+    had as ``python -m mailer …``, then the command line."""
     os.environ.clear()
     os.environ.update(env)
     time.tzset()
     os.chdir(cwd)
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
+    if terminal is not None:
+        fd = os.open(terminal, os.O_RDWR)
+    else:
+        assert log is not None
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    for std in (0, 1, 2) if terminal is not None else (1, 2):
+        os.dup2(fd, std)
     os.close(fd)
+    if terminal is not None:
+        # As Python sets them up on a terminal: line-buffered, reading the terminal.
+        sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
+        sys.stdout = open(1, "w", encoding="utf-8", buffering=1, closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", encoding="utf-8", buffering=1, closefd=False)  # noqa: SIM115
     from mailer.cli import main
 
     sys.argv = ["mailer", *args]
@@ -83,9 +93,14 @@ class Command:
         self.send_signal(signal.SIGKILL)
 
 
-def start_mailer(*args: str, env: dict[str, str], log: Path) -> Command:
-    """``mailer ARGS`` in a process of its own, stdout and stderr appended to ``log``."""
-    process = _CONTEXT.Process(target=_main, args=(list(args), env, os.getcwd(), str(log)),
-                               daemon=True)  # never left behind when the tests end
+def start_mailer(*args: str, env: dict[str, str], log: Path | None = None,
+                 terminal: str | None = None) -> Command:
+    """``mailer ARGS`` in a process of its own: stdout and stderr appended to ``log``,
+    or stdin, stdout and stderr on the pseudo-terminal named ``terminal``."""
+    assert (log is None) != (terminal is None), "a log or a terminal"
+    process = _CONTEXT.Process(
+        target=_main, args=(list(args), env, os.getcwd(), None if log is None else str(log),
+                            terminal),
+        daemon=True)  # never left behind when the tests end
     process.start()
     return Command(process, list(args))

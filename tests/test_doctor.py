@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from mailer import config as config_mod
 
 from .conftest import CONFIG, REPO, SENDER, Run, assert_one_line_error, snapshot
 from .imap_server import Dovecot, dovecot  # noqa: F401 - the fixture
+from .processes import start_mailer
 from .smtp_server import Behaviour, Server, smtp_server
 from .test_bounce_envelope import delivering_relay
 from .test_bounces import BOUNCES
@@ -384,10 +385,8 @@ def test_the_unsubscribe_address_answers(run: Run, config_file: Path, initialise
     env = {**os.environ, "MAILER_SECRET": SECRET, "PYTHONPATH": str(REPO)}
     with smtp_server() as srv:
         write(config_file, relay_config(srv.port, base_url=base))
-        log = (tmp_path / "serve.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "mailer", "--config", str(config_file),
-                                 "serve", "--port", str(port)], env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = start_mailer("--config", str(config_file), "serve", "--port", str(port),
+                            env=env, log=tmp_path / "serve.log")
         try:
             for _ in range(200):  # bounded: 20 s at most
                 assert proc.poll() is None, "mailer serve exited"
@@ -398,9 +397,8 @@ def test_the_unsubscribe_address_answers(run: Run, config_file: Path, initialise
                     time.sleep(0.1)
             result = run("doctor")
         finally:
-            proc.terminate()
+            proc.send_signal(signal.SIGTERM)
             proc.wait(10)
-            log.close()
     assert f"{base}/healthz answers: unsubscribe links open" in result.stdout
 
 
@@ -415,18 +413,16 @@ def test_an_unsubscribe_address_that_is_not_https(run: Run, config_file: Path,
 
 def at_terminal(args: list[str], answer: str | None, *, timeout: float = 60.0
                 ) -> tuple[int, str]:
-    """Run the real `mailer` with a pseudo-terminal as stdin/stdout/stderr, answer
-    ``answer`` to a [y/N] question if one comes, and return (exit code, everything
-    it wrote). Bounded: ``timeout`` seconds at most."""
+    """Run `mailer` (tests/processes.py) with a pseudo-terminal as stdin, stdout and
+    stderr, answer ``answer`` to a [y/N] question if one comes, and return (exit code,
+    everything it wrote). Bounded: ``timeout`` seconds at most."""
     import pty
     import select
     import time
 
     master, slave = pty.openpty()
     env = {**os.environ, "MAILER_SECRET": SECRET, "PYTHONPATH": str(REPO), "COLUMNS": "100"}
-    proc = subprocess.Popen([sys.executable, "-m", "mailer", *args], stdin=slave,
-                            stdout=slave, stderr=slave, env=env, close_fds=True)
-    os.close(slave)
+    proc = start_mailer(*args, env=env, terminal=os.ttyname(slave))
     out = b""
     answered = False
     deadline = time.monotonic() + timeout
@@ -434,13 +430,7 @@ def at_terminal(args: list[str], answer: str | None, *, timeout: float = 60.0
         while time.monotonic() < deadline:
             ready, _, _ = select.select([master], [], [], 0.2)
             if ready:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:  # the child closed its side: it has exited
-                    break
-                if not chunk:
-                    break
-                out += chunk
+                out += os.read(master, 4096)
             if answer is not None and not answered and b"[y/N]" in out:
                 os.write(master, answer.encode() + b"\n")
                 answered = True
@@ -451,6 +441,9 @@ def at_terminal(args: list[str], answer: str | None, *, timeout: float = 60.0
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+        # Held open to the end (the child opens the terminal by its name), so reading
+        # never fails for want of a process on the other side.
+        os.close(slave)
         os.close(master)
     return rc, out.decode("utf-8", "replace")
 
