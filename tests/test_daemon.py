@@ -65,6 +65,24 @@ def schedule_soon(run: Run, issue: Path, lead: float = 1.0) -> tuple[Result, dt.
     raise AssertionError(f"every time was past by the time it was checked: {result.output}")
 
 
+def reschedule_soon(d: Daemon, save: Callable[[dt.datetime], None],
+                    lead: float = 2.0) -> dt.datetime:
+    """Save the watched file with a send_at ``lead`` s from now and wait for the
+    daemon to reschedule it. On a loaded machine the daemon can read the file only
+    after that time and then rightly refuses it as past: it is saved again with more
+    lead (bounded). Returns the time it took."""
+    for extra in (0.0, 3.0, 8.0):
+        text = d.text()
+        done, past = text.count("event=issue.rescheduled"), text.count("is in the past")
+        _, soon = at(lead + extra)
+        save(soon)
+        wait_for(lambda done=done, past=past: d.text().count("event=issue.rescheduled") > done
+                 or d.text().count("is in the past") > past, 15, "the reschedule")
+        if d.text().count("event=issue.rescheduled") > done:
+            return soon
+    raise AssertionError("every send_at was past by the time the daemon read it")
+
+
 class Daemon:
     """`mailer run` in a process of its own, its log in a file."""
 
@@ -363,10 +381,9 @@ def test_watched_folder_schedules_reschedules_and_refuses(
         target.write_text(markdown_issue(tmp_path, run, later), encoding="utf-8")
         wait_for(lambda: "event=issue.scheduled" in d.text(), 10, "the file to be scheduled")
         # Edited before its time: rescheduled to 2 s from now.
-        _, soon = at(2)
-        target.write_text(markdown_issue(tmp_path, run, soon.strftime("%Y-%m-%dT%H:%M:%S")),
-                          encoding="utf-8")
-        wait_for(lambda: "event=issue.rescheduled" in d.text(), 10, "the reschedule")
+        soon = reschedule_soon(d, lambda when: target.write_text(
+            markdown_issue(tmp_path, run, when.strftime("%Y-%m-%dT%H:%M:%S")),
+            encoding="utf-8"))
         wait_for(lambda: len(srv.messages) == 14, 20, "the rescheduled campaign")
         # Sent, not still sending: the last replies are recorded a moment after the
         # server has the last message.
@@ -411,16 +428,15 @@ def test_an_edited_word_file_in_the_watched_folder_reschedules(
         wait_for(lambda: "event=issue.scheduled" in d.text(), 10, "the Word file to be scheduled")
         [row] = campaigns(run)
         assert row["status"] == "pending" and later.strftime("%Y-%m-%d %H:%M") in str(row["at"])
-        # Saved again in Word with another time, before the first: rescheduled. (More
-        # ahead than for a text file: reading a .docx takes a moment on a busy machine.)
-        _, soon = at(6)
-        save(soon)
-        wait_for(lambda: "event=issue.rescheduled" in d.text(), 15, "the reschedule")
+        # Saved again in Word with another time, before the first: rescheduled.
+        soon = reschedule_soon(d, save)
         wait_for(lambda: len(srv.messages) == 14, 20, "the rescheduled campaign")
         assert d.stop() == 0
     [row] = campaigns(run)
     assert row["status"] == "sent" and soon.strftime("%Y-%m-%d %H:%M") in str(row["at"])
-    assert "event=issue.not_scheduled" not in d.text()
+    # Refused only as past, if a loaded machine made reschedule_soon save it again.
+    assert all("is in the past" in ln for ln in d.text().splitlines()
+               if "event=issue.not_scheduled" in ln), d.text()
 
 
 # --- the web app runs inside the daemon ------------------------------------------------
