@@ -107,10 +107,40 @@ def db_path(config_file: Path) -> Path:
     return config_file.parent / "data" / "mailer.db"
 
 
+_INITIALISED: dict[str, bytes] = {}
+
+
 @pytest.fixture
-def initialised(run: Run, db_path: Path) -> Path:
-    run("init")
+def initialised(run: Run, db_path: Path, config_file: Path) -> Path:
+    """The database as `mailer init` makes it for this config. `init` runs for real
+    once per test process and config; later tests start from a copy of the file it
+    made, written as the store writes it (mode 0600). The tests of `init` itself
+    call it themselves."""
+    key = config_file.read_text(encoding="utf-8")
+    made = _INITIALISED.get(key)
+    if made is None:
+        run("init")
+        _INITIALISED[key] = database_bytes(db_path)
+    else:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(db_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(made)
     return db_path
+
+
+def database_bytes(db: Path) -> bytes:
+    """The whole database as one file (a WAL's pages included), by SQLite's backup."""
+    target = db.with_name(db.name + ".copy")
+    source, copied = sqlite3.connect(db), sqlite3.connect(target)
+    try:
+        source.backup(copied)
+    finally:
+        source.close()
+        copied.close()
+    data = target.read_bytes()
+    target.unlink()
+    return data
 
 
 def made_once(tmp_path_factory: pytest.TempPathFactory, name: str,

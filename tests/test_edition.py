@@ -8,7 +8,6 @@ import copy
 import datetime as dt
 import hashlib
 import re
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 
 from mailer.tokens import make_edition_token, make_token
 
-from .conftest import Run, snapshot
+from .conftest import Run, database_bytes, snapshot
 from .edition_setup import Sent, import_lists, issue_file, send_issue
 from .test_web import Running, rotated, secrets_env, start  # noqa: F401 (fixtures)
 
@@ -55,22 +54,8 @@ def sent(initialised: Path, run: Run, config_file: Path, tmp_path: Path,
     send_issue(config_file, issue_file(tmp_path, 10), ("send-to",), s)
     send_issue(config_file, issue_file(tmp_path, 11, extra_article=ONLY_REPORTED),
                ("report-to",), s)
-    _sent_before[key] = (_database_bytes(initialised), copy.deepcopy(s))
+    _sent_before[key] = (database_bytes(initialised), copy.deepcopy(s))
     return s
-
-
-def _database_bytes(db: Path) -> bytes:
-    """The whole database as one file (a WAL's pages included), by SQLite's backup."""
-    target = db.with_name("copy.db")
-    source, copied = sqlite3.connect(db), sqlite3.connect(target)
-    try:
-        source.backup(copied)
-    finally:
-        source.close()
-        copied.close()
-    data = target.read_bytes()
-    target.unlink()
-    return data
 
 
 @pytest.fixture
