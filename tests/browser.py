@@ -54,8 +54,9 @@ def probe(**extra: str) -> str:
 
 
 def _high_fd(fd: int) -> int:
-    """``fd`` moved above 4 (the pipe's own numbers in chromium), close-on-exec, so
-    that the shell's redirections to 3 and 4 can never overwrite the other one."""
+    """``fd`` moved to 10 or above, close-on-exec: clear of 3 and 4 (the pipe's
+    numbers in chromium), so that the shell's redirection of one end to 3 or 4 can
+    never overwrite the other end."""
     moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
     os.close(fd)
     return moved
