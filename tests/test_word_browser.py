@@ -4,8 +4,9 @@ phone's width and a wider one: the picture is displayed and scaled to the screen
 The message is the one the product builds (``mailer render`` writes it whole as
 issue.eml). A mail reader shows its HTML with each ``cid:`` reference resolved to
 the inline part of that Content-ID; a browser knows no cid:, so the copy opened
-here has each one replaced by a data: URI of that very part's bytes. Screenshots go
-to build/screenshots/ with the other browser screenshots.
+here has each one replaced by a data: URI of that very part's bytes. One chromium
+serves the module (tests/browser.py). Screenshots go to build/screenshots/ with the
+other browser screenshots.
 """
 
 from __future__ import annotations
@@ -13,43 +14,30 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
-import html
-import json
 import re
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
+from .browser import Chromium, chromium, needs_chromium, probe  # noqa: F401 (fixture)
 from .conftest import REPO, Run
-from .test_browser import CHROMIUM, _chromium, _frame_page
 from .word_issue import Style, png, write_word
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is missing")
+pytestmark = needs_chromium
 SCREENSHOTS = REPO / "build" / "screenshots"
 
 # Wider than any phone: 1200 px of picture placed 16 cm wide (about 605 px) in Word.
 PICTURE = png(1200, 600, (20, 110, 60))
 
-# Measured once the page and its pictures have loaded (an inline script would run
-# before a picture is decoded).
-PICTURE_PROBE = """<script>
-window.addEventListener("load", function () {
-  var p = parent.document.getElementById("probe");
-  var pics = Array.prototype.map.call(document.images, function (im) {
+# Measured once the page and its pictures have loaded (chromium.look waits for the
+# load event, which waits for the pictures).
+PICTURE_PROBE = probe(images="""Array.prototype.map.call(document.images, function (im) {
     var box = im.getBoundingClientRect();
     return {src: im.getAttribute("src").slice(0, 22), complete: im.complete,
             naturalWidth: im.naturalWidth, naturalHeight: im.naturalHeight,
             left: box.left, right: box.right, width: box.width, height: box.height};
-  });
-  p.textContent = JSON.stringify({
-    scrollWidth: document.documentElement.scrollWidth,
-    scrollHeight: document.documentElement.scrollHeight,
-    innerWidth: window.innerWidth,
-    images: pics
-  });
-});
-</script>"""
+  })""")
 
 
 def html_as_a_mail_reader_shows_it(eml: bytes) -> tuple[str, dict[str, bytes]]:
@@ -85,20 +73,18 @@ def word_email(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("width", [375, 640])
 def test_the_word_picture_shows_and_fits_the_screen(
-        word_email: Path, width: int, run: Run, initialised: Path, tmp_path: Path) -> None:
+        word_email: Path, width: int, run: Run, initialised: Path, tmp_path: Path,
+        chromium: Chromium) -> None:  # noqa: F811
     out = tmp_path / "preview"
     run("render", str(word_email), "--out", str(out))
     shown, parts = html_as_a_mail_reader_shows_it((out / "issue.eml").read_bytes())
     assert list(parts.values()) == [PICTURE]  # the very bytes of the Word file's picture
 
-    probe = tmp_path / "probe.html"
-    probe.write_text(_frame_page(shown.replace("</body>", PICTURE_PROBE + "</body>"),
-                                 width, 2000, probe=False), encoding="utf-8")
-    dom = _chromium(tmp_path / "profile-probe", f"--window-size={max(width, 500)},2100",
-                    "--dump-dom", probe.as_uri())
-    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
-    assert found and found.group(1), "the probe did not run:\n" + dom[-2000:]
-    seen = json.loads(html.unescape(found.group(1)))
+    page = tmp_path / "shown.html"
+    page.write_text(shown, encoding="utf-8")
+    shot = SCREENSHOTS / f"word-picture-{width}.png"
+    shot.unlink(missing_ok=True)
+    seen = chromium.look(page, width, expression=PICTURE_PROBE, shot=shot)
 
     assert seen["innerWidth"] == width
     assert seen["scrollWidth"] <= width, f"horizontal scrolling at {width}px: {seen}"
@@ -109,13 +95,4 @@ def test_the_word_picture_shows_and_fits_the_screen(
     assert image["width"] > 0 and image["left"] >= 0 and image["right"] <= width, image
     assert image["width"] < 605 if width == 375 else image["width"] > 375
     assert abs(image["height"] - image["width"] / 2) <= 1, image
-
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    shot = SCREENSHOTS / f"word-picture-{width}.png"
-    shot.unlink(missing_ok=True)
-    page = tmp_path / "shot.html"
-    page.write_text(_frame_page(shown, width, seen["scrollHeight"], probe=False),
-                    encoding="utf-8")
-    _chromium(tmp_path / "profile-shot", f"--window-size={width},{seen['scrollHeight']}",
-              f"--screenshot={shot}", page.as_uri())
-    assert shot.exists() and shot.stat().st_size > 10_000, f"no usable screenshot at {shot}"
+    # chromium.look saved the full-length picture and checked it is no blank.
