@@ -57,7 +57,7 @@ pdf = "none"
 # The slowest modules, slowest first. `make test` runs the suite on several processes
 # (pytest-xdist): starting these first keeps one of them from being the last thing
 # left running at the end while the other processes sit idle.
-SLOW_FIRST = ("test_package.py", "test_crash.py", "test_daemon.py", "test_browser.py")
+SLOW_FIRST = ("test_package.py", "test_crash.py", "test_daemon.py", "test_edition_browser.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
