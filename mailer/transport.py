@@ -38,7 +38,7 @@ import enum
 import re
 import ssl
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 import aiosmtplib
 
@@ -494,10 +494,12 @@ class SMTPTransport:
     async def _connect(self) -> None:
         await self._drop()
         smtp = await _open(self.settings)
-        transport = smtp.transport
-        if not isinstance(transport, asyncio.Transport):  # pragma: no cover
+        if smtp.transport is None:  # pragma: no cover
             smtp.close()
             raise _Unavailable(_lost("aiosmtplib gave no transport", "connect"))
+        # uvloop's transports do not derive from asyncio.Transport (Cython classes),
+        # yet are one: the same methods, set_protocol included.
+        transport = cast(asyncio.Transport, smtp.transport)
         self._eight_bit = smtp.supports_extension("8bitmime")
         self._smtputf8 = smtp.supports_extension("smtputf8")
         self.pipelining = smtp.supports_extension("pipelining")
