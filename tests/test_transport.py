@@ -21,6 +21,7 @@ from mailer.transport import (
     SMTPSettings,
     SMTPSetupError,
     SMTPTransport,
+    _utf8_headers,
     classify,
     send_one,
 )
@@ -560,3 +561,18 @@ def test_send_one_with_a_utf8_local_part(offered: bool) -> None:
     else:
         assert (reply.code, reply.outcome, reply.local) == (553, Outcome.FAILED, True)
         assert srv.messages == []
+
+
+@pytest.mark.parametrize("to", [GOOD, IDN, UTF8])
+def test_the_message_knows_whether_a_header_needs_utf8(to: str) -> None:
+    """The engine takes the flag from the message (once per list, but for the To)
+    instead of the transport scanning each header: both must agree."""
+    data = to_message(to).data
+    assert PREPARED.header_utf8(to) is _utf8_headers(data) is (to == UTF8)
+    env = Envelope(SENDER, to, data, header_utf8=PREPARED.header_utf8(to))
+    with smtp_server(Behaviour(pipelining=True, smtputf8=False)) as srv:
+        [reply] = run(send_all(settings(srv), [env]))
+    if to == UTF8:  # only SMTPUTF8 can carry it: refused here, before anything is sent
+        assert (reply.code, reply.local) == (553, True) and srv.messages == []
+    else:
+        assert reply.outcome is Outcome.SENT, reply
