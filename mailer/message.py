@@ -168,6 +168,7 @@ class PreparedMessage:
         unsubscribe: bool,
         base64_bodies: list[tuple[list[bytes], list[str]]] | None = None,
         web_edition: bool = False,
+        header_ascii: bool = True,
     ) -> None:
         # Private: use build(). ``slots[i]`` names what goes between chunk i and i+1.
         self._wire = wire
@@ -177,6 +178,7 @@ class PreparedMessage:
         self.unsubscribe = unsubscribe
         self._b64 = base64_bodies
         self.web_edition = web_edition
+        self._header_ascii = header_ascii
 
     @classmethod
     def build(cls, parts: MessageParts, *, eight_bit: bool = True) -> PreparedMessage:
@@ -254,8 +256,14 @@ class PreparedMessage:
         plain, _ = _split_bytes(plain_bytes, placeholders)
         return cls(
             wire, plain, slots, eight_bit=eight_bit, unsubscribe=unsubscribe, base64_bodies=b64,
-            web_edition=web_edition,
+            web_edition=web_edition, header_ascii=head.isascii(),
         )
+
+    def header_utf8(self, to_address: str) -> bool:
+        """Whether one recipient's header holds UTF-8 (RFC 6532, so SMTPUTF8): known
+        once per list, but for the To, which only a non-ASCII local part makes UTF-8
+        (a name goes in encoded words, an IDN domain in punycode)."""
+        return not self._header_ascii or not to_address.rpartition("@")[0].isascii()
 
     def personalise(
         self,
@@ -456,16 +464,19 @@ def _encoded_words(text: str) -> bytes:
 
 
 def _utf8_chunks(s: str, limit: int) -> Iterator[bytes]:
-    """UTF-8 of ``s`` in pieces of at most ``limit`` bytes, never splitting a character."""
-    buf = bytearray()
-    for c in s:
-        b = c.encode("utf-8")
-        if len(buf) + len(b) > limit:
-            yield bytes(buf)
-            buf.clear()
-        buf += b
-    if buf:
-        yield bytes(buf)
+    """UTF-8 of ``s`` in pieces of at most ``limit`` bytes, never splitting a character.
+    Cut on the bytes (per recipient: a loop over characters cost more than the join)."""
+    data = s.encode("utf-8")
+    start, end_of_data = 0, len(data)
+    while start < end_of_data:
+        end = start + limit
+        if end >= end_of_data:
+            yield data[start:]
+            return
+        while data[end] & 0xC0 == 0x80:  # a continuation byte: not where a character starts
+            end -= 1
+        yield data[start:end]
+        start = end
 
 
 _MSGID_RE = re.compile(rb"<[!-;=?-~]+@[!-;=?-~]+>")

@@ -26,7 +26,7 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from . import campaigns
+from . import campaigns, eventloop
 from .bounces.poll import Poller
 from .clock import SYSTEM_CLOCK, Clock
 from .compose import Outbox, file_sha256
@@ -324,4 +324,4 @@ class Daemon:
 def run_daemon(config: Config) -> None:
     """What `mailer run` does: run until a signal, then exit 0."""
     setup_logging()
-    asyncio.run(Daemon(config).run())
+    eventloop.run(Daemon(config).run())

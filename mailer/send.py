@@ -466,7 +466,8 @@ class Run:
                                   f"not sent: {e}", message_id)
         # An internationalised domain goes on the wire in punycode.
         mail_from = self.sender if self.sender_for is None else self.sender_for(job)
-        reply = await transport.send(Envelope(mail_from, job.email_ascii or job.email, data))
+        reply = await transport.send(Envelope(mail_from, job.email_ascii or job.email, data,
+                                              header_utf8=message.header_utf8(job.email)))
         if reply.stage == "connect":
             self._trouble += 1
             if self._trouble >= RELAY_TROUBLE_LIMIT:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ssl
-import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiosmtplib
 import pytest
 
+from mailer import eventloop
 from mailer.config import SMTPConfig
 from mailer.message import MessageParts, PreparedMessage, make_message_id
 from mailer.transport import (
@@ -22,6 +21,7 @@ from mailer.transport import (
     SMTPSettings,
     SMTPSetupError,
     SMTPTransport,
+    _utf8_headers,
     classify,
     send_one,
 )
@@ -34,9 +34,10 @@ GOOD = "zhang@example.org"
 BAD = "nobody@example.org"
 
 
-def run(coro: Coroutine[Any, Any, T], limit: float = 30.0) -> T:
-    """Run a coroutine with a hard limit, so a hung test fails instead of hanging."""
-    return asyncio.run(asyncio.wait_for(coro, limit))
+def run(coro: Coroutine[Any, Any, T], limit: float = 30.0, loop: str = "asyncio") -> T:
+    """Run a coroutine with a hard limit, so a hung test fails instead of hanging;
+    on asyncio's own loop unless ``loop`` names uvloop (what the senders run on)."""
+    return eventloop.run(asyncio.wait_for(coro, limit), loop=loop)
 
 
 def settings(srv: Server, **changes: Any) -> SMTPSettings:
@@ -92,8 +93,9 @@ def test_classify() -> None:
     assert classify(0) is Outcome.DEFERRED
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 @pytest.mark.parametrize("pipelining", [False, True])
-def test_message_arrives_intact(pipelining: bool) -> None:
+def test_message_arrives_intact(pipelining: bool, loop: str) -> None:
     env, plain = message()
     with smtp_server(Behaviour(pipelining=pipelining)) as srv:
 
@@ -105,7 +107,7 @@ def test_message_arrives_intact(pipelining: bool) -> None:
             finally:
                 await t.close()
 
-        reply, eight_bit, piped = run(go())
+        reply, eight_bit, piped = run(go(), loop=loop)
     assert reply.outcome is Outcome.SENT and reply.code == 250, reply
     assert (eight_bit, piped) == (True, pipelining)
     [got] = srv.messages
@@ -215,11 +217,12 @@ def test_552_at_end_of_data_is_deferred(pipelining: bool) -> None:
     assert len(srv.sessions) == 1
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 @pytest.mark.parametrize("pipelining", [False, True])
-def test_drop_after_data_then_reconnect(pipelining: bool) -> None:
+def test_drop_after_data_then_reconnect(pipelining: bool, loop: str) -> None:
     env, plain = message()
     with smtp_server(Behaviour(pipelining=pipelining, drop_after_data=1)) as srv:
-        first, second = run(send_all(settings(srv), [env, env]))
+        first, second = run(send_all(settings(srv), [env, env]), loop=loop)
     assert (first.code, first.outcome) == (0, Outcome.DEFERRED)
     assert second.outcome is Outcome.SENT
     assert len(srv.sessions) == 2
@@ -282,53 +285,6 @@ def test_unsendable_address_is_refused_locally() -> None:
         [reply] = run(send_all(settings(srv), [Envelope(SENDER, "a@b.org>\r\nRSET", b"x\r\n")]))
     assert reply.outcome is Outcome.FAILED and reply.text.startswith("local:")
     assert srv.messages == []
-
-
-def test_throughput_sanity() -> None:
-    """Print only: 500 messages of ~100 KB over one connection to aiosmtpd, pipelined
-    bulk path vs aiosmtplib's sendmail. aiosmtpd itself is the bottleneck here; the
-    real throughput benchmark uses Postfix's smtp-sink."""
-    n = 500
-    body = ("<p>" + "党建工作责任制" * 16 + "</p>\n") * 150  # 2 x ~50 KB of UTF-8
-    pm = PreparedMessage.build(
-        MessageParts("简报", body, body, "协会", SENDER, None, "l <l.example.org>", None, "",
-                     dt.datetime(2015, 11, 24, tzinfo=dt.UTC))
-    )
-    kw: dict[str, Any] = {"to_name": "张三", "to_address": GOOD,
-                          "message_id": "<x@example.org>", "unsubscribe_url": None}
-    wire, plain = pm.personalise(**kw), pm.as_message(**kw)
-    with smtp_server(Behaviour(pipelining=True)) as srv:
-        s = settings(srv)
-
-        async def bulk() -> float:
-            t = SMTPTransport(s)
-            await t.connect()
-            start = time.perf_counter()
-            for i in range(n):
-                env = Envelope(SENDER, GOOD, pm.personalise(**{**kw, "message_id": f"<{i}@x>"}))
-                assert (await t.send(env)).outcome is Outcome.SENT
-            took = time.perf_counter() - start
-            await t.close()
-            return took
-
-        async def plain_sendmail() -> float:
-            smtp = aiosmtplib.SMTP(hostname=s.host, port=s.port, local_hostname="client.test",
-                                   start_tls=False)
-            await smtp.connect()
-            start = time.perf_counter()
-            for _ in range(n):
-                await smtp.sendmail(SENDER, [GOOD], plain, mail_options=["BODY=8BITMIME"])
-            took = time.perf_counter() - start
-            await smtp.quit()
-            return took
-
-        t_bulk = run(bulk(), 120)
-        t_plain = run(plain_sendmail(), 120)
-        srv.messages.clear()
-    print(
-        f"\n{n} x {len(wire) // 1024} KB over 1 connection to aiosmtpd: "
-        f"bulk path {n / t_bulk:.0f} msgs/s, aiosmtplib sendmail {n / t_plain:.0f} msgs/s"
-    )
 
 
 def test_replies_arriving_together_are_all_read() -> None:
@@ -605,3 +561,18 @@ def test_send_one_with_a_utf8_local_part(offered: bool) -> None:
     else:
         assert (reply.code, reply.outcome, reply.local) == (553, Outcome.FAILED, True)
         assert srv.messages == []
+
+
+@pytest.mark.parametrize("to", [GOOD, IDN, UTF8])
+def test_the_message_knows_whether_a_header_needs_utf8(to: str) -> None:
+    """The engine takes the flag from the message (once per list, but for the To)
+    instead of the transport scanning each header: both must agree."""
+    data = to_message(to).data
+    assert PREPARED.header_utf8(to) is _utf8_headers(data) is (to == UTF8)
+    env = Envelope(SENDER, to, data, header_utf8=PREPARED.header_utf8(to))
+    with smtp_server(Behaviour(pipelining=True, smtputf8=False)) as srv:
+        [reply] = run(send_all(settings(srv), [env]))
+    if to == UTF8:  # only SMTPUTF8 can carry it: refused here, before anything is sent
+        assert (reply.code, reply.local) == (553, True) and srv.messages == []
+    else:
+        assert reply.outcome is Outcome.SENT, reply
