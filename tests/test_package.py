@@ -109,12 +109,11 @@ def _build_and_install(root: Path) -> None:
                                     encoding="utf-8")
 
 
-@pytest.fixture
-def workdir(installed: Installed, tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def prepared(installed: Installed, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder outside the checkout with a config, an initialised database and the
-    sample lists imported, by the installed ``mailer`` command."""
-    work = tmp_path / "work"
-    work.mkdir()
+    sample lists imported, by the installed ``mailer`` command (once per module)."""
+    work = tmp_path_factory.mktemp("package-work")
     config = work / "config.toml"
     config.write_text(CONFIG, encoding="utf-8")
     config.chmod(0o600)
@@ -123,6 +122,15 @@ def workdir(installed: Installed, tmp_path: Path) -> Path:
         csv = work / f"{slug}.csv"
         shutil.copy(REPO / "recipients" / f"{slug}.csv", csv)
         installed.run("--config", config, "recipients", "import", csv, "--list", slug, cwd=work)
+    return work
+
+
+@pytest.fixture
+def workdir(prepared: Path, tmp_path: Path) -> Path:
+    """A copy of ``prepared`` of this test's own (the config names the database by a
+    relative path, so the copy uses its own)."""
+    work = tmp_path / "work"
+    shutil.copytree(prepared, work)
     return work
 
 
