@@ -13,6 +13,7 @@ in exactly one place, :func:`inline_css`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 import unicodedata
@@ -104,6 +105,7 @@ def render_issue(issue: Issue, audience: Audience, *, end: EndBlock | None = Non
                     images=tuple(images.values()))
 
 
+@functools.lru_cache(maxsize=16)  # premailer takes ~40 ms; a resumed or edited issue asks again
 def inline_css(html: str) -> str:
     """Move the ``<style>`` rules of ``html`` into ``style`` attributes (premailer).
 
@@ -192,6 +194,7 @@ _CLOSING = frozenset("，。、；：？！…‥·）」』】〕〉》〗”�
 _OPENING = frozenset("（「『【〔〈《〖“‘([{")
 
 
+@functools.cache  # an issue has a few hundred distinct characters, counted thousands of times
 def char_width(c: str) -> int:
     """Display columns of one character: 2 for wide, full-width and ambiguous ones.
 
