@@ -450,11 +450,12 @@ class RosterMixin(StoreBase):
 
     def active_units(self, list_slug: str) -> list[str]:
         """The units with an active address on a list: the names an end block prints."""
+        # IN, not a correlated EXISTS: the active subscriptions are read once, not once
+        # per unit (quadratic: 75 s for 200,000 recipients in 20,000 units).
         rows = self.db.execute(
-            "SELECT u.id, u.name, u.group_name, u.kind FROM units u WHERE EXISTS ("
-            "SELECT 1 FROM recipients r JOIN subscriptions s ON s.recipient_id = r.id "
-            "JOIN lists l ON l.id = s.list_id "
-            "WHERE r.unit_id = u.id AND l.slug = ? AND s.status = 'active')",
+            "SELECT u.id, u.name, u.group_name, u.kind FROM units u WHERE u.id IN ("
+            "SELECT r.unit_id FROM recipients r JOIN subscriptions s ON s.recipient_id = r.id "
+            "JOIN lists l ON l.id = s.list_id WHERE l.slug = ? AND s.status = 'active')",
             [list_slug],
         ).fetchall()
         # Superior bodies first (as `units list` shows them), then by 片组, then as entered.
