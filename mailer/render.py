@@ -256,6 +256,13 @@ def fill(text: str, first: str = "", rest: str = "", width: int = TEXT_WIDTH) ->
     spaces, never inside an ASCII word and never before closing punctuation; only a
     single word longer than the line overflows it.
     """
+    return list(_fill(text, first, rest, width))
+
+
+# The same paragraphs are laid out for each list of an issue, and again when it is
+# resumed or its web edition is made: each is laid out once.
+@functools.lru_cache(maxsize=4096)
+def _fill(text: str, first: str, rest: str, width: int) -> tuple[str, ...]:
     lines: list[str] = []
     line, used, has_text, space = first, display_width(first), False, False
     for piece in _clusters(" ".join(text.split("\n"))):
@@ -271,7 +278,7 @@ def fill(text: str, first: str = "", rest: str = "", width: int = TEXT_WIDTH) ->
         used += w
         has_text, space = True, False
     lines.append(line)
-    return [ln.rstrip() for ln in lines]
+    return tuple(ln.rstrip() for ln in lines)
 
 
 def _fill_filter(text: str, first: str = "", rest: str = "") -> str:
