@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pdfplumber
+from pdfminer.layout import LTChar, LTContainer, LTImage
 from pdfminer.pdfdocument import PDFEncryptionError, PDFPasswordIncorrect
 from pdfminer.pdfexceptions import PDFException
 from pdfminer.psexceptions import PSException
@@ -67,9 +68,10 @@ def read(data: bytes, name: str) -> Extracted:
     """
     try:
         with pdfplumber.open(io.BytesIO(data)) as pdf:
-            pages = [_page_lines(n, page) for n, page in enumerate(pdf.pages, 1)]
+            read = [_chars(page) for page in pdf.pages]
+            pages = [_page_lines(n, chars) for n, (chars, _) in enumerate(read, 1)]
             heights = [float(page.height) for page in pdf.pages]
-            pictures = [n for n, page in enumerate(pdf.pages, 1) if page.images]
+            pictures = [n for n, (_, images) in enumerate(read, 1) if images]
     except (PdfminerException, MalformedPDFException, PDFException, PSException, ValueError,
             KeyError, TypeError) as e:
         cause = e.args[0] if isinstance(e, PdfminerException) and e.args else e
@@ -95,8 +97,37 @@ def read(data: bytes, name: str) -> Extracted:
     return Extracted(tuple(_paragraphs(lines)), problems=problems)
 
 
-def _page_lines(number: int, page: Any) -> list[_VLine]:
-    chars = [c for c in page.chars if c.get("upright", True) and c["text"]]
+def _chars(page: Any) -> tuple[list[dict[str, Any]], bool]:
+    """The page's upright characters with pdfplumber's field names and coordinates (top
+    and bottom from the top of the page, as its ``page.chars``), and whether the page
+    holds a picture. Read from pdfminer's layout: pdfplumber's own objects carry every
+    attribute of every object, half the time of reading a printed issue."""
+    height = float(page.height)
+    mb_x0, mb_top = float(page.mediabox[0]), float(page.mediabox[1])
+    chars: list[dict[str, Any]] = []
+    images = False
+    stack = list(reversed(page.layout._objs))  # in the page's own order
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, LTContainer):
+            stack.extend(reversed(obj._objs))
+        elif isinstance(obj, LTImage):
+            images = True
+        elif isinstance(obj, LTChar) and obj.upright:
+            text = obj.get_text()
+            if not text:
+                continue
+            name = obj.fontname
+            chars.append({
+                "text": text, "x0": obj.x0 + mb_x0, "x1": obj.x1 + mb_x0,
+                "top": height - obj.y1 + mb_top, "bottom": height - obj.y0 + mb_top,
+                "size": obj.size,
+                "fontname": name.decode("latin-1") if isinstance(name, bytes) else name,
+            })
+    return chars, images
+
+
+def _page_lines(number: int, chars: list[dict[str, Any]]) -> list[_VLine]:
     out: list[_VLine] = []
     for group in cluster_objects(chars, lambda c: round((c["top"] + c["bottom"]) / 2, 1), 2):
         group.sort(key=lambda c: c["x0"])
