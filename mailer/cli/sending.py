@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
-from .. import campaigns
+from .. import campaigns, eventloop
 from ..compose import Outbox
 from ..errors import AlreadySent, InvalidInput, RelayUnavailable
 from ..models import Campaign, CampaignStatus, Delivery, DeliveryStatus
@@ -97,7 +97,7 @@ def deliver(state: State, outbox: Outbox, campaign_id: int, *, limit: int | None
                 caught = signals.received
 
     with bar:
-        progress = asyncio.run(go())
+        progress = eventloop.run(go())  # uvloop when installed, as the daemon
     with state.store() as store:
         c = store.campaign(campaign_id)
         next_try = store.next_attempt_at(campaign_id)
