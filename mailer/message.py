@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import binascii
 import email.policy
+import functools
 import hashlib
 import re
 import unicodedata
@@ -108,17 +109,24 @@ def make_message_id(campaign_id: int, recipient_id: int, domain: str, *,
     >>> make_message_id(12, 345, "example.org")  # doctest: +ELLIPSIS
     '<c12.r345.....@example.org>'
     """
-    if not re.fullmatch(r"[A-Za-z0-9.-]+", domain):
-        try:
-            domain = ascii_domain(domain)  # an IDN sender domain, in punycode
-        except InvalidInput:
-            raise UnsafeHeader("Message-ID domain", domain, "is not a host name") from None
+    domain = _msgid_domain(domain)
     if mac is not None:
         # Signed (``mailer.bounces.verp``): a bounce that keeps only the Message-ID
         # still names its delivery, and a forged one names nobody.
         return f"<c{campaign_id}.r{recipient_id}.{mac}@{domain}>"
     digest = hashlib.sha256(f"{campaign_id}:{recipient_id}:{domain}".encode()).hexdigest()
     return f"<c{campaign_id}.r{recipient_id}.{digest[:10]}@{domain}>"
+
+
+@functools.lru_cache(maxsize=64)
+def _msgid_domain(domain: str) -> str:
+    """The domain as it goes in a Message-ID (checked once per domain, not per message)."""
+    if re.fullmatch(r"[A-Za-z0-9.-]+", domain):
+        return domain
+    try:
+        return ascii_domain(domain)  # an IDN sender domain, in punycode
+    except InvalidInput:
+        raise UnsafeHeader("Message-ID domain", domain, "is not a host name") from None
 
 
 @dataclass(frozen=True)

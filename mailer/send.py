@@ -20,13 +20,16 @@ Guarantees, and how they are kept:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import collections
 import datetime as dt
+import functools
+import queue
 import secrets
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 from .clock import SYSTEM_CLOCK, Clock
 from .config import Config
@@ -44,6 +47,10 @@ P = ParamSpec("P")
 # EHLO) after which the relay counts as down: the run stops walking the campaign
 # (each recipient would cost a timeout) and backs off instead.
 RELAY_TROUBLE_LIMIT = 3
+# Group commit (``Ledger``): the most replies in one transaction, and the longest a
+# reply waits for one when no connection needs it committed sooner.
+BATCH_MAX = 256
+LINGER_S = 0.05
 # How often a wait for I/O (replies in flight) looks again. Such waits take real
 # time whatever the run's clock: nothing is due later, something is on the wire.
 IO_POLL_S = 0.02
@@ -103,75 +110,231 @@ class Progress:
 
 class Database:
     """The store on one dedicated thread: sqlite3 objects stay on the thread that
-    made them, and the event loop never waits on disk."""
+    made them, and the event loop never waits on disk.
+
+    A plain thread fed by a ``SimpleQueue`` rather than ``run_in_executor``: the
+    bulk path makes a call per group commit, and the executor's two chained futures,
+    work item and callbacks cost more CPU than the commit of a small batch."""
 
     def __init__(self, path: Path, *, clock: Now) -> None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mailer-db")
-        self._store: Store | None = None
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="mailer-db", daemon=True)
+        self._started = False
         self._path = path
         self._clock = clock
 
     async def call(self, fn: Callable[Concatenate[Store, P], T], /, *args: P.args,
                    **kwargs: P.kwargs) -> T:
         """``fn(store, *args, **kwargs)`` on the database thread."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        self._calls.put(_Call(lambda store: fn(store, *args, **kwargs), fut, loop))
+        return await fut
 
-        def run() -> T:
-            if self._store is None:
-                self._store = Store.open(self._path, clock=self._clock)
-            return fn(self._store, *args, **kwargs)
-
-        return await asyncio.get_running_loop().run_in_executor(self._pool, run)
+    def _serve(self) -> None:
+        store: Store | None = None
+        try:
+            while (call := self._calls.get()) is not None:
+                try:
+                    if store is None:
+                        store = Store.open(self._path, clock=self._clock)
+                    result = call.fn(store)
+                except BaseException as e:  # handed to the caller, whatever it is
+                    call.loop.call_soon_threadsafe(_settle, call.future, None, e)
+                else:
+                    call.loop.call_soon_threadsafe(_settle, call.future, result, None)
+        finally:
+            if store is not None:
+                store.close()
 
     async def close(self) -> None:
-        def close() -> None:
-            if self._store is not None:
-                self._store.close()
-
-        await asyncio.get_running_loop().run_in_executor(self._pool, close)
-        self._pool.shutdown(wait=True)
+        """Close the store on its thread, after every call made before."""
+        if self._started:
+            self._calls.put(None)
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
 
 
-class Recorder:
-    """Group commit: results wait in a batch while the previous batch commits."""
+class _Call(NamedTuple):
+    fn: Callable[[Store], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
 
-    def __init__(self, db: Database) -> None:
+
+def _settle(fut: asyncio.Future[Any], result: object, error: BaseException | None) -> None:
+    if fut.cancelled():  # the caller stopped waiting; the call itself has run
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
+
+
+class Ledger:
+    """Group commit of the replies, and the duplicate bound that goes with it.
+
+    A connection does not wait for its message's reply to be committed before its
+    next transaction: it sends the next envelope and body at once, and waits only
+    before the body's end (``committed``), so a ``kill -9`` still leaves at most one
+    accepted-but-unrecorded message per connection. Meanwhile the replies of the
+    other connections pile up, and one transaction records them all: a commit
+    happens when a connection needs one (it has reached the end of its next
+    message, or has nothing left to send), when the batch is large, or at the
+    latest ``LINGER_S`` after the first reply in it."""
+
+    def __init__(self, db: Database, on_recorded: Callable[[DeliveryResult], None],
+                 holder: tuple[int, str], on_lost: Callable[[], None]) -> None:
         self._db = db
+        self._on_recorded = on_recorded
+        self._holder = holder  # (campaign, owner): checked at each commit
+        self._on_lost = on_lost
         self._batch: list[tuple[DeliveryResult, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
-        self._task = asyncio.create_task(self._run())
+        self._wanted = False
         self._closing = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._task = asyncio.create_task(self._run())
 
-    async def record(self, result: DeliveryResult) -> None:
+    def add(self, result: DeliveryResult) -> asyncio.Future[None]:
+        """Queue ``result``; the future is done when it is committed (or failed to be)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._batch.append((result, fut))
+        if len(self._batch) >= BATCH_MAX:
+            self.want()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(LINGER_S, self.want)
+        return fut
+
+    def want(self) -> None:
+        """Commit what is queued as soon as the previous commit is done."""
+        self._wanted = True
         self._wake.set()
-        await fut
+
+    async def committed(self, fut: asyncio.Future[None]) -> None:
+        """Wait until the result behind ``fut`` is committed; raises what the commit
+        raised."""
+        if not fut.done():
+            self.want()
+            await fut
+        fut.result()
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
-            self._wake.clear()
+            if not self._batch:
+                if self._closing:
+                    return
+                self._wanted = False  # nothing to commit: a want for it is void
+            if not (self._batch and (self._wanted or self._closing)):
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            self._wanted = False
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             batch, self._batch = self._batch, []
-            if batch:
-                try:
-                    await self._db.call(Store.record_results, [r for r, _ in batch])
-                except BaseException as e:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(e)
-                    if not isinstance(e, Exception):
-                        raise
-                    continue
+            try:
+                held = await self._db.call(_record, [r for r, _ in batch], *self._holder)
+            except BaseException as e:
                 for _, fut in batch:
                     if not fut.done():
-                        fut.set_result(None)
-            elif self._closing:
-                return
+                        fut.set_exception(e)
+                        fut.exception()  # retrieved here: a waiter may be gone
+                if not isinstance(e, Exception):
+                    raise
+                continue
+            for result, fut in batch:
+                self._on_recorded(result)
+                if not fut.done():
+                    fut.set_result(None)
+            if not held:
+                self._on_lost()
 
     async def close(self) -> None:
+        """Commit what is left, then stop."""
         self._closing = True
         self._wake.set()
         await self._task
+
+
+def _record(store: Store, results: list[DeliveryResult], campaign_id: int, owner: str
+            ) -> bool:
+    """Record a batch; whether the campaign is still ours to send. The commits come
+    every few messages, so a pause or a cancel is seen there at once, whatever the
+    size of the claims."""
+    store.record_results(results)
+    return store.holds(campaign_id, owner)
+
+
+class _Jobs:
+    """Claimed jobs waiting for a connection: a deque, with a future only for a
+    connection that finds it empty (the feeder keeps it from being empty)."""
+
+    def __init__(self, capacity: int, takers: int) -> None:
+        self.capacity = capacity
+        self._items: collections.deque[Job] = collections.deque()
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._room: asyncio.Future[None] | None = None
+        self._takers = takers
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put_many(self, jobs: Iterable[Job]) -> None:
+        self._items.extend(jobs)
+        self._wake_takers()
+
+    async def get(self) -> Job | None:
+        """The next job; None once closed and empty."""
+        while not self._items:
+            if self.closed:
+                return None
+            fut = asyncio.get_running_loop().create_future()
+            self._waiting.append(fut)
+            self._wake_room()  # empty: the feeder must know at once
+            await fut
+        job = self._items.popleft()
+        if len(self._items) * 2 < self.capacity:
+            self._wake_room()
+        return job
+
+    async def room(self) -> bool:
+        """Wait until the deque is below half full; False when no connection is left
+        to take jobs."""
+        while len(self._items) * 2 >= self.capacity and self._takers > 0:
+            self._room = asyncio.get_running_loop().create_future()
+            await self._room
+        return self._takers > 0
+
+    def give_back(self, job: Job) -> None:
+        """A job taken but not tried, first again."""
+        self._items.appendleft(job)
+
+    def taker_gone(self) -> None:
+        self._takers -= 1
+        self._wake_room()
+
+    def close(self) -> list[Job]:
+        """No more jobs: whoever waits gets None; returns what was left untaken."""
+        self.closed = True
+        left = list(self._items)
+        self._items.clear()
+        self._wake_takers(everyone=True)
+        return left
+
+    def _wake_takers(self, everyone: bool = False) -> None:
+        n = len(self._waiting) if everyone else min(len(self._items), len(self._waiting))
+        for _ in range(n):
+            fut = self._waiting.popleft()
+            if not fut.done():
+                fut.set_result(None)
+
+    def _wake_room(self) -> None:
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)
 
 
 class RateLimiter:
@@ -286,29 +449,28 @@ class Run:
             self._down = Reply(0, str(e) or type(e).__name__, Outcome.DEFERRED, "connect")
             return
         transports = [first] + [self.connect() for _ in range(self.policy.concurrency - 1)]
-        queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=self.policy.concurrency * 2)
-        recorder = Recorder(db)
+        jobs = _Jobs(max(self.policy.concurrency * 4, 64), takers=len(transports))
+        ledger = Ledger(db, self._recorded, (self.campaign_id, self.owner), self.stop.set)
         limiter = RateLimiter(self.policy.rate, clock=self.clock)
         abort: list[BaseException] = []
         workers = [
-            asyncio.create_task(self._worker(t, queue, recorder, limiter, abort, db))
+            asyncio.create_task(self._worker(t, jobs, ledger, limiter, abort, db))
             for t in transports
         ]
         try:
-            await self._feed(db, queue, workers)
-            # A normal end (or --limit): let what is queued go out.
+            await self._feed(db, jobs, ledger)
+            # A normal end (or --limit): let what is claimed go out.
             while self._in_flight and not self.stop.is_set() and self._down is None \
                     and not all(w.done() for w in workers):
+                ledger.want()
                 await asyncio.sleep(0.01)
         finally:
             # Stopping: claimed but not yet sent goes back to pending, then each
             # worker finishes the message it has in hand and takes its None.
-            left = _drain(queue)
-            for _ in workers:
-                queue.put_nowait(None)  # just drained; it holds 2x the workers
+            left = jobs.close()
             await asyncio.gather(*workers, return_exceptions=True)
-            await recorder.close()
-            left += _drain(queue)
+            await ledger.close()
+            left += jobs.close()
             if left:
                 self._in_flight -= len(left)
                 await db.call(Store.unclaim, [j.delivery_id for j in left])
@@ -316,44 +478,41 @@ class Run:
         if abort:
             raise abort[0]
 
-    async def _feed(self, db: Database, queue: asyncio.Queue[Job | None],
-                    workers: list[asyncio.Task[None]]) -> None:
-        batch = max(self.policy.concurrency * 2, 8)
-        while not self.stop.is_set() and self._down is None and not all(
-                w.done() for w in workers):
+    async def _feed(self, db: Database, jobs: _Jobs, ledger: Ledger) -> None:
+        batch = jobs.capacity // 2
+        while not self.stop.is_set() and self._down is None:
             if self.limit is not None and self._claimed >= self.limit:
                 return
-            room = await self._quota_room(db)
+            if not await jobs.room():
+                return  # every connection has stopped
+            room = await self._quota_room(db, ledger)
             if room is None:
                 continue  # waited for the quota window; look again
             want = min(batch, room - self._in_flight)
             if self.limit is not None:
                 want = min(want, self.limit - self._claimed)
             if want <= 0:  # the quota's room is in flight: wait for replies
+                ledger.want()
                 await self._io_poll()
                 continue
-            jobs = await db.call(Store.claim, self.campaign_id, self.owner, want,
-                                 self.clock.now())
-            if jobs is None:
+            claimed = await db.call(Store.claim, self.campaign_id, self.owner, want,
+                                    self.clock.now())
+            if claimed is None:
                 # Paused or cancelled: what is queued goes back, in flight finishes.
                 self.stop.set()
                 return
-            if not jobs:
-                if not await self._more_to_come(db):
+            if not claimed:
+                if not await self._more_to_come(db, ledger):
                     return
                 continue
-            self._claimed += len(jobs)
-            self._in_flight += len(jobs)
-            for i, job in enumerate(jobs):
-                if not await _put_unless_dead(queue, job, workers):
-                    # Every worker has stopped: give back what nobody will send.
-                    self._in_flight -= len(jobs) - i
-                    await db.call(Store.unclaim, [j.delivery_id for j in jobs[i:]])
-                    return
+            self._claimed += len(claimed)
+            self._in_flight += len(claimed)
+            jobs.put_many(claimed)
 
-    async def _more_to_come(self, db: Database) -> bool:
+    async def _more_to_come(self, db: Database, ledger: Ledger) -> bool:
         """Nothing was due: wait for replies in flight, then for the next retry."""
         while self._in_flight and not self.stop.is_set() and self._down is None:
+            ledger.want()
             await self._io_poll()
         c = await db.call(Store.campaign, self.campaign_id)
         if c.status.value != "sending" or self.stop.is_set() or self._down is not None:
@@ -369,7 +528,7 @@ class Run:
         await self._sleep_or_stop(max((when - self.clock.now()).total_seconds(), 0.0) + 0.01)
         return True
 
-    async def _quota_room(self, db: Database) -> int | None:
+    async def _quota_room(self, db: Database, ledger: Ledger) -> int | None:
         """How many more messages the hourly/daily quotas allow now; at the quota,
         wait (recorded on the campaign for `mailer log`) and return None."""
         room = 1 << 30
@@ -383,6 +542,7 @@ class Run:
                 room = min(room, limit - used)
                 continue
             while self._in_flight and not self.stop.is_set():
+                ledger.want()
                 await self._io_poll()
             oldest = await db.call(Store.oldest_sent_since, now - window)
             start = parse_stamp(oldest) if oldest else now
@@ -405,12 +565,21 @@ class Run:
         """Wait a moment for replies in flight: real time, whatever the clock."""
         await SYSTEM_CLOCK.wait(self.stop, IO_POLL_S)
 
-    async def _worker(self, transport: Transport, queue: asyncio.Queue[Job | None],
-                      recorder: Recorder, limiter: RateLimiter, abort: list[BaseException],
-                      db: Database) -> None:
+    async def _worker(self, transport: Transport, jobs: _Jobs, ledger: Ledger,
+                      limiter: RateLimiter, abort: list[BaseException], db: Database) -> None:
+        try:
+            await self._work(transport, jobs, ledger, limiter, abort, db)
+        finally:
+            jobs.taker_gone()
+
+    async def _work(self, transport: Transport, jobs: _Jobs, ledger: Ledger,
+                    limiter: RateLimiter, abort: list[BaseException], db: Database) -> None:
         sent_here = 0
-        while True:
-            job = await queue.get()
+        last: asyncio.Future[None] | None = None  # the commit of this connection's last reply
+        while not self.stop.is_set():
+            if not len(jobs):
+                ledger.want()  # nothing to send meanwhile: no reason to hold replies back
+            job = await jobs.get()
             if job is None:
                 return
             if self._down is not None:
@@ -420,7 +589,13 @@ class Run:
                 continue
             try:
                 await limiter.wait()
-                result = await self._send(transport, job)
+                if self.stop.is_set():  # while it waited for its turn
+                    jobs.give_back(job)
+                    return
+                result = await self._send(transport, job, _before_end(ledger, last))
+            except _Unrecorded:
+                self._in_flight -= 1  # the run stops (the ledger said why); the row
+                return  # stays claimed, pending again when the campaign is taken over
             except Exception as e:  # the relay refuses our sender, or a bug: stop the run
                 abort.append(e)
                 self.stop.set()
@@ -431,24 +606,40 @@ class Run:
                 self._in_flight -= 1
                 await db.call(Store.unclaim, [job.delivery_id])
                 continue
-            try:
-                await recorder.record(result)
-            except Exception as e:  # disk full, I/O error: the row stays claimed
-                abort.append(e)
-                self.stop.set()
-                return
-            finally:
-                self._in_flight -= 1
-            self._count(result)
+            last = ledger.add(result)
+            last.add_done_callback(functools.partial(self._unrecorded, abort))
             sent_here += 1
             if self.policy.messages_per_connection and \
                     sent_here >= self.policy.messages_per_connection:
                 await transport.close()  # the next send opens a fresh connection
                 sent_here = 0
 
-    async def _send(self, transport: Transport, job: Job) -> DeliveryResult | None:
+    def _recorded(self, result: DeliveryResult) -> None:
+        """A reply is committed."""
+        self._in_flight -= 1
+        self._count(result)
+
+    def _unrecorded(self, abort: list[BaseException], fut: asyncio.Future[None]) -> None:
+        """A reply could not be committed (disk full, I/O error): the run stops, and
+        its row stays claimed (pending again when the campaign is taken over)."""
+        error = None if fut.cancelled() else fut.exception()
+        if error is None:
+            return
+        self._in_flight -= 1
+        if isinstance(error, Exception) and not any(e is error for e in abort):
+            abort.append(error)
+        self.stop.set()
+
+    async def _send(self, transport: Transport, job: Job,
+                    before_end: Callable[[], Awaitable[None]] | None) -> DeliveryResult | None:
         """One delivery's result; None when no session could be opened (the row is
-        given back, and enough of those in a row mark the relay down)."""
+        given back, and enough of those in a row mark the relay down). The message is
+        ended only after ``before_end``."""
+        # Connected first: which message (8bit or base64) depends on the session.
+        failure = await transport.open()
+        if failure is not None:
+            self._no_session(failure)
+            return None
         message = self.messages(job.list_slug, transport.eight_bit)
         message_id = (make_message_id(job.campaign_id, job.recipient_id, self.msgid_domain)
                       if self.message_id_for is None
@@ -467,14 +658,18 @@ class Run:
         # An internationalised domain goes on the wire in punycode.
         mail_from = self.sender if self.sender_for is None else self.sender_for(job)
         reply = await transport.send(Envelope(mail_from, job.email_ascii or job.email, data,
-                                              header_utf8=message.header_utf8(job.email)))
-        if reply.stage == "connect":
-            self._trouble += 1
-            if self._trouble >= RELAY_TROUBLE_LIMIT:
-                self._down = reply
+                                              header_utf8=message.header_utf8(job.email)),
+                                     before_end)
+        if reply.stage == "connect":  # a drop, reconnecting
+            self._no_session(reply)
             return None
         self._trouble = 0
         return self._judge(job, reply, message_id)
+
+    def _no_session(self, reply: Reply) -> None:
+        self._trouble += 1
+        if self._trouble >= RELAY_TROUBLE_LIMIT:
+            self._down = reply
 
     def _judge(self, job: Job, reply: Reply, message_id: str) -> DeliveryResult:
         text = reply.text.strip() or "(no text)"
@@ -512,28 +707,23 @@ class Run:
         self.on_progress(p)
 
 
-async def _put_unless_dead(queue: asyncio.Queue[T], item: T,
-                           workers: Iterable[asyncio.Task[None]]) -> bool:
-    """Put into a bounded queue, unless every worker has ended (nobody would take it)."""
-    if not queue.full():  # the usual case: no task, no wait
-        queue.put_nowait(item)
-        return True
-    if all(w.done() for w in workers):
-        return False
-    put = asyncio.ensure_future(queue.put(item))
-    pending: set[asyncio.Future[Any]] = {put, *workers}
-    while not put.done():
-        _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        if not put.done() and all(w.done() for w in workers):
-            put.cancel()
-            return False
-    return True
+class _Unrecorded(Exception):
+    """The connection's previous reply could not be committed: its next message is
+    not ended (the transport drops the connection instead)."""
 
 
-def _drain(queue: asyncio.Queue[Job | None]) -> list[Job]:
-    out = []
-    while not queue.empty():
-        item = queue.get_nowait()
-        if item is not None:
-            out.append(item)
-    return out
+def _before_end(ledger: Ledger, last: asyncio.Future[None] | None
+                ) -> Callable[[], Awaitable[None]] | None:
+    """What a connection waits for before it ends its next message: the commit of its
+    last reply. None when there is nothing to wait for."""
+    if last is None or (last.done() and not last.cancelled() and last.exception() is None):
+        return None
+    pending = last
+
+    async def committed() -> None:
+        try:
+            await ledger.committed(pending)
+        except Exception as e:
+            raise _Unrecorded(str(e)) from e
+
+    return committed

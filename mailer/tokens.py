@@ -70,16 +70,32 @@ def _unb64(text: str) -> bytes:
 
 def _mac(secret: bytes, key_id: str, payload: str, *, context: bytes = _CONTEXT,
          version: str = VERSION) -> str:
-    h = _keyed(secret, context).copy()
+    inner, outer = _keyed(secret, context)
+    h = inner.copy()
     h.update(f"{version}.{key_id}.{payload}".encode("ascii"))
-    return _b64(h.digest()[:MAC_BYTES])
+    o = outer.copy()
+    o.update(h.digest())
+    return _b64(o.digest()[:MAC_BYTES])
 
 
 @functools.lru_cache(maxsize=16)
-def _keyed(secret: bytes, context: bytes) -> hmac.HMAC:
-    """The HMAC of a key with the context label already in: copying it costs less than
-    keying a new one, and every message of a campaign signs two tokens."""
-    return hmac.new(secret, context, hashlib.sha256)
+def _keyed(secret: bytes, context: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """HMAC-SHA256 (RFC 2104) keyed once per secret: the inner hash with the key pad
+    and the context label already in, and the outer one with its pad. Every message
+    of a campaign signs two tokens; copying these two hashes costs a third of what
+    ``hmac`` does per call (its one-shot ``hmac.digest`` looks the algorithm up in
+    OpenSSL each time, and ``HMAC.copy`` is Python code). The tests check it
+    against ``hmac.new``."""
+    key = hashlib.sha256(secret).digest() if len(secret) > _BLOCK else secret
+    key = key.ljust(_BLOCK, b"\0")
+    inner = hashlib.sha256(key.translate(_PAD_IN))
+    inner.update(context)
+    return inner, hashlib.sha256(key.translate(_PAD_OUT))
+
+
+_BLOCK = hashlib.sha256().block_size
+_PAD_IN = bytes(x ^ 0x36 for x in range(256))
+_PAD_OUT = bytes(x ^ 0x5C for x in range(256))
 
 
 def make_token(key: SigningKey, uid: str, list_slug: str) -> str:

@@ -37,6 +37,7 @@ import collections
 import enum
 import re
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol, cast
 
@@ -123,9 +124,18 @@ class Transport(Protocol):
     async def connect(self) -> None:
         """Open the session; raise ``SMTPSetupError`` for configuration problems."""
 
-    async def send(self, envelope: Envelope) -> Reply:
+    async def open(self) -> Reply | None:
+        """Connect unless the session is up (not yet, or after a drop): None when it
+        is, else the failure to report (stage "connect"). Raises ``SMTPSetupError``
+        like ``connect``."""
+
+    async def send(self, envelope: Envelope,
+                   before_end: Callable[[], Awaitable[None]] | None = None) -> Reply:
         """One transaction. Never raises for SMTP-level failures; reconnects on the
-        next call after a drop."""
+        next call after a drop. ``before_end``, when given, is awaited after the
+        body is written and before its end: if it raises, the message is not ended
+        (the connection is dropped, so nothing of it is delivered) and the error
+        propagates."""
 
     async def close(self) -> None:
         """QUIT politely, without hanging on a dead server."""
@@ -347,6 +357,13 @@ class _Wire(asyncio.Protocol):
 
     # used by SMTPTransport
 
+    def abort(self, error: str) -> None:
+        """Drop the connection at once, without sending what is still buffered."""
+        if self.error is None:
+            self.error = error
+        self.transport.abort()
+        self._wake()
+
     def write(self, data: bytes) -> None:
         if self.error is not None:
             raise _ConnectionDead(self.error)
@@ -528,24 +545,32 @@ class SMTPTransport:
         transport.set_protocol(wire)
         self._smtp, self._wire = smtp, wire
 
-    async def send(self, envelope: Envelope) -> Reply:
+    async def open(self) -> Reply | None:
+        if self.connected:
+            return None
+        try:
+            await self._connect()
+        except _Unavailable as exc:
+            return exc.reply
+        return None
+
+    async def send(self, envelope: Envelope,
+                   before_end: Callable[[], Awaitable[None]] | None = None) -> Reply:
         # Local refusals come before anything is written: an address that cannot go
         # on an SMTP command line, a message that needs SMTPUTF8 the relay lacks.
         wired = _wired(envelope)
         if isinstance(wired, Reply):
             return wired
-        if not self.connected:
-            try:
-                await self._connect()
-            except _Unavailable as exc:
-                return exc.reply
+        failure = await self.open()
+        if failure is not None:
+            return failure
         assert self._wire is not None
         wire = self._wire
         if wired.utf8 and not self._smtputf8:
             return _no_smtputf8(envelope, wired.sender_utf8)
         try:
             reply = await self._transaction(wire, envelope, wired.sender, wired.recipient,
-                                            wired.utf8)
+                                            wired.utf8, before_end)
         except _ConnectionDead as exc:
             await self._drop()
             return _lost(str(exc))
@@ -559,7 +584,8 @@ class SMTPTransport:
         return reply
 
     async def _transaction(self, wire: _Wire, env: Envelope, sender: bytes, recipient: bytes,
-                           utf8: bool) -> Reply:
+                           utf8: bool, before_end: Callable[[], Awaitable[None]] | None
+                           ) -> Reply:
         timeout = self.settings.timeout
         params = b" BODY=8BITMIME" if self._eight_bit else b""
         if utf8:  # RFC 6531 §3.4: the whole transaction, envelope and header, is UTF-8
@@ -598,8 +624,19 @@ class SMTPTransport:
             if refusal.code != 421:
                 await self._rset(wire)
             return refusal
-        # The body and its end in one write: one segment fewer for the server to read.
-        wire.writelines((env.data, _END if env.data.endswith(b"\r\n") else b"\r\n" + _END))
+        end = _END if env.data.endswith(b"\r\n") else b"\r\n" + _END
+        if before_end is None:
+            # The body and its end in one write: one segment fewer for the server to read.
+            wire.writelines((env.data, end))
+        else:
+            wire.write(env.data)  # on its way while we wait
+            try:
+                await before_end()
+            except BaseException:
+                # Not to be ended: dropped mid-DATA, the message is discarded whole.
+                wire.abort("the message was not to be ended")
+                raise
+            wire.write(end)
         await wire.drain(timeout)
         code, text = await wire.read(timeout)
         if code // 100 != 2 and code != 421:

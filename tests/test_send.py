@@ -119,6 +119,9 @@ def test_sends_every_recipient_once_with_personal_headers(
         assert text is not None and html is not None
         assert url in text.get_content() and url in html.get_content()
         assert "BODY=8BITMIME" in m.mail_options
+        # 8bit on every connection, the first message of each too (the message is
+        # chosen once the session says what the relay offers).
+        assert text["Content-Transfer-Encoding"] == html["Content-Transfer-Encoding"] == "8bit"
         urls.add(url)
     assert len(urls) == 14  # one personal link each
     with Store.open(initialised) as store:
@@ -495,6 +498,47 @@ def test_relay_that_dies_midway_stops_the_run_without_walking_the_rest(
     assert len(rest) - len(tried) > 150
     with Store.open(initialised) as store:
         assert store.campaign(s.campaign_id).status.value == "sending"
+
+
+def test_a_commit_that_fails_stops_the_run_and_ends_no_message_after_it(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    """A connection sends its next message while the reply to its last one is being
+    committed, but ends it only once that commit is done. When the commit fails
+    (here a real SQLite error from a trigger, as a full disk would give), the run
+    stops with the error and no message is ended after it: the relay holds at most
+    one accepted-but-unrecorded message per connection; a resume sends the rest."""
+    s = prepare(run, initialised, config_file, extra=many(186))  # 200 recipients
+    conn = sqlite3.connect(initialised)
+    conn.execute(
+        "CREATE TRIGGER full_disk AFTER UPDATE OF status ON deliveries "
+        "WHEN NEW.status = 'sent' AND (SELECT COUNT(*) FROM deliveries "
+        "WHERE status = 'sent') > 40 BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+    conn.commit()
+    conn.close()
+    concurrency = 4
+    policy = Policy(concurrency=concurrency, first_retry=0.0, max_retry=0.0)
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        with pytest.raises(sqlite3.DatabaseError, match="disk is full"):
+            asyncio.run(sender(s, srv.port, policy=policy).run())
+        srv.settle()
+        received = Counter(to for m in srv.messages for to in m.rcpt_tos)
+        rows = ledger(initialised)
+        recorded = {a for a, r in rows.items() if r["status"] == "sent"}
+        assert 0 < len(recorded) <= 40 and set(received) >= recorded
+        assert len(set(received) - recorded) <= concurrency  # ended, not recorded
+        assert {r["status"] for a, r in rows.items() if a not in recorded} <= {
+            "pending", "sending"}
+        conn = sqlite3.connect(initialised)
+        conn.execute("DROP TRIGGER full_disk")
+        conn.commit()
+        conn.close()
+        progress = asyncio.run(sender(s, srv.port, policy=policy).run())
+        srv.settle()
+    counts = Counter(to for m in srv.messages for to in m.rcpt_tos)
+    assert progress.failed == 0 and len(counts) == 200
+    assert sum(n - 1 for n in counts.values()) <= concurrency
+    assert {r["status"] for r in ledger(initialised).values()} == {"sent"}
 
 
 def test_a_message_that_cannot_be_built_fails_alone(

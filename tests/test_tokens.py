@@ -62,6 +62,21 @@ def test_mac_is_hmac_sha256_over_version_key_id_and_payload() -> None:
     assert unb64(mac) == hmac.new(CURRENT.secret, signed, hashlib.sha256).digest()[:16]
 
 
+@pytest.mark.parametrize("length", [0, 1, 31, 32, 63, 64, 65, 200])
+def test_mac_agrees_with_hmac_for_every_key_length(length: int) -> None:
+    """The MAC is keyed once per secret from hashlib (RFC 2104); keys longer than
+    the block are hashed first, shorter ones padded, exactly as ``hmac`` does."""
+    rng = random.Random(length)
+    secret = bytes(rng.randrange(256) for _ in range(length))
+    key = SigningKey("k9", secret)
+    for uid in (UID, "a", "Z" * 64):
+        token = make_token(key, uid, "report-to")
+        _, kid, payload, mac = token.split(".")
+        signed = b"mailer/unsubscribe\x00" + f"v1.{kid}.{payload}".encode()
+        assert unb64(mac) == hmac.new(secret, signed, hashlib.sha256).digest()[:16]
+        assert read_token([key], token, now=NOW) == TokenClaims(uid, "report-to", "k9")
+
+
 def test_same_inputs_same_token_different_inputs_different_tokens() -> None:
     a = make_token(CURRENT, UID, "send-to")
     assert a == make_token(CURRENT, UID, "send-to")

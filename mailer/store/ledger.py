@@ -403,6 +403,13 @@ class LedgerMixin(StoreBase):
                 [campaign_id, owner],
             )
 
+    def holds(self, campaign_id: int, owner: str) -> bool:
+        """The campaign is still ``owner``'s to send: not paused or cancelled."""
+        return self.db.execute(
+            "SELECT 1 FROM campaigns WHERE id = ? AND lease_owner = ? AND status = 'sending'",
+            [campaign_id, owner],
+        ).fetchone() is not None
+
     def claim(self, campaign_id: int, owner: str, limit: int, now: dt.datetime
               ) -> list[Job] | None:
         """Take up to ``limit`` deliveries that are due; None when the campaign is no
@@ -411,12 +418,7 @@ class LedgerMixin(StoreBase):
         instead of being sent."""
         stamp = _stamp(now)
         with self.write():
-            held = self.db.execute(
-                "SELECT 1 FROM campaigns WHERE id = ? AND lease_owner = ? "
-                "AND status = 'sending'",
-                [campaign_id, owner],
-            ).fetchone()
-            if held is None:
+            if not self.holds(campaign_id, owner):
                 return None
             rows = self.db.execute(
                 "SELECT d.id, d.recipient_id, r.uid, r.email, r.email_ascii, r.name, l.slug, "
