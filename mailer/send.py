@@ -6,15 +6,17 @@ Guarantees, and how they are kept:
   ``sent`` only in the committed transaction that records the server's 2xx to
   DATA. Rows claimed but not recorded go back to pending when a sender takes the
   campaign over after a crash.
-* **Duplicates bounded by the connections.** A connection does not start its next
-  message until the reply to its last one is committed, so a ``kill -9`` can leave
-  at most one accepted-but-unrecorded message per connection. A resent duplicate
-  carries the same Message-ID (it depends only on campaign and recipient).
+* **Duplicates bounded by the connections.** A connection does not end its next
+  message (the final ``.`` of DATA) until the reply to its last one is committed,
+  so a ``kill -9`` can leave at most one accepted-but-unrecorded message per
+  connection. A resent duplicate carries the same Message-ID (it depends only on
+  campaign and recipient).
 * **Fast.** SQLite calls run on one database thread, off the event loop. Replies
-  are group-committed: while one transaction commits, the next replies queue up,
-  so 16 connections cost about one commit per round, not sixteen. Messages are
-  joined from bytes prepared once per (issue, list) (``mailer.message``) and sent
-  pipelined (``mailer.transport``).
+  are group-committed (``Ledger``): a connection goes on with its next envelope
+  while its last reply waits, so the replies of many connections go in one
+  transaction, not one each. Messages are written from bytes prepared once per
+  (issue, list) (``mailer.message``), without joining them per recipient, and
+  sent pipelined (``mailer.transport``).
 """
 
 from __future__ import annotations
@@ -647,9 +649,9 @@ class Run:
         url = self.unsubscribe_url(job.uid, job.list_slug)
         try:
             web = self.web_edition_url(job.uid, job.list_slug) if self.web_edition_url else None
-            data = message.personalise(to_name=job.name, to_address=job.email,
-                                       message_id=message_id, unsubscribe_url=url,
-                                       web_edition_url=web)
+            data = message.personalise_pieces(to_name=job.name, to_address=job.email,
+                                              message_id=message_id, unsubscribe_url=url,
+                                              web_edition_url=web)
         except Exception as e:
             # Only this recipient's own data is joined here: whatever goes wrong is
             # about this message alone, which fails alone; the campaign goes on.

@@ -37,7 +37,7 @@ import collections
 import enum
 import re
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol, cast
 
@@ -104,11 +104,12 @@ def _lost(text: str, stage: str = "") -> Reply:
 @dataclass(frozen=True)
 class Envelope:
     """One transaction: ``data`` is the wire form from ``PreparedMessage.personalise``
-    (CRLF, dot-stuffed, without the final ``.`` line)."""
+    (CRLF, dot-stuffed, without the final ``.`` line), or the same in pieces
+    (``personalise_pieces``), which the bulk path writes without joining them."""
 
     sender: str
     recipient: str
-    data: bytes
+    data: bytes | list[bytes]
     # Whether the header holds UTF-8 (RFC 6532), when the message knows it (it is
     # known once per list, but for the To); None: the header is looked at.
     header_utf8: bool | None = None
@@ -369,7 +370,7 @@ class _Wire(asyncio.Protocol):
             raise _ConnectionDead(self.error)
         self.transport.write(data)
 
-    def writelines(self, chunks: tuple[bytes, ...]) -> None:
+    def writelines(self, chunks: Sequence[bytes]) -> None:
         """Several chunks in one write: uvloop (and asyncio from Python 3.12) hands
         them to one vectored send without joining them; asyncio on 3.11 joins."""
         if self.error is not None:
@@ -479,8 +480,12 @@ def _wired(envelope: Envelope) -> _Wired | Reply:
         return recipient
     header = envelope.header_utf8
     if header is None:
-        header = _utf8_headers(envelope.data)
+        header = _utf8_headers(_joined(envelope.data))
     return _Wired(sender[0], recipient[0], sender[1] or recipient[1] or header, sender[1])
+
+
+def _joined(data: bytes | list[bytes]) -> bytes:
+    return data if isinstance(data, bytes) else b"".join(data)
 
 
 def _utf8_headers(data: bytes) -> bool:
@@ -590,8 +595,9 @@ class SMTPTransport:
         params = b" BODY=8BITMIME" if self._eight_bit else b""
         if utf8:  # RFC 6531 §3.4: the whole transaction, envelope and header, is UTF-8
             params += b" SMTPUTF8"
+        pieces = [env.data] if isinstance(env.data, bytes) else env.data
         if self._size:  # RFC 1870: lets the server refuse an oversized message early
-            params += b" SIZE=%d" % len(env.data)
+            params += b" SIZE=%d" % sum(map(len, pieces))
         commands = [
             ("mail", b"MAIL FROM:<" + sender + b">" + params + b"\r\n"),
             ("rcpt", b"RCPT TO:<" + recipient + b">\r\n"),
@@ -624,19 +630,17 @@ class SMTPTransport:
             if refusal.code != 421:
                 await self._rset(wire)
             return refusal
-        end = _END if env.data.endswith(b"\r\n") else b"\r\n" + _END
-        if before_end is None:
-            # The body and its end in one write: one segment fewer for the server to read.
-            wire.writelines((env.data, end))
-        else:
-            wire.write(env.data)  # on its way while we wait
+        if before_end is not None:
             try:
                 await before_end()
             except BaseException:
-                # Not to be ended: dropped mid-DATA, the message is discarded whole.
+                # Not to be ended: dropped in DATA, nothing of the message is delivered.
                 wire.abort("the message was not to be ended")
                 raise
-            wire.write(end)
+        # The body and its end in one write: one segment fewer for the server to read
+        # (and a body written before the wait would cost a write of its own for the end).
+        last = next((p for p in reversed(pieces) if p), b"")
+        wire.writelines((*pieces, _END if last.endswith(b"\r\n") else b"\r\n" + _END))
         await wire.drain(timeout)
         code, text = await wire.read(timeout)
         if code // 100 != 2 and code != 421:
@@ -707,7 +711,7 @@ async def send_one(settings: SMTPSettings, envelope: Envelope) -> Reply:
     options = ["BODY=8BITMIME"] if smtp.supports_extension("8bitmime") else []
     if wired.utf8:
         options.append("SMTPUTF8")
-    message = _STUFFED.sub(b".", envelope.data)
+    message = _STUFFED.sub(b".", _joined(envelope.data))
     try:
         _, text = await smtp.sendmail(
             wired.sender.decode(), [wired.recipient.decode()], message, mail_options=options

@@ -323,6 +323,20 @@ def test_personalise_is_cheap(prepared: PreparedMessage,
     assert built
 
 
+@pytest.mark.parametrize("eight_bit", [True, False])
+def test_pieces_join_to_the_message_and_reuse_the_prepared_chunks(eight_bit: bool) -> None:
+    """What the engine writes (vectored, not joined): the same bytes as
+    ``personalise``; the big pieces are the prepared chunks themselves, not copies."""
+    prepared = PreparedMessage.build(make_parts(), eight_bit=eight_bit)
+    kw = recipient()
+    pieces = prepared.personalise_pieces(**kw)  # type: ignore[arg-type]
+    assert b"".join(pieces) == prepared.personalise(**kw)  # type: ignore[arg-type]
+    again = prepared.personalise_pieces(**kw)  # type: ignore[arg-type]
+    biggest = max(range(len(pieces)), key=lambda i: len(pieces[i]))
+    assert len(pieces[biggest]) > 1000
+    assert (pieces[biggest] is again[biggest]) is eight_bit  # base64 bodies: per recipient
+
+
 def test_base64_helper_roundtrip() -> None:
     pm = PreparedMessage.build(make_parts(text="短\n", html="<p>短</p>\n"), eight_bit=False)
     raw = pm.as_message(**recipient())  # type: ignore[arg-type]
