@@ -557,10 +557,10 @@ def test_a_message_that_cannot_be_built_fails_alone(
         def __getattr__(self, name: str) -> Any:  # the rest as the real message does
             return getattr(self.inner, name)
 
-        def personalise(self, **kw: Any) -> bytes:
+        def personalise_pieces(self, **kw: Any) -> list[bytes]:  # what the engine calls
             if kw["to_address"] == victim:
                 raise ValueError(f"{victim!r} cannot be written in a header")
-            return bytes(self.inner.personalise(**kw))
+            return list(self.inner.personalise_pieces(**kw))
 
     s.outbox.message = lambda slug, eight_bit: Broken(real(slug, eight_bit))  # type: ignore[method-assign,assignment,return-value]
     with smtp_server(Behaviour(pipelining=True)) as srv:
