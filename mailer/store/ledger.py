@@ -11,7 +11,7 @@ only mail that can go out twice is what was in flight at the crash.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,9 +94,12 @@ class LedgerMixin(StoreBase):
         sha256: str,
         again: bool = False,
         scheduled_at: dt.datetime | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> int:
         """A new campaign. Without ``scheduled_at`` it starts at once (deliveries written
-        in the same transaction); with it, it waits as ``pending``."""
+        in the same transaction); with it, it waits as ``pending``. ``before_commit``
+        runs in that transaction once the rows are written: what it stores commits
+        with the campaign, and if it raises there is no campaign."""
         lists = tuple(dict.fromkeys(lists))  # each list once
         with self.write():
             for slug in lists:
@@ -119,6 +122,8 @@ class LedgerMixin(StoreBase):
                         again=again)
             if not scheduled_at:
                 self._write_deliveries(campaign_id, lists)
+            if before_commit is not None:
+                before_commit()
             return campaign_id
 
     def find_issue(self, year: int, number: int) -> int | None:

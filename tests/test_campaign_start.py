@@ -1,0 +1,174 @@
+"""Starting a campaign: its delivery rows, its web edition and its PDF edition are one
+transaction. The PDF is typeset by real WeasyPrint in a child process while the rows
+are written; a typeset that fails leaves no campaign, no delivery and no PDF, with the
+same one-line error as ever. A real SQLite file throughout."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import sqlite3
+from pathlib import Path
+
+import pdfplumber
+import pytest
+
+from mailer import campaigns
+from mailer import config as config_mod
+from mailer.errors import AlreadySent
+from mailer.pdf import PdfFailed, PdfUnavailable, Typesetting, typeset_runs
+from mailer.render import render_print
+from mailer.store import Store
+
+from .conftest import Run, assert_one_line_error, snapshot
+from .edition_setup import import_lists, issue_file
+from .sample_issue import sample_issue
+from .test_pdf_mail import article_titles_in, set_pdf
+from .test_web import secrets_env  # noqa: F401 (fixture)
+
+CHILD = "_child_main"
+
+
+def typesetting_children() -> list[int]:
+    """Our typesetting child processes still alive (or not yet reaped)."""
+    me = str(os.getpid())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if fields[1] == me and CHILD.encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def counts(db: Path) -> dict[str, int]:
+    conn = sqlite3.connect(db)
+    try:
+        return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                for t in ("campaigns", "deliveries", "issue_pdfs")}
+    finally:
+        conn.close()
+
+
+def linked_for_send_to(run: Run, config_file: Path) -> config_mod.Config:
+    """The sample lists imported; send-to's email links the PDF edition."""
+    set_pdf(config_file, send_to="link")
+    import_lists(run)
+    return config_mod.load(config_file)
+
+
+def test_the_pdf_typeset_beside_the_rows_commits_with_the_campaign(
+    initialised: Path, run: Run, config_file: Path, tmp_path: Path,
+) -> None:
+    set_pdf(config_file)  # the defaults: attach for report-to, link for send-to
+    import_lists(run)
+    config = config_mod.load(config_file)
+    before = typeset_runs.count
+    with Store.open(config.database) as store:
+        prepared = campaigns.prepare(config, store, issue_file(tmp_path, 9),
+                                     ("report-to", "send-to"))
+        cid = campaigns.start(config, store, prepared)
+        # The connection is left as it was opened: keys checked, checkpoints automatic.
+        assert store.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+        stored = store.issue_pdf(prepared.outbox.issue_id or 0)
+        attached = prepared.outbox.parts("report-to").attachments
+        rows = store.deliveries(cid)
+    assert typeset_runs.count - before == 1, "one typeset for the issue, in the child"
+    assert stored is not None and stored[1].startswith(b"%PDF-")
+    assert [a.data for a in attached] == [stored[1]], "the mail attaches the stored PDF"
+    where = article_titles_in(stored[1])
+    assert len(where) == 5 and all(w >= 0 for w in where), where
+    assert len(rows) == sum(prepared.audience.values()) > 0
+    assert typesetting_children() == []
+
+
+@pytest.fixture
+def weasyprint_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """WeasyPrint as it fails on a machine without pango: its import raises OSError
+    (cffi cannot open the library). Only the child process imports it there."""
+    fake = tmp_path / "no-pango"
+    fake.mkdir()
+    (fake / "weasyprint.py").write_text(
+        "raise OSError(\"cannot load library 'libpango-1.0-0': no such file\")\n",
+        encoding="utf-8")
+    monkeypatch.setenv("PYTHONPATH", str(fake))
+
+
+def test_a_typeset_that_fails_leaves_no_campaign_no_rows_and_no_pdf(
+    initialised: Path, run: Run, config_file: Path, tmp_path: Path,
+    weasyprint_missing: None,
+) -> None:
+    config = linked_for_send_to(run, config_file)
+    with Store.open(config.database) as store:
+        prepared = campaigns.prepare(config, store, issue_file(tmp_path, 9), ("send-to",))
+        with pytest.raises(PdfUnavailable) as e:
+            campaigns.start(config, store, prepared)
+    assert "cannot make PDFs" in str(e.value) and "libpango" in str(e.value)
+    assert "make system-deps" in str(e.value)
+    assert counts(initialised) == {"campaigns": 0, "deliveries": 0, "issue_pdfs": 0}
+    assert typesetting_children() == []
+
+
+def test_a_typeset_that_fails_is_one_line_from_mailer_send(
+    initialised: Path, run: Run, config_file: Path, tmp_path: Path,
+    weasyprint_missing: None,
+) -> None:
+    set_pdf(config_file)  # report-to attaches: its message waits for the PDF too
+    import_lists(run)
+    before = snapshot(initialised)
+    result = run("send", str(issue_file(tmp_path, 9)), "--yes", ok=False)
+    assert_one_line_error(result, "cannot make PDFs", "make system-deps")
+    after = snapshot(initialised)
+    assert after["campaigns"] == [] and after["deliveries"] == []
+    assert after["issue_pdfs"] == []
+    # The lists and their members are as they were (the issue row and its web pages
+    # may be written first, as before: they are the issue's, not a campaign's).
+    for table in ("units", "recipients", "lists", "subscriptions"):
+        assert after[table] == before[table], table
+
+
+def test_a_repeat_refused_ends_its_typesetting_and_keeps_the_stored_pdf(
+    initialised: Path, run: Run, config_file: Path, tmp_path: Path,
+) -> None:
+    config = linked_for_send_to(run, config_file)
+    with Store.open(config.database) as store:
+        prepared = campaigns.prepare(config, store, issue_file(tmp_path, 9), ("send-to",))
+        campaigns.start(config, store, prepared)
+        issue_id = prepared.outbox.issue_id or 0
+        first = store.issue_pdf(issue_id)
+        # Edited: another print HTML, so another typeset starts, and the repeat is
+        # refused only once the rows would be written.
+        edited = issue_file(tmp_path, 9, extra_article="补充说明")
+        again = campaigns.prepare(config, store, edited, ("send-to",))
+        with pytest.raises(AlreadySent):
+            campaigns.start(config, store, again)
+        assert store.issue_pdf(issue_id) == first
+    assert counts(initialised)["campaigns"] == 1
+    assert typesetting_children() == []
+
+
+def test_a_typesetting_child_that_dies_is_a_clear_error() -> None:
+    from mailer.models import Role
+    from mailer.render import Audience
+
+    html = render_print(sample_issue(), Audience(
+        role=Role.SEND_TO, list_title="简报发送名单", footer_label="发",
+        allow_unsubscribe=True, contact="协会秘书处", pdf_link=True))
+    job = Typesetting(html)
+    os.kill(job.pid, signal.SIGKILL)
+    with pytest.raises(PdfFailed) as e:
+        job.result()
+    assert "exit code -9" in str(e.value) and "try again" in str(e.value)
+    assert typesetting_children() == []
+
+    # And one left to finish typesets the real issue.
+    pdf = Typesetting(html).result()
+    with pdfplumber.open(io.BytesIO(pdf)) as doc:
+        assert "简" in "".join(p.extract_text() or "" for p in doc.pages)
