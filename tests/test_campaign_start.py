@@ -5,6 +5,7 @@ same one-line error as ever. A real SQLite file throughout."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 
 from mailer import campaigns
 from mailer import config as config_mod
-from mailer.errors import AlreadySent
+from mailer.errors import AlreadySent, InvalidInput
 from mailer.pdf import PdfFailed, PdfUnavailable, Typesetting, typeset_runs
 from mailer.render import render_print
 from mailer.store import Store
@@ -172,3 +173,56 @@ def test_a_typesetting_child_that_dies_is_a_clear_error() -> None:
     pdf = Typesetting(html).result()
     with pdfplumber.open(io.BytesIO(pdf)) as doc:
         assert "简" in "".join(p.extract_text() or "" for p in doc.pages)
+
+
+def test_rows_written_with_keys_unchecked_still_refuse_an_unknown_issue(
+    initialised: Path,
+) -> None:
+    with Store.open(initialised) as store:
+        with pytest.raises(InvalidInput) as e:
+            store.create_campaign(999, ["send-to"], source_path=None, sha256="0" * 64)
+        assert "issue 999 is not recorded" in str(e.value)
+        assert store.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert counts(initialised)["campaigns"] == 0
+
+
+@pytest.mark.parametrize("when", ["now", "scheduled"])
+def test_rows_are_report_to_first_one_per_address_and_only_active_ones(
+    initialised: Path, run: Run, when: str,
+) -> None:
+    import_lists(run)
+    # On both lists: one row, as report-to (报). Unsubscribed from send-to: none.
+    run("recipients", "add", "dangban@wanxiang.example.org", "--list", "report-to",
+        "--unit", "万向集团")
+    gone = "dangwei@wahaha.example.org"
+    with Store.open(initialised) as store:
+        uid = store.uid_of(gone)
+        assert uid is not None and store.unsubscribe(uid, "send-to", source="web", actor="t")
+        issue_id = store.record_issue(year=2015, number=9, total_number=33, date=None,
+                                      label="简报 2015年第9期", sha256="0" * 64)
+        audience = store.audience(["send-to", "report-to"])
+        cid = store.create_campaign(
+            issue_id, ["send-to", "report-to"], source_path=None, sha256="0" * 64,
+            scheduled_at=(dt.datetime(2030, 1, 1, tzinfo=dt.UTC) if when == "scheduled"
+                          else None))
+        if when == "scheduled":
+            assert store.deliveries(cid) == []
+            assert store.start_campaign(cid) == sum(audience.values())
+        assert store.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    conn = sqlite3.connect(initialised)
+    try:
+        rows = conn.execute(
+            "SELECT d.id, d.email, l.slug, d.status FROM deliveries d "
+            "JOIN lists l ON l.id = d.list_id WHERE d.campaign_id = ? ORDER BY d.id",
+            [cid]).fetchall()
+    finally:
+        conn.close()
+    slugs = [r[2] for r in rows]
+    assert slugs == sorted(slugs, key=lambda s: s != "report-to"), "报 rows before 发"
+    emails = [r[1] for r in rows]
+    assert len(emails) == len(set(emails)) == sum(audience.values())
+    assert ("dangban@wanxiang.example.org", "report-to") in {(r[1], r[2]) for r in rows}
+    assert gone not in emails
+    assert {r[3] for r in rows} == {"pending"}
+    assert audience["report-to"] == slugs.count("report-to") > 0
+    assert audience["send-to"] == slugs.count("send-to") > 0
