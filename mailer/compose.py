@@ -20,7 +20,7 @@ from .errors import IssueError
 from .issue import parse_file
 from .message import Attachment, MessageParts, PreparedMessage
 from .models import EndBlock, Issue, MailingList
-from .pdf import Typesetting, typeset
+from .pdf import PdfFailed, Typesetting, typeset
 from .render import (
     UNSUBSCRIBE_PLACEHOLDER,
     WEB_EDITION_PLACEHOLDER,
@@ -118,10 +118,15 @@ class Outbox:
                                                   self.issue.masthead.number)
         if known is not None:
             self.load_pdf(store, known)
-        for slug in self.pdf_lists():
+        wanted = self.pdf_lists()
+        # The one stored with the issue (``record_pdf``) and those attached to mail.
+        for slug in dict.fromkeys(wanted[:1] + [s for s in wanted if self.pdf_mode(s) == "attach"]):
             digest, html = self._print(slug)
             if digest not in self._pdfs and digest not in self._typesetting:
-                self._typesetting[digest] = Typesetting(html)
+                try:
+                    self._typesetting[digest] = Typesetting(html)
+                except PdfFailed:
+                    return  # no process to be had: ``pdf`` typesets here, as it can
 
     def cancel_typesetting(self) -> None:
         """End the children of ``typeset_editions`` whose PDF was not taken."""

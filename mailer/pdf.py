@@ -8,11 +8,9 @@ Nothing is fetched: the HTML is ours, and every URL it could name is refused.
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 import threading
-from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import MailerError
@@ -76,26 +74,22 @@ class Typesetting:
     other work meanwhile (a campaign's delivery rows) on the other core, and the
     typesetter's memory (about 120 MB for an issue) is never the caller's.
 
-    The child is a fresh interpreter running this module's ``_child_main`` (not a
-    multiprocessing "spawn", which would import the caller's main script again and
-    so fail in any script that lacks an ``if __name__ == "__main__"`` guard), with
-    the same ``mailer`` package first on its path. ``result`` waits for the PDF and
-    raises what ``typeset`` would have raised; ``cancel`` ends a child whose PDF is
-    no longer wanted."""
+    The child is a fresh interpreter running this module's ``_child_main`` with the
+    caller's ``sys.path`` (so the same ``mailer`` and WeasyPrint), as multiprocessing's
+    "spawn" would start it, but without importing the caller's main script again
+    (which fails in any script that lacks an ``if __name__ == "__main__"`` guard).
+    ``result`` waits for the PDF and raises what ``typeset`` would have raised;
+    ``cancel`` ends a child whose PDF is no longer wanted. Raises ``PdfFailed`` when no
+    process can be started."""
 
     def __init__(self, html: str) -> None:
-        typeset_runs.add()
-        package_root = str(Path(__file__).resolve().parent.parent)
-        path = os.environ.get("PYTHONPATH")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            p for p in (package_root, path) if p))
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-c", "from mailer.pdf import _child_main; _child_main()"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env=env)
+                [sys.executable, "-c", _CHILD, *sys.path],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except OSError as e:
             raise PdfFailed(f"cannot start a process to typeset the PDF edition: {e}") from None
+        typeset_runs.add()
         self._out: tuple[bytes, bytes] | None = None
         # communicate() feeds the HTML and reads the PDF together (no pipe can fill
         # up and stall either side); in a thread, so that the caller is free meanwhile.
@@ -135,6 +129,7 @@ class Typesetting:
         self._process.wait()
 
 
+_CHILD = "import sys; sys.path[:] = sys.argv[1:]; from mailer.pdf import _child_main; _child_main()"
 _UNAVAILABLE, _FAILED = 3, 4  # the child's exit codes; the reason on its stderr
 
 

@@ -93,13 +93,14 @@ def test_the_pdf_typeset_beside_the_rows_commits_with_the_campaign(
 @pytest.fixture
 def weasyprint_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """WeasyPrint as it fails on a machine without pango: its import raises OSError
-    (cffi cannot open the library). Only the child process imports it there."""
+    (cffi cannot open the library). First on the path, which the typesetting child
+    takes from this process; only the child imports it."""
     fake = tmp_path / "no-pango"
     fake.mkdir()
     (fake / "weasyprint.py").write_text(
         "raise OSError(\"cannot load library 'libpango-1.0-0': no such file\")\n",
         encoding="utf-8")
-    monkeypatch.setenv("PYTHONPATH", str(fake))
+    monkeypatch.syspath_prepend(str(fake))
 
 
 def test_a_typeset_that_fails_leaves_no_campaign_no_rows_and_no_pdf(
