@@ -227,3 +227,50 @@ def test_rows_are_report_to_first_one_per_address_and_only_active_ones(
     assert {r[3] for r in rows} == {"pending"}
     assert audience["report-to"] == slugs.count("report-to") > 0
     assert audience["send-to"] == slugs.count("send-to") > 0
+
+
+def test_a_readers_issue_is_looked_up_by_index_not_by_a_scan_of_every_row(
+    initialised: Path,
+) -> None:
+    # 20,000 rows over two campaigns of one issue, seeded in SQL as the bench does.
+    n = 10_000
+    with Store.open(initialised) as store:
+        issue_id = store.record_issue(year=2015, number=9, total_number=33, date=None,
+                                      label="简报 2015年第9期", sha256="0" * 64)
+        list_id = store.get_list("send-to").id
+        with store.write() as db:
+            db.execute("INSERT INTO units (id, name, kind, created_at) "
+                       "VALUES (1, '会员单位', 'member', 'x')")
+            db.conn.executemany(
+                "INSERT INTO recipients (id, uid, email, unit_id, created_at) "
+                "VALUES (?, ?, ?, 1, 'x')",
+                ((i, f"u{i}", f"r{i}@member.example.org") for i in range(1, n + 1)))
+            db.conn.executemany(
+                "INSERT INTO subscriptions (recipient_id, list_id, status, changed_at, "
+                "source) VALUES (?, ?, 'active', 'x', 'test')",
+                ((i, list_id) for i in range(1, n + 1)))
+        first = store.create_campaign(issue_id, ["send-to"], source_path=None, sha256="0" * 64)
+        store.create_campaign(issue_id, ["send-to"], source_path=None, sha256="0" * 64,
+                              again=True)
+        with store.write() as db:
+            db.execute("UPDATE deliveries SET status = 'sent', sent_at = 'x' "
+                       "WHERE campaign_id = ? AND recipient_id = ?", [first, n])
+        steps = [0]
+
+        def count() -> int:
+            steps[0] += 1
+            return 0
+
+        store.db.conn.set_progress_handler(count, 100)  # called every 100 VM steps
+        try:
+            assert store.was_sent(n, issue_id, "send-to")
+            assert not store.was_sent(n - 1, issue_id, "send-to")
+        finally:
+            store.db.conn.set_progress_handler(None, 100)
+        indexes = dict(store.db.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+            "AND tbl_name = 'deliveries'").fetchall())
+    # A scan of 20,000 rows takes hundreds of thousands of steps; seeks take dozens.
+    assert steps[0] < 20, steps[0]
+    assert "idx_deliveries_recipient_id" not in indexes
+    assert "WHERE sent_at IS NOT NULL" in indexes["idx_deliveries_sent_at"]

@@ -148,10 +148,12 @@ class EditionsMixin(StoreBase):
 
     def was_sent(self, recipient_id: int, issue_id: int, list_slug: str) -> bool:
         """Whether this issue reached this address as a member of this list."""
+        # By (campaign, recipient) for each of the issue's few campaigns: the unique
+        # index, never a scan of every campaign's rows.
         r = self.db.execute(
-            "SELECT 1 FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id "
-            "JOIN lists l ON l.id = d.list_id WHERE c.issue_id = ? AND d.recipient_id = ? "
-            "AND l.slug = ? AND d.status = 'sent' LIMIT 1",
+            "SELECT 1 FROM deliveries d JOIN lists l ON l.id = d.list_id "
+            "WHERE d.campaign_id IN (SELECT id FROM campaigns WHERE issue_id = ?) "
+            "AND d.recipient_id = ? AND l.slug = ? AND d.status = 'sent' LIMIT 1",
             [issue_id, recipient_id, list_slug],
         ).fetchone()
         return r is not None
