@@ -11,11 +11,13 @@ import contextlib
 import subprocess
 import sys
 import threading
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import MailerError
-from .models import EndBlock, Issue
-from .render import Audience, render_print
+
+if TYPE_CHECKING:
+    from .models import EndBlock, Issue
+    from .render import Audience
 
 
 class PdfUnavailable(MailerError):
@@ -52,6 +54,10 @@ typeset_runs = _Runs()
 
 def render_pdf(issue: Issue, audience: Audience, *, end: EndBlock | None = None) -> bytes:
     """The issue as an A4 PDF, fonts subset and embedded."""
+    # Imported here: the typesetting child imports this module, and rendering
+    # (premailer, cssutils) would add a third of a second to its start for nothing.
+    from .render import render_print
+
     return typeset(render_print(issue, audience, end=end))
 
 
