@@ -229,26 +229,32 @@ def test_rows_are_report_to_first_one_per_address_and_only_active_ones(
     assert audience["send-to"] == slugs.count("send-to") > 0
 
 
+def seed_members(store: Store, n: int) -> None:
+    """``n`` active members of send-to in one unit, written in SQL as the bench does
+    (importing validates every address: slow for thousands)."""
+    list_id = store.get_list("send-to").id
+    with store.write() as db:
+        db.execute("INSERT INTO units (id, name, kind, created_at) "
+                   "VALUES (1, '会员单位', 'member', 'x')")
+        db.conn.executemany(
+            "INSERT INTO recipients (id, uid, email, unit_id, created_at) "
+            "VALUES (?, ?, ?, 1, 'x')",
+            ((i, f"u{i}", f"r{i:05d}@member.example.org") for i in range(1, n + 1)))
+        db.conn.executemany(
+            "INSERT INTO subscriptions (recipient_id, list_id, status, changed_at, "
+            "source) VALUES (?, ?, 'active', 'x', 'test')",
+            ((i, list_id) for i in range(1, n + 1)))
+
+
 def test_a_readers_issue_is_looked_up_by_index_not_by_a_scan_of_every_row(
     initialised: Path,
 ) -> None:
-    # 20,000 rows over two campaigns of one issue, seeded in SQL as the bench does.
+    # 20,000 rows over two campaigns of one issue.
     n = 10_000
     with Store.open(initialised) as store:
         issue_id = store.record_issue(year=2015, number=9, total_number=33, date=None,
                                       label="简报 2015年第9期", sha256="0" * 64)
-        list_id = store.get_list("send-to").id
-        with store.write() as db:
-            db.execute("INSERT INTO units (id, name, kind, created_at) "
-                       "VALUES (1, '会员单位', 'member', 'x')")
-            db.conn.executemany(
-                "INSERT INTO recipients (id, uid, email, unit_id, created_at) "
-                "VALUES (?, ?, ?, 1, 'x')",
-                ((i, f"u{i}", f"r{i}@member.example.org") for i in range(1, n + 1)))
-            db.conn.executemany(
-                "INSERT INTO subscriptions (recipient_id, list_id, status, changed_at, "
-                "source) VALUES (?, ?, 'active', 'x', 'test')",
-                ((i, list_id) for i in range(1, n + 1)))
+        seed_members(store, n)
         first = store.create_campaign(issue_id, ["send-to"], source_path=None, sha256="0" * 64)
         store.create_campaign(issue_id, ["send-to"], source_path=None, sha256="0" * 64,
                               again=True)
@@ -274,3 +280,48 @@ def test_a_readers_issue_is_looked_up_by_index_not_by_a_scan_of_every_row(
     assert steps[0] < 20, steps[0]
     assert "idx_deliveries_recipient_id" not in indexes
     assert "WHERE sent_at IS NOT NULL" in indexes["idx_deliveries_sent_at"]
+
+
+def test_a_write_inside_a_write_is_a_savepoint_of_it(initialised: Path) -> None:
+    with Store.open(initialised) as store:
+        with store.write() as db:
+            db.execute("INSERT INTO units (name, kind, created_at) VALUES ('外层', 'member', 'x')")
+            with pytest.raises(InvalidInput), store.write() as inner:
+                inner.execute("INSERT INTO units (name, kind, created_at) "
+                              "VALUES ('内层', 'member', 'x')")
+                raise InvalidInput("undone alone")
+            with store.write() as inner:
+                inner.execute("INSERT INTO units (name, kind, created_at) "
+                              "VALUES ('也在', 'member', 'x')")
+        with pytest.raises(InvalidInput), store.write() as db:
+            with store.write() as inner:
+                inner.execute("INSERT INTO units (name, kind, created_at) "
+                              "VALUES ('随外层撤销', 'member', 'x')")
+            raise InvalidInput("the outer one undoes the inner one too")
+        names = [r[0] for r in store.db.execute("SELECT name FROM units ORDER BY id")]
+    assert names == ["外层", "也在"]
+
+
+def test_the_rows_reach_the_database_file_after_the_commit_without_another_write(
+    initialised: Path,
+) -> None:
+    import time
+
+    with Store.open(initialised) as store:
+        seed_members(store, 20_000)
+        # Everything so far into the file, so that only the campaign is in the WAL.
+        store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size = initialised.stat().st_size
+        issue_id = store.record_issue(year=2015, number=9, total_number=33, date=None,
+                                      label="简报 2015年第9期", sha256="0" * 64)
+        store.create_campaign(issue_id, ["send-to"], source_path=None, sha256="0" * 64)
+        # This connection checkpoints no more (its setting is as before, and nothing
+        # is written after the campaign), so the file grows only by the background one.
+        grown = False
+        for _ in range(200):  # at most 10 s
+            if initialised.stat().st_size > size + 20_000 * 50:
+                grown = True
+                break
+            time.sleep(0.05)
+        assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    assert grown, "the campaign's rows never reached the database file"
