@@ -100,14 +100,16 @@ def prepare(config: Config, store: Store, path: Path, lists: Sequence[str] = ())
     return Prepared(outbox, chosen, store.audience(chosen))
 
 
-def _check_sendable(config: Config, outbox: Outbox) -> None:
+def _check_sendable(config: Config, outbox: Outbox, lists: Sequence[str] | None = None
+                    ) -> None:
     """What could still fail once a campaign is written, checked before writing it:
-    the signing secret for unsubscribe links, and rendering every list's message."""
+    the signing secret for unsubscribe links, and rendering every list's message (or
+    those of ``lists``)."""
     if any(ml.may_unsubscribe for ml in outbox.lists):
         config.signing_keys()
-    for ml in outbox.lists:
+    for slug in (ml.slug for ml in outbox.lists) if lists is None else lists:
         for eight_bit in (True, False):
-            outbox.message(ml.slug, eight_bit)
+            outbox.message(slug, eight_bit)
 
 
 def start(config: Config, store: Store, prepared: Prepared, *, again: bool = False) -> int:
@@ -128,13 +130,35 @@ def schedule(config: Config, store: Store, prepared: Prepared, when: dt.datetime
 def _create(config: Config, store: Store, prepared: Prepared, *, again: bool,
             when: dt.datetime | None) -> int:
     outbox = prepared.outbox
-    _check_sendable(config, outbox)
-    issue_id = outbox.record(store)
-    # Before the campaign, so a campaign never exists without its web edition; a
-    # repeat that is refused rewrites nothing (the same pages are left alone).
-    outbox.record_edition(store)
-    return store.create_campaign(issue_id, prepared.lists, source_path=str(outbox.source),
-                                 sha256=outbox.sha256, again=again, scheduled_at=when)
+    # WeasyPrint takes seconds (and ~120 MB) for the PDF edition: it runs in a child
+    # process while this one writes the delivery rows, and is waited for just before
+    # the campaign's transaction commits.
+    outbox.typeset_editions(store)
+    try:
+        # Messages that attach the PDF are checked once it is there (below).
+        attached = [s for s in prepared.lists if outbox.pdf_mode(s) == "attach"]
+        _check_sendable(config, outbox, [s for s in prepared.lists if s not in attached])
+        issue_id = outbox.record(store)
+        # Before the campaign, so a campaign never exists without its web edition; a
+        # repeat that is refused rewrites nothing (the same pages are left alone).
+        outbox.record_edition(store)
+
+        def finish() -> None:
+            # In the campaign's transaction: the PDF edition (the same error as ever
+            # when it cannot be typeset) commits with the campaign, or neither does.
+            _check_sendable(config, outbox, attached)
+            outbox.record_pdf(store)
+
+        if when is not None:
+            # No rows to write meanwhile: wait outside the transaction, so that the
+            # database is not held from other writers while the PDF is typeset.
+            for slug in outbox.pdf_lists():
+                outbox.pdf(slug)
+        return store.create_campaign(issue_id, prepared.lists, source_path=str(outbox.source),
+                                     sha256=outbox.sha256, again=again, scheduled_at=when,
+                                     before_commit=finish)
+    finally:
+        outbox.cancel_typesetting()
 
 
 def schedule_file(config: Config, store: Store, prepared: Prepared, *, now: dt.datetime

@@ -20,7 +20,7 @@ from .errors import IssueError
 from .issue import parse_file
 from .message import Attachment, MessageParts, PreparedMessage
 from .models import EndBlock, Issue, MailingList
-from .pdf import typeset
+from .pdf import PdfFailed, Typesetting, typeset
 from .render import (
     UNSUBSCRIBE_PLACEHOLDER,
     WEB_EDITION_PLACEHOLDER,
@@ -79,6 +79,8 @@ class Outbox:
     # PDF editions by the hash of the print HTML they were typeset from: lists whose
     # print HTML is the same share one PDF, typeset once (or read back from the store).
     _pdfs: dict[str, bytes] = field(default_factory=dict)
+    # PDF editions being typeset in a child process (``typeset_editions``), same keys.
+    _typesetting: dict[str, Typesetting] = field(default_factory=dict)
 
     def audience(self, slug: str) -> Audience:
         ml = self._list(slug)
@@ -98,11 +100,42 @@ class Outbox:
 
     def pdf(self, slug: str) -> tuple[str, bytes]:
         """(hash of its print HTML, bytes) of the PDF edition as ``slug`` gets it."""
-        html = render_print(self.issue, self.audience(slug), end=self.end)
-        digest = hashlib.sha256(html.encode()).hexdigest()
+        digest, html = self._print(slug)
         if digest not in self._pdfs:
-            self._pdfs[digest] = typeset(html)
+            running = self._typesetting.pop(digest, None)
+            self._pdfs[digest] = running.result() if running else typeset(html)
         return digest, self._pdfs[digest]
+
+    def _print(self, slug: str) -> tuple[str, str]:
+        html = render_print(self.issue, self.audience(slug), end=self.end)
+        return hashlib.sha256(html.encode()).hexdigest(), html
+
+    def typeset_editions(self, store: Store) -> None:
+        """Start typesetting, each in a child process, the PDF editions this outbox's
+        lists need and the store does not hold yet; ``pdf`` then waits for them. Until
+        then the caller is free (a campaign writes its delivery rows meanwhile)."""
+        known = self.issue_id or store.find_issue(self.issue.masthead.year,
+                                                  self.issue.masthead.number)
+        if known is not None:
+            self.load_pdf(store, known)
+        wanted = self.pdf_lists()
+        # The one stored with the issue (``record_pdf``) and those attached to mail.
+        for slug in dict.fromkeys(wanted[:1] + [s for s in wanted if self.pdf_mode(s) == "attach"]):
+            digest, html = self._print(slug)
+            if digest not in self._pdfs and digest not in self._typesetting:
+                try:
+                    self._typesetting[digest] = Typesetting(html)
+                except PdfFailed:
+                    return  # no process to be had: ``pdf`` typesets here, as it can
+
+    def cancel_typesetting(self) -> None:
+        """End the children of ``typeset_editions`` whose PDF was not taken."""
+        while self._typesetting:
+            self._typesetting.popitem()[1].cancel()
+
+    def pdf_lists(self) -> list[str]:
+        """The lists whose email attaches or links the PDF edition."""
+        return [ml.slug for ml in self.lists if self.pdf_mode(ml.slug) != "none"]
 
     @property
     def pdf_filename(self) -> str:
@@ -202,9 +235,15 @@ class Outbox:
                  for ml in self.lists}
         articles = next(iter(pages.values())).articles if pages else ()
         store.record_edition(self.issue_id, {s: w.html for s, w in pages.items()}, articles)
-        # For the …/pdf link and the web edition's; WeasyPrint takes seconds, so not
-        # when every list is set to "none".
-        wanted = [ml.slug for ml in self.lists if self.pdf_mode(ml.slug) != "none"]
+
+    def record_pdf(self, store: Store) -> None:
+        """The PDF edition stored with the issue, for the …/pdf link and the web
+        edition's (typeset now unless ``typeset_editions`` started it); nothing when
+        every list is set to "none"."""
+        if self.issue_id is None:
+            self.record(store)
+        assert self.issue_id is not None
+        wanted = self.pdf_lists()
         if wanted:
             self.load_pdf(store, self.issue_id)
             digest, data = self.pdf(wanted[0])

@@ -134,8 +134,14 @@ class StoreBase:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Database]:
-        """One writing transaction, started with BEGIN IMMEDIATE."""
+        """One writing transaction, started with BEGIN IMMEDIATE. Inside another one
+        (a step run before a new campaign commits) it is a savepoint of it: kept only
+        if the outer transaction commits, undone alone if it raises."""
         conn = self.db.conn
+        if conn.in_transaction:
+            with self._savepoint(conn):
+                yield self.db
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
@@ -162,6 +168,18 @@ class StoreBase:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise StoreError(f"{self.path}: could not save the change: {e}") from None
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _savepoint(conn: sqlite3.Connection) -> Iterator[None]:
+        conn.execute("SAVEPOINT nested_write")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK TO nested_write")
+            conn.execute("RELEASE nested_write")
+            raise
+        conn.execute("RELEASE nested_write")
 
     def _now(self) -> str:
         return stamp(self.clock())

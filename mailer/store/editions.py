@@ -104,17 +104,21 @@ class EditionsMixin(StoreBase):
     def record_pdf(self, issue_id: int, print_sha256: str, pdf: bytes) -> None:
         """Store (or replace) the issue's PDF edition; the same one is not rewritten."""
         with self.write():
-            old = self.db.execute("SELECT print_sha256 FROM issue_pdfs WHERE issue_id = ?",
-                                  [issue_id]).fetchone()
-            if old is not None and old[0] == print_sha256:
-                return
-            self.db.execute(
-                "INSERT INTO issue_pdfs (issue_id, print_sha256, pdf, created_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (issue_id) DO UPDATE SET "
-                "print_sha256 = excluded.print_sha256, pdf = excluded.pdf, "
-                "created_at = excluded.created_at",
-                [issue_id, print_sha256, pdf, self._now()],
-            )
+            self._put_pdf(issue_id, print_sha256, pdf)
+
+    def _put_pdf(self, issue_id: int, print_sha256: str, pdf: bytes) -> None:
+        # In the caller's transaction (record_pdf's own, or a new campaign's).
+        old = self.db.execute("SELECT print_sha256 FROM issue_pdfs WHERE issue_id = ?",
+                              [issue_id]).fetchone()
+        if old is not None and old[0] == print_sha256:
+            return
+        self.db.execute(
+            "INSERT INTO issue_pdfs (issue_id, print_sha256, pdf, created_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (issue_id) DO UPDATE SET "
+            "print_sha256 = excluded.print_sha256, pdf = excluded.pdf, "
+            "created_at = excluded.created_at",
+            [issue_id, print_sha256, pdf, self._now()],
+        )
 
     def issue_pdf(self, issue_id: int) -> tuple[str, bytes] | None:
         """(hash of the print HTML, PDF bytes) of the issue's stored PDF edition."""
@@ -144,10 +148,12 @@ class EditionsMixin(StoreBase):
 
     def was_sent(self, recipient_id: int, issue_id: int, list_slug: str) -> bool:
         """Whether this issue reached this address as a member of this list."""
+        # By (campaign, recipient) for each of the issue's few campaigns: the unique
+        # index, never a scan of every campaign's rows.
         r = self.db.execute(
-            "SELECT 1 FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id "
-            "JOIN lists l ON l.id = d.list_id WHERE c.issue_id = ? AND d.recipient_id = ? "
-            "AND l.slug = ? AND d.status = 'sent' LIMIT 1",
+            "SELECT 1 FROM deliveries d JOIN lists l ON l.id = d.list_id "
+            "WHERE d.campaign_id IN (SELECT id FROM campaigns WHERE issue_id = ?) "
+            "AND d.recipient_id = ? AND l.slug = ? AND d.status = 'sent' LIMIT 1",
             [issue_id, recipient_id, list_slug],
         ).fetchone()
         return r is not None

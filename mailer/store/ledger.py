@@ -10,15 +10,36 @@ only mail that can go out twice is what was in flight at the crash.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Sequence
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import AlreadySent, CampaignNotSending, InvalidInput, UnknownCampaign
 from ..models import Campaign, CampaignStatus, Delivery, DeliveryStatus, Role, Status
 from ..stamps import stamp as _stamp
-from .base import StoreBase
+from .base import BUSY_TIMEOUT_S, StoreBase
+
+
+def _checkpoint_in_background(path: Path) -> None:
+    # The connection is opened here, before the caller goes on: while it is open the
+    # caller's is never the last one, whose closing would checkpoint in the foreground.
+    # A checkpoint left undone is done by a later commit: nothing to report.
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+    except sqlite3.Error:
+        return
+
+    def checkpoint() -> None:
+        with contextlib.suppress(sqlite3.Error), contextlib.closing(conn):
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    threading.Thread(target=checkpoint, name="mailer-checkpoint", daemon=True).start()
+
 
 OPEN_STATUSES = (DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED)
 _OPEN_SQL = ", ".join(f"'{s.value}'" for s in OPEN_STATUSES)
@@ -94,11 +115,16 @@ class LedgerMixin(StoreBase):
         sha256: str,
         again: bool = False,
         scheduled_at: dt.datetime | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> int:
         """A new campaign. Without ``scheduled_at`` it starts at once (deliveries written
-        in the same transaction); with it, it waits as ``pending``."""
+        in the same transaction); with it, it waits as ``pending``. ``before_commit``
+        runs in that transaction once the rows are written: what it stores commits
+        with the campaign, and if it raises there is no campaign."""
         lists = tuple(dict.fromkeys(lists))  # each list once
-        with self.write():
+        with self._writing_deliveries(), self.write():
+            if self.db.execute("SELECT 1 FROM issues WHERE id = ?", [issue_id]).fetchone() is None:
+                raise InvalidInput(f"issue {issue_id} is not recorded; record it first")
             for slug in lists:
                 self.get_list(slug)
             if not again:
@@ -119,6 +145,8 @@ class LedgerMixin(StoreBase):
                         again=again)
             if not scheduled_at:
                 self._write_deliveries(campaign_id, lists)
+            if before_commit is not None:
+                before_commit()
             return campaign_id
 
     def find_issue(self, year: int, number: int) -> int | None:
@@ -147,7 +175,7 @@ class LedgerMixin(StoreBase):
 
     def start_campaign(self, campaign_id: int) -> int:
         """Move a pending campaign to sending and write its deliveries; returns their count."""
-        with self.write():
+        with self._writing_deliveries(), self.write():
             c = self.campaign(campaign_id)
             if c.status is not CampaignStatus.PENDING:
                 raise InvalidInput(f"campaign {campaign_id} is {c.status.value}, not pending")
@@ -156,6 +184,36 @@ class LedgerMixin(StoreBase):
                 [CampaignStatus.SENDING.value, self._now(), campaign_id],
             )
             return self._write_deliveries(campaign_id, c.lists)
+
+    @contextlib.contextmanager
+    def _writing_deliveries(self) -> Iterator[None]:
+        """Around the transactions that write a campaign's delivery rows (a million
+        of them in a few seconds, while a sender waits to start).
+
+        Foreign keys go unchecked: every key these transactions insert comes from a
+        join with its parent row (recipients, lists), or is the campaign checked or
+        inserted in the same transaction, so SQLite's own check (three B-tree look-ups
+        a row) would only repeat what the joins did, at about a quarter of the
+        insert's time. (The pragma is a no-op in an open transaction, which then
+        keeps the check.)
+
+        The rows pass through the WAL (some 140 MB for a million), and the commit
+        would copy them into the database file before returning (a checkpoint: about
+        0.7 s). That copy is started in the background instead, on a connection of
+        its own; while it runs, the sender's commits find the checkpoint taken and
+        go on without it (SQLite's automatic checkpoints never wait for one)."""
+        conn = self.db.conn
+        keys = int(conn.execute("PRAGMA foreign_keys").fetchone()[0])
+        pages = int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        conn.execute("PRAGMA foreign_keys = OFF")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        try:
+            yield
+        finally:
+            conn.execute(f"PRAGMA foreign_keys = {keys}")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
+        if pages > 0 and not conn.in_transaction:
+            _checkpoint_in_background(self.path)
 
     def _write_deliveries(self, campaign_id: int, lists: Sequence[str]) -> int:
         # One row per active subscriber, in SQL so a million rows never pass through
@@ -297,16 +355,19 @@ class LedgerMixin(StoreBase):
         )
 
     def _counts(self, campaign_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        # One counted range of the (campaign_id, status, …) index per status: half the
+        # time of a GROUP BY over the campaign's rows (0.09 s against 0.19 s for a
+        # million, which a sender pays before its first message). Every status a row
+        # can have is a DeliveryStatus; in the order the GROUP BY gave them.
         out: dict[int, dict[str, int]] = {cid: {} for cid in campaign_ids}
-        if not campaign_ids:
-            return out
-        marks = ",".join("?" * len(campaign_ids))
-        for cid, status, n in self.db.execute(
-            f"SELECT campaign_id, status, COUNT(*) FROM deliveries "
-            f"WHERE campaign_id IN ({marks}) GROUP BY campaign_id, status",
-            list(campaign_ids),
-        ):
-            out[cid][status] = n
+        for cid in out:
+            for status in sorted(DeliveryStatus):
+                n = self.db.execute(
+                    "SELECT COUNT(*) FROM deliveries WHERE campaign_id = ? AND status = ?",
+                    [cid, status.value],
+                ).fetchone()[0]
+                if n:
+                    out[cid][status.value] = n
         return out
 
     def campaign(self, campaign_id: int) -> Campaign:
