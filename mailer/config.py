@@ -124,6 +124,9 @@ class ScheduleConfig:
     late_limit: float  # seconds: an overdue campaign older than this is marked missed
     require_approval: bool
     issues_dir: Path | None  # watched folder
+    # How often the daemon looks at the campaigns table and the folder: a pause,
+    # a cancel or a new schedule from the CLI takes effect within this time.
+    poll_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -464,6 +467,7 @@ def parse(data: Mapping[str, object], path: Path) -> Config:
         late_limit=sch.number("late_limit_hours", 24.0, low=0.0) * 3600,
         require_approval=sch.flag("require_approval", False),
         issues_dir=rel(issues_dir) if issues_dir else None,
+        poll_seconds=sch.number("poll_seconds", 1.0, low=0.1),
     )
     sch.no_unknown_keys()
 

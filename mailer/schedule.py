@@ -47,7 +47,6 @@ from .send import Database, Run
 from .stamps import parse_stamp
 from .store import Store
 
-POLL_SECONDS = 1.0
 RETRY_SECONDS = 30.0  # after a run failed for a reason that may pass
 BUSY_SECONDS = 5.0  # another process is sending the campaign
 
@@ -109,7 +108,7 @@ class Daemon:
                     await self.sync()
                     await self.scan_folder()
                     await self.bounces.tick()
-                    await self.clock.wait(self.stopping, POLL_SECONDS)
+                    await self.clock.wait(self.stopping, self.config.schedule.poll_seconds)
             finally:
                 await self._shutdown(web_task, server)
                 for sig in (signal.SIGTERM, signal.SIGINT):

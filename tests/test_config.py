@@ -47,6 +47,7 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert cfg.timezone == "Asia/Shanghai"
     assert [lc.slug for lc in cfg.lists] == ["report-to", "send-to"]
     assert cfg.list("report-to").footer_label == "报"
+    assert cfg.schedule.poll_seconds == 1.0
 
 
 def test_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,6 +74,8 @@ def test_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ('tls = "none"', 'tls = "none"\nhots = "x"', "config.toml: smtp.hots: unknown key"),
         (f'address = "{SENDER}"', 'address = "bulletin@"', "sender.address: "),
         ("[web]", '[schedule]\ntimezone = "Mars/Base"\n[web]', "schedule.timezone: unknown"),
+        ("[web]", "[schedule]\npoll_seconds = 0\n[web]",
+         "schedule.poll_seconds: must be at least 0.1, got 0"),
         ('footer_label = "发"', "footer_label = 1", "lists.send-to.footer_label: expected a"),
         ('tls = "none"', 'tls = "none"\npassword = "x"', "MAILER_SMTP_PASSWORD"),
         (f'base_url = "{BASE_URL}"', 'base_url = "bulletin"', "web.base_url"),
