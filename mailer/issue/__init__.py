@@ -16,6 +16,7 @@ The package is split by source format: ``text`` (plain text), ``markdown``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from collections.abc import Callable
 from pathlib import Path
@@ -118,9 +119,18 @@ def _read(path: Path) -> bytes:
 
 
 def _extract(path: Path) -> Extracted:
+    return _extracted(_READERS[_kind(path)], _read(path), path.name)
+
+
+@functools.lru_cache(maxsize=4)
+def _extracted(module: str, data: bytes, name: str) -> Extracted:
+    """A Word or PDF file read, kept for its very bytes: reading one costs up to a
+    second (a PDF's layout), and the same file is read again by the next step of
+    the same work (``prepare`` then the campaign it starts, the watched folder then
+    its schedule, each staff command of a test). What it returns is immutable."""
     reader: Callable[[bytes, str], Extracted] = importlib.import_module(
-        f"{__name__}.{_READERS[_kind(path)]}").read
-    return reader(_read(path), path.name)
+        f"{__name__}.{module}").read
+    return reader(data, name)
 
 
 def read_source(path: Path) -> str:
