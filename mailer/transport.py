@@ -265,6 +265,9 @@ async def _open(settings: SMTPSettings) -> aiosmtplib.SMTP:
 
 _MAX_REPLY = 32 * 1024
 _END = b".\r\n"  # the end of DATA, after a body that ends with CRLF
+# A body at least this big is written before the wait for the previous message's
+# commit (``before_end``) rather than after it.
+EARLY_BODY_BYTES = 32 * 1024
 
 
 class _ConnectionDead(Exception):
@@ -596,8 +599,9 @@ class SMTPTransport:
         if utf8:  # RFC 6531 §3.4: the whole transaction, envelope and header, is UTF-8
             params += b" SMTPUTF8"
         pieces = [env.data] if isinstance(env.data, bytes) else env.data
+        size = sum(map(len, pieces))
         if self._size:  # RFC 1870: lets the server refuse an oversized message early
-            params += b" SIZE=%d" % sum(map(len, pieces))
+            params += b" SIZE=%d" % size
         commands = [
             ("mail", b"MAIL FROM:<" + sender + b">" + params + b"\r\n"),
             ("rcpt", b"RCPT TO:<" + recipient + b">\r\n"),
@@ -630,17 +634,23 @@ class SMTPTransport:
             if refusal.code != 421:
                 await self._rset(wire)
             return refusal
+        last = next((p for p in reversed(pieces) if p), b"")
+        end = _END if last.endswith(b"\r\n") else b"\r\n" + _END
         if before_end is not None:
+            # A big body goes out while we wait, for the server to read meanwhile; a
+            # small one waits, so that body and end stay one write.
+            early = size >= EARLY_BODY_BYTES
+            if early:
+                wire.writelines(pieces)
             try:
                 await before_end()
             except BaseException:
                 # Not to be ended: dropped in DATA, nothing of the message is delivered.
                 wire.abort("the message was not to be ended")
                 raise
-        # The body and its end in one write: one segment fewer for the server to read
-        # (and a body written before the wait would cost a write of its own for the end).
-        last = next((p for p in reversed(pieces) if p), b"")
-        wire.writelines((*pieces, _END if last.endswith(b"\r\n") else b"\r\n" + _END))
+            if early:
+                pieces = []
+        wire.writelines((*pieces, end))
         await wire.drain(timeout)
         code, text = await wire.read(timeout)
         if code // 100 != 2 and code != 421:

@@ -59,10 +59,11 @@ pdf = "none"
 # left running at the end while the other processes sit idle.
 SLOW_FIRST = ("test_package.py", "test_crash.py", "test_word_pdf.py", "test_edition_browser.py",
               "test_campaign_start.py")
-# Modules whose tests mostly wait on real time (a daemon's pass, a scheduled minute)
-# with little CPU: dealt out evenly across the run, so that each process waits while
-# the others use the two cores, instead of all of them waiting together at the end.
-WAITING = ("test_daemon.py",)
+# Tests that mostly wait on real time (a daemon's pass, a scheduled minute, a server
+# that answers a byte at a time) with little CPU, by module or test name: dealt out
+# evenly across the run, so that each process waits while the others use the two
+# cores, instead of all of them waiting together at the end.
+WAITING = ("test_daemon.py", "test_transport.py::test_segmented_replies")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -70,8 +71,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         name = item.path.name
         return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
 
-    waiting = iter([i for i in items if i.path.name in WAITING])
-    rest = sorted((i for i in items if i.path.name not in WAITING), key=rank)  # stable
+    def waits(item: pytest.Item) -> bool:
+        name = f"{item.path.name}::{item.name}"
+        return any(name == w or name.startswith(w + ("::" if w.endswith(".py") else ""))
+                   for w in WAITING)
+
+    waiting = iter([i for i in items if waits(i)])
+    rest = sorted((i for i in items if not waits(i)), key=rank)  # stable
     every = max(1, len(rest) // (len(items) - len(rest) + 1))
     out: list[pytest.Item] = []
     for n, item in enumerate(rest, 1):
