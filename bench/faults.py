@@ -258,7 +258,7 @@ def copy_database(src: Path, dst: Path) -> None:
 
 def bulk_csv(n: int, prefix: str = "m", domain: str = "bulk.example.org") -> str:
     return "email,name,unit,group\n" + "".join(
-        f"{prefix}{i:05d}@{domain},联系人{i},批量单位{i % 10},第{i % 7 + 1}片组\n"
+        f"{prefix}{i:05d}@{domain},联系人{i},批量单位{i % 10},第{i % 10 % 7 + 1}片组\n"
         for i in range(n))
 
 
