@@ -180,9 +180,10 @@ class Ledger:
     """Group commit of the replies, and the duplicate bound that goes with it.
 
     A connection does not wait for its message's reply to be committed before its
-    next transaction: it sends the next envelope and body at once, and waits only
-    before the body's end (``committed``), so a ``kill -9`` still leaves at most one
-    accepted-but-unrecorded message per connection. Meanwhile the replies of the
+    next transaction: it sends the next envelope at once (and a big body,
+    ``transport.EARLY_BODY_BYTES``), and waits only before it ends that message
+    (``committed``), so a ``kill -9`` still leaves at most one accepted-but-unrecorded
+    message per connection. Meanwhile the replies of the
     other connections pile up, and one transaction records them all: a commit
     happens when a connection needs one (it has reached the end of its next
     message, or has nothing left to send), when the batch is large, or at the
