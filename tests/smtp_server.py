@@ -184,7 +184,8 @@ class _CountingSMTP(SMTP):  # type: ignore[misc]
         self._mine: list[Any] = []  # this session's (a second one after STARTTLS)
 
     def connection_made(self, transport: Any) -> None:
-        self._live[0] += 1
+        if not self._mine:  # after STARTTLS it is called again, for the same connection
+            self._live[0] += 1
         self._open.add(transport)
         self._mine.append(transport)
         super().connection_made(transport)
