@@ -502,6 +502,10 @@ def test_relay_that_dies_midway_stops_the_run_without_walking_the_rest(
         assert store.campaign(s.campaign_id).status.value == "sending"
 
 
+# The run drops its connections in the middle of DATA; on a loaded machine the test
+# server (aiosmtpd, in its own thread) has been seen to leave such a session's socket
+# to the garbage collector, whose ResourceWarning would fail this test at random.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_commit_that_fails_stops_the_run_and_ends_no_message_after_it(
     run: CliRun, initialised: Path, config_file: Path, env: None
 ) -> None:
