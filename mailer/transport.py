@@ -133,8 +133,9 @@ class Transport(Protocol):
     async def send(self, envelope: Envelope,
                    before_end: Callable[[], Awaitable[None]] | None = None) -> Reply:
         """One transaction. Never raises for SMTP-level failures; reconnects on the
-        next call after a drop. ``before_end``, when given, is awaited after the
-        body is written and before its end: if it raises, the message is not ended
+        next call after a drop. ``before_end``, when given, is awaited before the
+        message is ended (a big body is written first, a small one after): if it
+        raises, the message is not ended
         (the connection is dropped, so nothing of it is delivered) and the error
         propagates."""
 
