@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -36,7 +36,7 @@ def loop_factory(name: str = NAME) -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
-def run(coro: Coroutine[Any, Any, T], *, loop: str = NAME) -> T:
+def run(coro: Coroutine[object, None, T], *, loop: str = NAME) -> T:
     """``asyncio.run(coro)`` on uvloop when installed (``loop`` chooses)."""
     with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
         return runner.run(coro)

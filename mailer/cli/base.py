@@ -65,14 +65,14 @@ class MailerGroup(click.Group):
         return super().list_commands(ctx)
 
     def make_context(self, info_name: str | None, args: list[str],
-                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+                     parent: click.Context | None = None, **extra: object) -> click.Context:
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except click.UsageError as e:
             e.exit_code = EXIT_REFUSED  # type: ignore[misc]  # click's own default is 2
             raise
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except click.UsageError as e:

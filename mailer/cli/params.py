@@ -25,7 +25,7 @@ class LocalDateTime(click.ParamType[dt.datetime, Any]):
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
         return "DATE" if self.date_only else '"DATE TIME"'
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None
                 ) -> dt.datetime:
         if isinstance(value, dt.datetime):
             return value

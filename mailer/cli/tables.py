@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -91,8 +91,8 @@ def console(width: int | None = None) -> Console:
     return Console(width=width, highlight=False, markup=False, emoji=False)
 
 
-def emit(out: Output, cols: Sequence[Col], rows: Sequence[Sequence[Any]], *, title: str,
-         records: Sequence[dict[str, Any]] | None = None) -> None:
+def emit(out: Output, cols: Sequence[Col], rows: Sequence[Sequence[object]], *, title: str,
+         records: Sequence[Mapping[str, object]] | None = None) -> None:
     """Print ``rows`` as ``out`` asks. ``records`` (default: rows keyed by column name)
     is what --json prints when it should carry more than the table shows."""
     header = [c.name for c in cols]
@@ -127,7 +127,7 @@ def emit(out: Output, cols: Sequence[Col], rows: Sequence[Sequence[Any]], *, tit
     print_table(cols, rows, title=title, wide=out.wide)
 
 
-def _build(cols: Sequence[Col], rows: Sequence[Sequence[Any]], shown: list[int],
+def _build(cols: Sequence[Col], rows: Sequence[Sequence[object]], shown: list[int],
            title: str) -> Table:
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
                   pad_edge=False)
@@ -142,7 +142,7 @@ def _build(cols: Sequence[Col], rows: Sequence[Sequence[Any]], shown: list[int],
     return table
 
 
-def _print_stacked(cols: Sequence[Col], rows: Sequence[Sequence[Any]], *, title: str,
+def _print_stacked(cols: Sequence[Col], rows: Sequence[Sequence[object]], *, title: str,
                    width: int) -> None:
     """Rows too wide for any table at this width: each row's cells in column order,
     separated by " · " and carried to an indented next line between cells, never
@@ -169,7 +169,7 @@ def _print_stacked(cols: Sequence[Col], rows: Sequence[Sequence[Any]], *, title:
         click.echo(line)
 
 
-def _need(cols: Sequence[Col], rows: Sequence[Sequence[Any]], shown: list[int]) -> int:
+def _need(cols: Sequence[Col], rows: Sequence[Sequence[object]], shown: list[int]) -> int:
     """The narrowest the shown columns go without breaking a cell: Rich would break
     Chinese between any two characters, so a name's width is counted whole here."""
     total = 0
@@ -182,7 +182,7 @@ def _need(cols: Sequence[Col], rows: Sequence[Sequence[Any]], shown: list[int]) 
     return total + 3 * (len(shown) - 1)
 
 
-def print_table(cols: Sequence[Col], rows: Sequence[Sequence[Any]], *, title: str,
+def print_table(cols: Sequence[Col], rows: Sequence[Sequence[object]], *, title: str,
                 wide: bool = False, width: int | None = None) -> None:
     """A table that fits ``width`` (default: ``table_width()``) without breaking a
     word: columns are left out, most droppable first, and named below it."""
