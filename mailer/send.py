@@ -190,26 +190,31 @@ class Ledger:
     latest ``LINGER_S`` after the first reply in it."""
 
     def __init__(self, db: Database, on_recorded: Callable[[DeliveryResult], None],
-                 holder: tuple[int, str], on_lost: Callable[[], None]) -> None:
+                 holder: tuple[int, str], on_lost: Callable[[], None],
+                 on_failed: Callable[[Exception], None]) -> None:
         self._db = db
         self._on_recorded = on_recorded
         self._holder = holder  # (campaign, owner): checked at each commit
         self._on_lost = on_lost
+        # Called for each result a commit failed to record (the futures carry the
+        # error too): one call here, not a done-callback on every message's future.
+        self._on_failed = on_failed
         self._batch: list[tuple[DeliveryResult, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._wanted = False
         self._closing = False
         self._timer: asyncio.TimerHandle | None = None
-        self._task = asyncio.create_task(self._run())
+        self._loop = asyncio.get_running_loop()  # kept: each lookup costs a getpid()
+        self._task = self._loop.create_task(self._run())
 
     def add(self, result: DeliveryResult) -> asyncio.Future[None]:
         """Queue ``result``; the future is done when it is committed (or failed to be)."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[None] = self._loop.create_future()
         self._batch.append((result, fut))
         if len(self._batch) >= BATCH_MAX:
             self.want()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(LINGER_S, self.want)
+            self._timer = self._loop.call_later(LINGER_S, self.want)
         return fut
 
     def want(self) -> None:
@@ -249,6 +254,8 @@ class Ledger:
                         fut.exception()  # retrieved here: a waiter may be gone
                 if not isinstance(e, Exception):
                     raise
+                for _ in batch:
+                    self._on_failed(e)
                 continue
             for result, fut in batch:
                 self._on_recorded(result)
@@ -456,9 +463,10 @@ class Run:
             return
         transports = [first] + [self.connect() for _ in range(self.policy.concurrency - 1)]
         jobs = _Jobs(max(self.policy.concurrency * 4, 64), takers=len(transports))
-        ledger = Ledger(db, self._recorded, (self.campaign_id, self.owner), self.stop.set)
-        limiter = RateLimiter(self.policy.rate, clock=self.clock)
         abort: list[BaseException] = []
+        ledger = Ledger(db, self._recorded, (self.campaign_id, self.owner), self.stop.set,
+                        functools.partial(self._unrecorded, abort))
+        limiter = RateLimiter(self.policy.rate, clock=self.clock)
         workers = [
             asyncio.create_task(self._worker(t, jobs, ledger, limiter, abort, db))
             for t in transports
@@ -613,7 +621,6 @@ class Run:
                 await db.call(Store.unclaim, [job.delivery_id])
                 continue
             last = ledger.add(result)
-            last.add_done_callback(functools.partial(self._unrecorded, abort))
             sent_here += 1
             if self.policy.messages_per_connection and \
                     sent_here >= self.policy.messages_per_connection:
@@ -625,14 +632,11 @@ class Run:
         self._in_flight -= 1
         self._count(result)
 
-    def _unrecorded(self, abort: list[BaseException], fut: asyncio.Future[None]) -> None:
+    def _unrecorded(self, abort: list[BaseException], error: Exception) -> None:
         """A reply could not be committed (disk full, I/O error): the run stops, and
         its row stays claimed (pending again when the campaign is taken over)."""
-        error = None if fut.cancelled() else fut.exception()
-        if error is None:
-            return
         self._in_flight -= 1
-        if isinstance(error, Exception) and not any(e is error for e in abort):
+        if not any(e is error for e in abort):
             abort.append(error)
         self.stop.set()
 

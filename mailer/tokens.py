@@ -110,10 +110,17 @@ def make_token(key: SigningKey, uid: str, list_slug: str) -> str:
 def _check_parts(key: SigningKey, uid: str, list_slug: str) -> None:
     if not _UID.fullmatch(uid):
         raise ValueError(f"not a recipient uid: {uid!r}")
+    _check_list_and_key(list_slug, key.key_id)
+
+
+@functools.lru_cache(maxsize=64)
+def _check_list_and_key(list_slug: str, key_id: str) -> None:
+    """Once per (list, key), not per token: a campaign signs thousands with the same
+    two. (A refusal raises, and is not cached.)"""
     if not _SLUG.fullmatch(list_slug):
         raise ValueError(f"not a list slug: {list_slug!r}")
-    if not _KEY_ID.fullmatch(key.key_id):
-        raise ValueError(f"not a key id (ASCII letters and digits): {key.key_id!r}")
+    if not _KEY_ID.fullmatch(key_id):
+        raise ValueError(f"not a key id (ASCII letters and digits): {key_id!r}")
 
 
 def _verified_payload(

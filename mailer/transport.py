@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import math
 import re
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -287,7 +288,17 @@ class _Wire(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._paused = False
         self.error: str | None = None
-        self.closed = asyncio.get_running_loop().create_future()
+        # Kept: asyncio.get_running_loop() asks the kernel for the pid on each call,
+        # and a read waits on a fresh future for nearly every reply.
+        self._loop = asyncio.get_running_loop()
+        self.closed = self._loop.create_future()
+        # The read timeout: one timer per connection, moved on lazily (``_deadline``
+        # is the loop time by which the pending read must see a reply) rather than a
+        # timer made and cancelled for every read.
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._expired = False
 
     # asyncio callbacks
 
@@ -337,6 +348,9 @@ class _Wire(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(f"connection lost: {exc}" if exc else "connection lost")
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, math.inf
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -383,7 +397,7 @@ class _Wire(asyncio.Protocol):
 
     async def drain(self, timeout: float) -> None:
         if self._paused and self.error is None:
-            self._drain = asyncio.get_running_loop().create_future()
+            self._drain = self._loop.create_future()
             try:
                 await asyncio.wait_for(self._drain, timeout)
             except TimeoutError:
@@ -395,38 +409,42 @@ class _Wire(asyncio.Protocol):
         """The next complete reply. Only the end of the connection or ``timeout``
         seconds without a complete reply raise ``_ConnectionDead``."""
         if not self._replies and self.error is None:
-            loop = asyncio.get_running_loop()
-            # A plain timer: wait_for wraps every read in a task, which costs more
-            # than the read itself on the bulk path.
-            deadline = _Deadline()
-            timer = loop.call_later(timeout, deadline.expire, self)
+            loop = self._loop
+            self._deadline = loop.time() + timeout
+            if self._timer_at > self._deadline:  # none yet, or set for a longer timeout
+                self._arm(self._deadline)
             try:
-                # Woken only by a complete reply or a failure; the loop is a guard,
-                # so that a wake-up without a reply can never pass for a lost one.
+                # Woken only by a complete reply, a failure or the deadline; the loop
+                # is a guard, so that a wake-up without a reply never passes for one.
                 while not self._replies and self.error is None:
-                    if deadline.expired:
+                    if self._expired:
                         raise _ConnectionDead(f"no reply within {timeout:g} s")
                     self._waiter = loop.create_future()
                     await self._waiter
             finally:
-                timer.cancel()
                 self._waiter = None
+                self._deadline = None
+                self._expired = False
         if self._replies:
             return self._replies.popleft()
         raise _ConnectionDead(self.error or "connection lost")
 
+    def _check_deadline(self) -> None:
+        """The timer's callback: the read waiting now has run out of time, or the
+        timer moves on to that read's deadline (or stops: no read is waiting)."""
+        self._timer, self._timer_at = None, math.inf
+        if self._deadline is None or self.error is not None:
+            return
+        if self._loop.time() < self._deadline:
+            self._arm(self._deadline)
+            return
+        self._expired = True
+        self._wake()
 
-class _Deadline:
-    """Set by the read timer; the reader sees it when woken."""
-
-    __slots__ = ("expired",)
-
-    def __init__(self) -> None:
-        self.expired = False
-
-    def expire(self, wire: _Wire) -> None:
-        self.expired = True
-        wire._wake()
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = self._loop.call_at(when, self._check_deadline), when
 
 
 # --- the transport --------------------------------------------------------------

@@ -337,6 +337,52 @@ def test_settings_from_config() -> None:
     )
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_each_read_has_its_own_timeout_on_the_connections_one_timer(loop: str) -> None:
+    """The wire keeps one read timer per connection and moves it on lazily: a read
+    with a short timeout after reads with a long one still times out at its own
+    (as close() does with its 5 s cap), and a reply in time is never cut short."""
+    from mailer.transport import _ConnectionDead, _Wire
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        for _ in range(3):  # three prompt replies, then mute
+            await r.readline()
+            w.write(b"250 ok\r\n")
+        while await r.read(65536):
+            pass
+        w.close()
+
+    async def go() -> tuple[list[int], str, float]:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, _ = await asyncio.get_running_loop().create_connection(
+            asyncio.Protocol, "127.0.0.1", port)
+        wire = _Wire(transport)  # type: ignore[arg-type]
+        transport.set_protocol(wire)
+        try:
+            codes = []
+            for _ in range(3):
+                wire.write(b"NOOP\r\n")
+                codes.append((await wire.read(600.0))[0])
+            wire.write(b"NOOP\r\n")
+            t0 = asyncio.get_running_loop().time()
+            try:
+                await wire.read(0.2)
+            except _ConnectionDead as e:
+                return codes, str(e), asyncio.get_running_loop().time() - t0
+            return codes, "no timeout", 0.0
+        finally:
+            transport.close()
+            server.close()
+            await server.wait_closed()
+
+    # The hard limit (20 s) is far below the long reads' 600 s: only the short
+    # read's own timeout can end it in time.
+    codes, error, _ = run(go(), 20, loop=loop)
+    assert codes == [250, 250, 250]
+    assert error == "no reply within 0.2 s"
+
+
 def test_server_that_goes_mute_mid_session() -> None:
     """Greets, answers EHLO, then never answers again: the send gives up after the
     timeout, and close() (whose QUIT gets no answer either) does not hang."""
