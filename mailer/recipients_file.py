@@ -80,13 +80,14 @@ def read(path: Path, *, encoding: str | None = None, as_typed: bool = False) -> 
                 "'CSV UTF-8 (comma delimited)', then import that file")
     text, used = decode(data, source, encoding=encoding, hint=(
         "save it from Excel as 'CSV UTF-8', or pass --encoding (utf-8, gb18030)"))
+    # Only the delimiter is guessed (from the header line); quoting stays as Excel and
+    # RFC 4180 write it. The sniffer's guess from a header without quotes says quotes
+    # are never doubled, which would import "杭州""两新""协会" as 杭州"两新""协会".
     try:
-        dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(
-            text.split("\n", 1)[0], delimiters=",;\t"
-        )
+        delimiter = csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;\t").delimiter
     except csv.Error:
-        dialect = csv.excel
-    reader = csv.reader(io.StringIO(text, newline=""), dialect)
+        delimiter = ","
+    reader = csv.reader(io.StringIO(text, newline=""), csv.excel, delimiter=delimiter)
     header = next(reader, None)
     if header is None or not any(h.strip() for h in header):
         raise InvalidInput(f"{source}: the file is empty; the first line must name the columns")

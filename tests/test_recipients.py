@@ -207,6 +207,24 @@ def test_skip_invalid_imports_good_rows(run: Run, initialised: Path, tmp_path: P
     assert sorted(r["email"] for r in members(run)) == ["ok1@example.org", "ok3@example.org"]
 
 
+@pytest.mark.parametrize("delimiter", [",", ";", "\t"])
+def test_quotes_in_a_name_come_in_as_excel_wrote_them(run: Run, initialised: Path,
+                                                      tmp_path: Path, delimiter: str) -> None:
+    """Excel and LibreOffice double a quote inside a quoted field (RFC 4180); the
+    header line says nothing of quoting, so the delimiter is the only guess."""
+    rows = [["email", "name", "unit", "group"],
+            ["q1@example.org", '杭州"两新"协会', "万华集团", "第一片组"],
+            ["q2@example.org", 'a,b;c "d"', "单位, 二", "第一片组"]]
+    buf = io.StringIO()
+    csv.writer(buf, delimiter=delimiter).writerows(rows)
+    path = csv_file(tmp_path, buf.getvalue())
+    assert '""' in buf.getvalue()
+    run("recipients", "import", str(path), "--list", "send-to")
+    got = {r["email"]: (r["name"], r["unit"]) for r in members(run)}
+    assert got["q1@example.org"] == ('杭州"两新"协会', "万华集团")
+    assert got["q2@example.org"] == ('a,b;c "d"', "单位, 二")
+
+
 def test_dry_run_saves_nothing(run: Run, initialised: Path) -> None:
     before = snapshot(initialised)
     out = run("recipients", "import", str(REPO / "recipients" / "send-to.csv"),

@@ -1,0 +1,97 @@
+"""The ledger's claim and group commit, field by field, on a real SQLite file.
+
+A claim comes back from SQLite as one JSON value and a commit goes in as one (one
+step per batch): whatever a recipient's name or a relay's reply holds must come out
+exactly as stored, and each row get exactly its own result.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from mailer import config as config_mod
+from mailer.models import DeliveryStatus
+from mailer.stamps import stamp
+from mailer.store import DeliveryResult, Store
+
+from .conftest import Run
+from .test_send import SECRET, prepare
+
+NAMES = ['王"引号"\\反斜杠', "Émile 😀 \u2028", "", "{\"json\": [1]}"]
+EXTRA = "email,name,unit,group\n" + "".join(
+    f'n{i}@bulk.example.org,"{name.replace(chr(34), chr(34) * 2)}",批量单位{i},第一片组\n'
+    for i, name in enumerate(NAMES)
+) + "info@例子.中国,国际域名,批量单位9,第一片组\n"
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(config_mod.ENV_SECRET, SECRET)
+
+
+def _stored(db: Path, campaign_id: int) -> dict[int, tuple[object, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return {r[0]: tuple(r) for r in conn.execute(
+            "SELECT d.id, d.recipient_id, r.uid, r.email, r.email_ascii, r.name, l.slug, "
+            "d.status, d.attempts, d.first_attempt_at, d.next_attempt_at, d.last_code, "
+            "d.last_response, d.message_id, d.sent_at FROM deliveries d "
+            "JOIN recipients r ON r.id = d.recipient_id JOIN lists l ON l.id = d.list_id "
+            "WHERE d.campaign_id = ?", [campaign_id])}
+    finally:
+        conn.close()
+
+
+def test_claim_and_commit_keep_every_field_exactly(run: Run, initialised: Path,
+                                                   config_file: Path, env: None) -> None:
+    s = prepare(run, initialised, config_file, extra=EXTRA)
+    before = _stored(s.db, s.campaign_id)
+    names = [row[5] or "" for row in before.values()]
+    # What the import stored (it has its own rules) holds what JSON must escape.
+    assert any('"' in n and "\\" in n for n in names) and any("😀" in n for n in names)
+    assert None in {row[5] for row in before.values()}
+    assert any(row[4] == "info@xn--fsqu00a.xn--fiqs8s" for row in before.values())
+    t0 = dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.UTC)
+    with Store.open(s.db) as store:
+        store.take_over(s.campaign_id, "t")
+        jobs = store.claim(s.campaign_id, "t", 1000, t0)
+    assert jobs is not None and len(jobs) == len(before)
+    for job in jobs:
+        _, rid, uid, email, email_ascii, name, slug = before[job.delivery_id][:7]
+        assert (job.campaign_id, job.recipient_id, job.uid, job.email, job.email_ascii,
+                job.name, job.list_slug) == (s.campaign_id, rid, uid, email, email_ascii,
+                                             name, slug)
+        assert (job.attempts, job.first_attempt_at) == (1, stamp(t0))
+    claimed = _stored(s.db, s.campaign_id)
+    assert {r[7:10] for r in claimed.values()} == {("sending", 1, stamp(t0))}
+
+    # Each row its own result: replies with quotes, backslashes, CJK and U+2028.
+    later = t0 + dt.timedelta(hours=1)
+    results = []
+    for i, job in enumerate(sorted(jobs, key=lambda j: j.delivery_id)):
+        kind = (DeliveryStatus.SENT, DeliveryStatus.DEFERRED, DeliveryStatus.FAILED)[i % 3]
+        results.append(DeliveryResult(
+            job.delivery_id, kind, (250, 451, 550)[i % 3],
+            f'reply {i}: "q" \\ 中文 \u2028 {job.email}', f"<c{s.campaign_id}.r{i}@example.org>",
+            next_attempt_at=later if kind is DeliveryStatus.DEFERRED else None))
+    with Store.open(s.db) as store:
+        store.record_results(results)
+        assert store.claim(s.campaign_id, "t", 1000, t0) == []  # deferred: not due yet
+        again = store.claim(s.campaign_id, "t", 1000, later)
+    after = _stored(s.db, s.campaign_id)
+    for r in results:
+        row = after[r.delivery_id]
+        if r.status is DeliveryStatus.DEFERRED:  # claimed again at ``later``
+            assert row[7:9] == ("sending", 2) and row[10] == stamp(later)
+        else:
+            assert row[7:9] == (r.status.value, 1) and row[10] is None
+        assert row[9] == stamp(t0)  # the first attempt stays the first
+        assert (row[11], row[12], row[13]) == (r.code, r.response, r.message_id)
+        assert (row[14] is not None) == (r.status is DeliveryStatus.SENT)
+    deferred = {r.delivery_id for r in results if r.status is DeliveryStatus.DEFERRED}
+    assert again is not None and {j.delivery_id for j in again} == deferred
+    assert {j.attempts for j in again} == {2}
