@@ -132,7 +132,8 @@ def parts(config: Any, db: Path, size: str, calls: int) -> dict[str, float]:
         jobs = []
         while len(jobs) < n:
             got = store.claim(cid, "profile", 32, now)
-            assert got
+            if not got:  # fewer recipients than calls: time what there is
+                break
             jobs += got
         out["db_claim"] = (time.process_time() - t0) / len(jobs) * 1e6
         t0 = time.process_time()
