@@ -253,6 +253,7 @@ class Ledger:
                         fut.set_exception(e)
                         fut.exception()  # retrieved here: a waiter may be gone
                 if not isinstance(e, Exception):
+                    self._on_lost()  # cancelled mid-commit: the run stops too
                     raise
                 for _ in batch:
                     self._on_failed(e)
