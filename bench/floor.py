@@ -92,17 +92,23 @@ class _Sender(asyncio.Protocol):
             self.closed.set_result(None)
 
 
+def _outbox(args: argparse.Namespace) -> Any:
+    """The bench's outbox for ``args.size``, recorded (its web links need the issue)."""
+    from mailer.store import Store
+
+    with Store.open(Path(args.db)) as store:
+        outbox = st.outbox_of(args.size, st.load_config(Path(args.config)), store)
+        outbox.record(store)
+    return outbox
+
+
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """In a fresh process: ``args.recipients`` messages over ``args.connections``."""
     import uvloop
 
     from mailer.message import make_message_id
-    from mailer.store import Store
 
-    config = st.load_config(Path(args.config))
-    with Store.open(Path(args.db)) as store:
-        outbox = st.outbox_of(args.size, config, store)
-        outbox.record(store)
+    outbox = _outbox(args)
     message = outbox.message(st.SLUG, True)
     slug, domain = st.SLUG, outbox.msgid_domain
 
@@ -198,12 +204,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def _dump(args: argparse.Namespace) -> None:
     """The fixed message's bytes, for smtp-source (``--dump FILE``)."""
-    from mailer.store import Store
-
-    config = st.load_config(Path(args.config))
-    with Store.open(Path(args.db)) as store:
-        outbox = st.outbox_of(args.size, config, store)
-        outbox.record(store)
+    outbox = _outbox(args)
     message = outbox.message(st.SLUG, True)
     uid = "u0000000"
     Path(args.dump).write_bytes(message.personalise(

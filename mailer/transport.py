@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
-import math
 import re
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -297,7 +296,6 @@ class _Wire(asyncio.Protocol):
         # timer made and cancelled for every read.
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
         self._expired = False
 
     # asyncio callbacks
@@ -350,7 +348,7 @@ class _Wire(asyncio.Protocol):
         self._fail(f"connection lost: {exc}" if exc else "connection lost")
         if self._timer is not None:
             self._timer.cancel()
-            self._timer, self._timer_at = None, math.inf
+            self._timer = None
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -411,8 +409,8 @@ class _Wire(asyncio.Protocol):
         if not self._replies and self.error is None:
             loop = self._loop
             self._deadline = loop.time() + timeout
-            if self._timer_at > self._deadline:  # none yet, or set for a longer timeout
-                self._arm(self._deadline)
+            if self._timer is None or self._timer.when() > self._deadline:
+                self._arm(self._deadline)  # none yet, or set for a longer timeout
             try:
                 # Woken only by a complete reply, a failure or the deadline; the loop
                 # is a guard, so that a wake-up without a reply never passes for one.
@@ -432,7 +430,7 @@ class _Wire(asyncio.Protocol):
     def _check_deadline(self) -> None:
         """The timer's callback: the read waiting now has run out of time, or the
         timer moves on to that read's deadline (or stops: no read is waiting)."""
-        self._timer, self._timer_at = None, math.inf
+        self._timer = None
         if self._deadline is None or self.error is not None:
             return
         if self._loop.time() < self._deadline:
@@ -444,7 +442,7 @@ class _Wire(asyncio.Protocol):
     def _arm(self, when: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer, self._timer_at = self._loop.call_at(when, self._check_deadline), when
+        self._timer = self._loop.call_at(when, self._check_deadline)
 
 
 # --- the transport --------------------------------------------------------------
