@@ -16,7 +16,10 @@ Guarantees, and how they are kept:
   while its last reply waits, so the replies of many connections go in one
   transaction, not one each. Messages are written from bytes prepared once per
   (issue, list) (``mailer.message``), without joining them per recipient, and
-  sent pipelined (``mailer.transport``).
+  sent pipelined (``mailer.transport``). On the plain path everything per message
+  runs in callbacks (``_Conveyor``, ``Ledger``, ``transport._Wire``): a reply
+  starts the next message from the connection's own callback, and a commit's end
+  opens the gates waiting for it, so no task wakes up per message.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import gc
 import queue
 import secrets
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
@@ -43,7 +46,7 @@ from .message import PreparedMessage, make_message_id
 from .models import DeliveryStatus
 from .stamps import parse_stamp
 from .store import DeliveryResult, Job, Now, Store
-from .transport import Envelope, Outcome, Reply, Transport
+from .transport import Envelope, Outcome, Reply, Resume, Transport
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -138,6 +141,17 @@ class Database:
         self._calls.put(_Call(lambda store: fn(store, *args, **kwargs), fut, loop))
         return await fut
 
+    def submit(self, done: Callable[[T | None, BaseException | None], None],
+               fn: Callable[Concatenate[Store, P], T], /, *args: P.args,
+               **kwargs: P.kwargs) -> None:
+        """``fn(store, *args, **kwargs)`` on the database thread; then, on the loop,
+        ``done(result, None)`` or ``done(None, error)``: no future, no task."""
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        self._calls.put(_Call(lambda store: fn(store, *args, **kwargs), done,
+                              asyncio.get_running_loop()))
+
     def _serve(self) -> None:
         store: Store | None = None
         try:
@@ -147,9 +161,9 @@ class Database:
                         store = Store.open(self._path, clock=self._clock)
                     result = call.fn(store)
                 except BaseException as e:  # handed to the caller, whatever it is
-                    call.loop.call_soon_threadsafe(_settle, call.future, None, e)
+                    _hand_back(call, None, e)
                 else:
-                    call.loop.call_soon_threadsafe(_settle, call.future, result, None)
+                    _hand_back(call, result, None)
         finally:
             if store is not None:
                 store.close()
@@ -163,8 +177,15 @@ class Database:
 
 class _Call(NamedTuple):
     fn: Callable[[Store], Any]
-    future: asyncio.Future[Any]
+    future: asyncio.Future[Any] | Callable[[Any, BaseException | None], None]
     loop: asyncio.AbstractEventLoop
+
+
+def _hand_back(call: _Call, result: object, error: BaseException | None) -> None:
+    if isinstance(call.future, asyncio.Future):
+        call.loop.call_soon_threadsafe(_settle, call.future, result, error)
+    else:
+        call.loop.call_soon_threadsafe(call.future, result, error)
 
 
 def _settle(fut: asyncio.Future[Any], result: object, error: BaseException | None) -> None:
@@ -182,12 +203,17 @@ class Ledger:
     A connection does not wait for its message's reply to be committed before its
     next transaction: it sends the next envelope at once (and a big body,
     ``transport.EARLY_BODY_BYTES``), and waits only before it ends that message
-    (``committed``), so a ``kill -9`` still leaves at most one accepted-but-unrecorded
-    message per connection. Meanwhile the replies of the
-    other connections pile up, and one transaction records them all: a commit
-    happens when a connection needs one (it has reached the end of its next
-    message, or has nothing left to send), when the batch is large, or at the
-    latest ``LINGER_S`` after the first reply in it."""
+    (``gate``), so a ``kill -9`` still leaves at most one accepted-but-unrecorded
+    message per connection. Meanwhile the replies of the other connections pile up,
+    and one transaction records them all: a commit happens when a connection needs
+    one (it has reached the end of its next message, or has nothing left to send),
+    when the batch is large, or at the latest ``LINGER_S`` after the first reply in
+    it.
+
+    All in callbacks on the loop, without a task or a future per reply: ``add``
+    returns a ticket (the number of the batch the reply is in), a commit's end wakes
+    the gates waiting for its ticket, and the database thread hands each commit back
+    with one ``call_soon_threadsafe``."""
 
     def __init__(self, db: Database, on_recorded: Callable[[DeliveryResult], None],
                  holder: tuple[int, str], on_lost: Callable[[], None],
@@ -196,80 +222,115 @@ class Ledger:
         self._on_recorded = on_recorded
         self._holder = holder  # (campaign, owner): checked at each commit
         self._on_lost = on_lost
-        # Called for each result a commit failed to record (the futures carry the
-        # error too): one call here, not a done-callback on every message's future.
+        # Called for each result a commit failed to record: the run stops, and the
+        # gates waiting for that commit are given the error.
         self._on_failed = on_failed
-        self._batch: list[tuple[DeliveryResult, asyncio.Future[None]]] = []
-        self._wake = asyncio.Event()
+        self._batch: list[DeliveryResult] = []
+        self._ticket = 0  # the batch being filled
+        self._committed = -1  # the last batch whose commit has ended
+        self._errors: dict[int, BaseException] = {}  # batches that failed to commit
+        self._gates: list[tuple[int, Resume]] = []
+        self._committing = False
         self._wanted = False
-        self._closing = False
+        self._kicked = False
+        self._closed: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()  # kept: each lookup costs a getpid()
-        self._task = self._loop.create_task(self._run())
 
-    def add(self, result: DeliveryResult) -> asyncio.Future[None]:
-        """Queue ``result``; the future is done when it is committed (or failed to be)."""
-        fut: asyncio.Future[None] = self._loop.create_future()
-        self._batch.append((result, fut))
+    def add(self, result: DeliveryResult) -> int:
+        """Queue ``result``; its ticket, for ``gate``."""
+        self._batch.append(result)
         if len(self._batch) >= BATCH_MAX:
             self.want()
         elif self._timer is None:
             self._timer = self._loop.call_later(LINGER_S, self.want)
-        return fut
+        return self._ticket
+
+    def gate(self, ticket: int | None, resume: Resume) -> bool:
+        """A message's gate (``transport.Gate``): open (True) once the result behind
+        ``ticket`` is committed; else ``resume`` is called when its commit ends, with
+        the error if it failed."""
+        if ticket is None:
+            return True
+        if ticket <= self._committed:
+            error = self._errors.get(ticket)
+            if error is None:
+                return True
+            self._loop.call_soon(resume, error)
+            return False
+        self._gates.append((ticket, resume))
+        self.want()
+        return False
 
     def want(self) -> None:
-        """Commit what is queued as soon as the previous commit is done."""
+        """Commit what is queued as soon as the previous commit is done (from the
+        loop's next turn, so that what the callbacks of this turn add goes too)."""
         self._wanted = True
-        self._wake.set()
+        if not self._kicked and not self._committing:
+            self._kicked = True
+            self._loop.call_soon(self._commit)
 
-    async def committed(self, fut: asyncio.Future[None]) -> None:
-        """Wait until the result behind ``fut`` is committed; raises what the commit
-        raised."""
-        if not fut.done():
-            self.want()
-            await fut
-        fut.result()
+    def _commit(self) -> None:
+        self._kicked = False
+        if self._committing:
+            return
+        if not self._batch:
+            self._wanted = False  # nothing to commit: a want for it is void
+            self._check_closed()
+            return
+        if not (self._wanted or self._closed is not None):
+            return
+        self._wanted = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._batch = self._batch, []
+        ticket = self._ticket
+        self._ticket += 1
+        self._committing = True
+        self._db.submit(functools.partial(self._done, ticket, batch),
+                        _record, batch, *self._holder)
 
-    async def _run(self) -> None:
-        while True:
-            if not self._batch:
-                if self._closing:
-                    return
-                self._wanted = False  # nothing to commit: a want for it is void
-            if not (self._batch and (self._wanted or self._closing)):
-                await self._wake.wait()
-                self._wake.clear()
-                continue
-            self._wanted = False
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            batch, self._batch = self._batch, []
-            try:
-                held = await self._db.call(_record, [r for r, _ in batch], *self._holder)
-            except BaseException as e:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
-                        fut.exception()  # retrieved here: a waiter may be gone
-                if not isinstance(e, Exception):
-                    self._on_lost()  # cancelled mid-commit: the run stops too
-                    raise
-                for _ in batch:
-                    self._on_failed(e)
-                continue
-            for result, fut in batch:
+    def _done(self, ticket: int, batch: list[DeliveryResult], held: bool | None,
+              error: BaseException | None) -> None:
+        """A commit has ended (on the loop, from the database thread)."""
+        self._committing = False
+        self._committed = ticket
+        if error is not None:
+            self._errors[ticket] = error
+            failed = error if isinstance(error, Exception) else RuntimeError(str(error))
+            for _ in batch:
+                self._on_failed(failed)
+        else:
+            for result in batch:
                 self._on_recorded(result)
-                if not fut.done():
-                    fut.set_result(None)
             if not held:
                 self._on_lost()
+        if self._gates:
+            ready = [g for g in self._gates if g[0] <= ticket]
+            if ready:
+                self._gates = [g for g in self._gates if g[0] > ticket]
+                for t, resume in ready:
+                    resume(self._errors.get(t))
+        if self._batch and (self._wanted or self._closed is not None
+                            or len(self._batch) >= BATCH_MAX):
+            self._commit()
+        self._check_closed()
+
+    def _check_closed(self) -> None:
+        if self._closed is not None and not self._batch and not self._committing \
+                and not self._closed.done():
+            self._closed.set_result(None)
 
     async def close(self) -> None:
         """Commit what is left, then stop."""
-        self._closing = True
-        self._wake.set()
-        await self._task
+        self._closed = self._loop.create_future()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.want()
+        self._check_closed()
+        await self._closed
 
 
 def _record(store: Store, results: list[DeliveryResult], campaign_id: int, owner: str
@@ -321,6 +382,15 @@ class _Jobs:
             self._room = asyncio.get_running_loop().create_future()
             await self._room
         return self._takers > 0
+
+    def take(self) -> Job | None:
+        """The next job if one is queued now; None rather than a wait."""
+        if not self._items:
+            return None
+        job = self._items.popleft()
+        if len(self._items) * 2 < self.capacity:
+            self._wake_room()
+        return job
 
     def give_back(self, job: Job) -> None:
         """A job taken but not tried, first again."""
@@ -589,8 +659,7 @@ class Run:
 
     async def _work(self, transport: Transport, jobs: _Jobs, ledger: Ledger,
                     limiter: RateLimiter, abort: list[BaseException], db: Database) -> None:
-        sent_here = 0
-        last: asyncio.Future[None] | None = None  # the commit of this connection's last reply
+        conveyor = _Conveyor(self, transport, jobs, ledger)
         while not self.stop.is_set():
             if not len(jobs):
                 ledger.want()  # nothing to send meanwhile: no reason to hold replies back
@@ -602,31 +671,36 @@ class Run:
                 self._in_flight -= 1
                 await db.call(Store.unclaim, [job.delivery_id])
                 continue
+            conveyor.job = job
             try:
                 await limiter.wait()
                 if self.stop.is_set():  # while it waited for its turn
                     jobs.give_back(job)
                     return
-                result = await self._send(transport, job, _before_end(ledger, last))
+                # Connected first: which message (8bit or base64) depends on the session.
+                failure = await transport.open()
+                if failure is not None:  # no session: nothing was tried for this recipient
+                    self._no_session(failure)
+                    self._in_flight -= 1
+                    await db.call(Store.unclaim, [job.delivery_id])
+                    continue
+                await conveyor.run(job)
             except _Unrecorded:
                 self._in_flight -= 1  # the run stops (the ledger said why); the row
                 return  # stays claimed, pending again when the campaign is taken over
+            except asyncio.CancelledError:
+                transport.abort()
+                raise
             except Exception as e:  # the relay refuses our sender, or a bug: stop the run
                 abort.append(e)
                 self.stop.set()
                 self._in_flight -= 1
-                await db.call(Store.unclaim, [job.delivery_id])
+                await db.call(Store.unclaim, [conveyor.job.delivery_id])
                 return
-            if result is None:  # no session: nothing was tried for this recipient
-                self._in_flight -= 1
-                await db.call(Store.unclaim, [job.delivery_id])
-                continue
-            last = ledger.add(result)
-            sent_here += 1
             if self.policy.messages_per_connection and \
-                    sent_here >= self.policy.messages_per_connection:
+                    conveyor.sent_here >= self.policy.messages_per_connection:
                 await transport.close()  # the next send opens a fresh connection
-                sent_here = 0
+                conveyor.sent_here = 0
 
     def _recorded(self, result: DeliveryResult) -> None:
         """A reply is committed."""
@@ -641,16 +715,9 @@ class Run:
             abort.append(error)
         self.stop.set()
 
-    async def _send(self, transport: Transport, job: Job,
-                    before_end: Callable[[], Awaitable[None]] | None) -> DeliveryResult | None:
-        """One delivery's result; None when no session could be opened (the row is
-        given back, and enough of those in a row mark the relay down). The message is
-        ended only after ``before_end``."""
-        # Connected first: which message (8bit or base64) depends on the session.
-        failure = await transport.open()
-        if failure is not None:
-            self._no_session(failure)
-            return None
+    def _envelope(self, transport: Transport, job: Job) -> tuple[Envelope, str] | DeliveryResult:
+        """The delivery's envelope and Message-ID; or its result at once, when its own
+        data cannot be joined into a message."""
         message = self.messages(job.list_slug, transport.eight_bit)
         message_id = (make_message_id(job.campaign_id, job.recipient_id, self.msgid_domain)
                       if self.message_id_for is None
@@ -668,14 +735,8 @@ class Run:
                                   f"not sent: {e}", message_id)
         # An internationalised domain goes on the wire in punycode.
         mail_from = self.sender if self.sender_for is None else self.sender_for(job)
-        reply = await transport.send(Envelope(mail_from, job.email_ascii or job.email, data,
-                                              header_utf8=message.header_utf8(job.email)),
-                                     before_end)
-        if reply.stage == "connect":  # a drop, reconnecting
-            self._no_session(reply)
-            return None
-        self._trouble = 0
-        return self._judge(job, reply, message_id)
+        return Envelope(mail_from, job.email_ascii or job.email, data,
+                        header_utf8=message.header_utf8(job.email)), message_id
 
     def _no_session(self, reply: Reply) -> None:
         self._trouble += 1
@@ -718,6 +779,104 @@ class Run:
         self.on_progress(p)
 
 
+class _Conveyor:
+    """One connection's messages, in callbacks: the reply to a message starts the
+    next one from the connection's own callback (``Transport.start``), without a
+    task waking up per message, for as long as the next is plain: a job is queued,
+    the session is up, no rate limit spaces the messages, the run goes on and the
+    connection has messages left. Anything else goes back to the worker
+    (``Run._work``), which waits, reconnects or stops as the case needs.
+
+    ``run`` ends when the chain stops; it raises what stopped the run: the relay
+    refusing our sender (``SenderRefused``), a commit that failed (``_Unrecorded``)
+    or a bug; ``job`` is then the job in hand."""
+
+    def __init__(self, run: Run, transport: Transport, jobs: _Jobs, ledger: Ledger) -> None:
+        self._run = run
+        self._transport = transport
+        self._jobs = jobs
+        self._ledger = ledger
+        self._chain = run.policy.rate <= 0  # a rate limit waits between messages
+        self._per_connection = run.policy.messages_per_connection
+        self.sent_here = 0
+        self.job: Job  # the job in hand
+        self._message_id = ""
+        self._ticket: int | None = None  # of this connection's last result
+        self._future: asyncio.Future[None] | None = None
+        self._loop = asyncio.get_running_loop()
+
+    def run(self, job: Job) -> asyncio.Future[None]:
+        self._future = self._loop.create_future()
+        self._go(job)
+        return self._future
+
+    def _go(self, job: Job | None) -> None:
+        """Send ``job``, then the next ones while their results come at once (a local
+        refusal); stop at the first that goes on the wire, whose reply goes on."""
+        run = self._run
+        while job is not None:
+            self.job = job
+            try:
+                prepared = run._envelope(self._transport, job)
+                if isinstance(prepared, DeliveryResult):
+                    result = prepared
+                else:
+                    envelope, self._message_id = prepared
+                    reply = self._transport.start(envelope, self._gate, self._done)
+                    if reply is None:
+                        return  # on the wire: _done goes on
+                    result = self._judged(reply)
+            except Exception as e:
+                self._end(e)
+                return
+            self._add(result)
+            job = self._next()
+        self._end(None)
+
+    def _gate(self, resume: Resume) -> bool:
+        return self._ledger.gate(self._ticket, resume)
+
+    def _done(self, reply: Reply | None, error: BaseException | None) -> None:
+        """The transaction in flight has ended (a callback of the connection)."""
+        if reply is None:
+            self._end(_Unrecorded(str(error)))  # its gate: the last commit failed
+            return
+        try:
+            result = self._judged(reply)
+        except Exception as e:
+            self._end(e)
+            return
+        self._add(result)
+        self._go(self._next())
+
+    def _judged(self, reply: Reply) -> DeliveryResult:
+        if reply.stage != "connect":  # the relay answered
+            self._run._trouble = 0
+        return self._run._judge(self.job, reply, self._message_id)
+
+    def _add(self, result: DeliveryResult) -> None:
+        self._ticket = self._ledger.add(result)
+        self.sent_here += 1
+
+    def _next(self) -> Job | None:
+        """The next job, if it can go at once on this connection."""
+        run = self._run
+        if not self._chain or run.stop.is_set() or run._down is not None \
+                or not self._transport.connected \
+                or (self._per_connection and self.sent_here >= self._per_connection):
+            return None
+        return self._jobs.take()
+
+    def _end(self, error: BaseException | None) -> None:
+        fut = self._future
+        if fut is None or fut.done():
+            return
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(error)
+
+
 @contextlib.contextmanager
 def _collector_spared() -> Iterator[None]:
     """For the run, the cyclic garbage collector leaves alone what exists at its start
@@ -735,20 +894,3 @@ def _collector_spared() -> Iterator[None]:
 class _Unrecorded(Exception):
     """The connection's previous reply could not be committed: its next message is
     not ended (the transport drops the connection instead)."""
-
-
-def _before_end(ledger: Ledger, last: asyncio.Future[None] | None
-                ) -> Callable[[], Awaitable[None]] | None:
-    """What a connection waits for before it ends its next message: the commit of its
-    last reply. None when there is nothing to wait for."""
-    if last is None or (last.done() and not last.cancelled() and last.exception() is None):
-        return None
-    pending = last
-
-    async def committed() -> None:
-        try:
-            await ledger.committed(pending)
-        except Exception as e:
-            raise _Unrecorded(str(e)) from e
-
-    return committed

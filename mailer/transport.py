@@ -17,7 +17,10 @@ reply per ``data_received`` and discards bytes that arrive while a parsed reply
 waits for pickup, so several replies in flight would be lost. So once the session
 is set up, the established asyncio transport (TCP or TLS) is handed to
 ``_Wire``, a small protocol of ours (``transport.set_protocol``, public asyncio
-API) that queues every complete reply in order. With PIPELINING (RFC 2920) a
+API) that reads every complete reply in order. A transaction runs in its
+callbacks, moved on by each reply, and ends by calling the sender back from the
+callback that read its last reply (``SMTPTransport.start``), so the sender can
+begin the next one there without a task waking up. With PIPELINING (RFC 2920) a
 transaction is one write of ``MAIL``/``RCPT``/``DATA``, three replies read in
 order, then the body and the final reply: two round trips. Without it the same
 commands go one at a time.
@@ -37,7 +40,7 @@ import collections
 import enum
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol, cast
 
@@ -130,14 +133,22 @@ class Transport(Protocol):
         is, else the failure to report (stage "connect"). Raises ``SMTPSetupError``
         like ``connect``."""
 
-    async def send(self, envelope: Envelope,
-                   before_end: Callable[[], Awaitable[None]] | None = None) -> Reply:
+    def start(self, envelope: Envelope, gate: Gate | None, done: Done) -> Reply | None:
+        """Begin one transaction on the open connection, from a callback: the reply at
+        once for a local refusal, else None and ``done`` follows (see
+        ``SMTPTransport.start``). ``gate``, when given, is asked before the message
+        is ended (a big body is written first, a small one after)."""
+
+    async def send(self, envelope: Envelope) -> Reply:
         """One transaction. Never raises for SMTP-level failures; reconnects on the
-        next call after a drop. ``before_end``, when given, is awaited before the
-        message is ended (a big body is written first, a small one after): if it
-        raises, the message is not ended
-        (the connection is dropped, so nothing of it is delivered) and the error
-        propagates."""
+        next call after a drop."""
+
+    def abort(self) -> None:
+        """Give up the transaction in flight and drop the connection (cancelled)."""
+
+    @property
+    def connected(self) -> bool:
+        """The session is up: ``start`` may be called."""
 
     async def close(self) -> None:
         """QUIT politely, without hanging on a dead server."""
@@ -267,28 +278,73 @@ async def _open(settings: SMTPSettings) -> aiosmtplib.SMTP:
 _MAX_REPLY = 32 * 1024
 _END = b".\r\n"  # the end of DATA, after a body that ends with CRLF
 # A body at least this big is written before the wait for the previous message's
-# commit (``before_end``) rather than after it.
+# commit (the gate) rather than after it.
 EARLY_BODY_BYTES = 32 * 1024
+_STAGES = ("mail", "rcpt", "data")
+
+# Where a transaction stands (``_Txn.state``): waiting for the replies to MAIL, RCPT
+# and DATA; for the reply to an empty message's end (DATA accepted although MAIL or
+# RCPT was refused); for the gate to open; for the body to drain; for the reply to
+# the end of the message; for the reply to RSET.
+_ENVELOPE, _EMPTY_DATA, _GATE, _DRAIN, _FINAL, _RSET = range(6)
+
+# The gate of a message (``Transport.start``): called with a ``resume`` callback once
+# the body may be ended; True means "end it now" (``resume`` is not called), False
+# means ``resume(None)`` ends it later, or ``resume(error)`` drops the connection
+# instead, so that nothing of the message is delivered.
+Resume = Callable[[BaseException | None], None]
+Gate = Callable[[Resume], bool]
+# How a transaction ends: its reply, or the error its gate gave (then None).
+Done = Callable[[Reply | None, BaseException | None], None]
 
 
 class _ConnectionDead(Exception):
     """The connection is gone or out of step; the next send reconnects."""
 
 
+class _Txn:
+    """One transaction on the wire, moved on by its replies (``_Wire.begin``)."""
+
+    __slots__ = ("answered", "commands", "done", "early", "end", "gate", "pieces",
+                 "pipelined", "refusal", "result", "state", "timeout", "written")
+
+    def __init__(self, commands: list[bytes], pipelined: bool, pieces: Sequence[bytes],
+                 end: bytes, early: bool, gate: Gate | None, done: Done,
+                 timeout: float) -> None:
+        self.commands = commands
+        self.pipelined = pipelined
+        self.pieces = pieces
+        self.end = end
+        self.early = early
+        self.gate = gate
+        self.done = done
+        self.timeout = timeout
+        self.state = _ENVELOPE
+        self.written = 0  # commands written
+        self.answered = 0  # replies to them read
+        self.refusal: Reply | None = None  # the first refusal of MAIL, RCPT or DATA
+        self.result: Reply | None = None  # what to report once RSET is answered
+
+
 class _Wire(asyncio.Protocol):
-    """Reads every SMTP reply off the connection into a queue, in order, so that
-    pipelined replies are never lost; writes raw bytes with flow control."""
+    """Reads every SMTP reply off the connection, in order, so that pipelined replies
+    are never lost; writes raw bytes with flow control.
+
+    A transaction (``begin``) runs in the protocol's own callbacks: each reply moves
+    it on, and its ``done`` is called from the callback that read the last reply, so
+    the sender can begin the next one there (no task wakes up per reply). Replies
+    read with no transaction waiting for them are queued, for ``read`` or for the
+    next transaction, always in order."""
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         self._buffer = bytearray()
         self._replies: collections.deque[tuple[int, str]] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
-        self._drain: asyncio.Future[None] | None = None
         self._paused = False
         self.error: str | None = None
-        # Kept: asyncio.get_running_loop() asks the kernel for the pid on each call,
-        # and a read waits on a fresh future for nearly every reply.
+        self._txn: _Txn | None = None
+        # Kept: asyncio.get_running_loop() asks the kernel for the pid on each call.
         self._loop = asyncio.get_running_loop()
         self.closed = self._loop.create_future()
         # The read timeout: one timer per connection, moved on lazily (``_deadline``
@@ -327,7 +383,10 @@ class _Wire(asyncio.Protocol):
         # Bytes that are not yet a whole reply wake nobody: TCP, TLS records and
         # proxies cut replies anywhere, and the rest follows in a later read.
         if self._replies:
-            self._wake()
+            if self._txn is not None:
+                self._pump()
+            else:
+                self._wake()
 
     def _find_reply_end(self, start: int) -> int:
         """Offset just past the last line of the first complete reply from ``start``,
@@ -357,20 +416,162 @@ class _Wire(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
+        txn = self._txn
+        if txn is not None and txn.state == _DRAIN:
+            txn.state = _FINAL
+            self._pump()
 
     def _fail(self, error: str) -> None:
         if self.error is None:
             self.error = error
         self.transport.close()
         self._wake()
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
+        if self._txn is not None:
+            self._finish(_lost(self.error))
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+    # the transaction in flight
+
+    def begin(self, txn: _Txn) -> None:
+        """Start ``txn`` (none may be in flight): MAIL, RCPT and DATA in one write with
+        PIPELINING, else one at a time; ``txn.done`` follows from a callback."""
+        self._txn = txn
+        if txn.pipelined:
+            self.transport.write(b"".join(txn.commands))
+            txn.written = len(txn.commands)
+        else:
+            self.transport.write(txn.commands[0])
+            txn.written = 1
+        self._pump()
+
+    def _pump(self) -> None:
+        """Hand the queued replies to the transaction in flight, in order; when it
+        waits for one more, its read timeout runs from now."""
+        while (txn := self._txn) is not None and txn.state != _GATE and txn.state != _DRAIN:
+            if not self._replies:
+                self._deadline = deadline = self._loop.time() + txn.timeout
+                if self._timer is None or self._timer.when() > deadline:
+                    self._arm(deadline)  # none yet, or set for a longer timeout
+                return
+            code, text = self._replies.popleft()
+            self._step(txn, code, text)
+
+    def _step(self, txn: _Txn, code: int, text: str) -> None:
+        """One reply to ``txn``."""
+        state = txn.state
+        if state == _ENVELOPE:
+            stage = _STAGES[txn.answered]
+            txn.answered += 1
+            if code == 421:  # the server is closing: no other reply is read
+                self._closing(_reply(code, text, stage))
+                return
+            try:
+                refusal = _refusal(stage, code, text)
+            except _ConnectionDead as e:
+                self._die(str(e))
+                return
+            if txn.refusal is None:
+                txn.refusal = refusal
+            if txn.answered < txn.written:
+                return  # pipelined: every reply asked for is read, so that the next
+                # transaction is paired with its own
+            if txn.refusal is None and txn.written < len(txn.commands):
+                self.transport.write(txn.commands[txn.written])  # one at a time
+                txn.written += 1
+                return
+            if txn.refusal is not None:
+                if code == 354:
+                    # The server wants data although MAIL or RCPT was refused (RFC 2920
+                    # §3.1): end an empty message rather than deliver the body to nobody.
+                    self.transport.write(_END)
+                    txn.state = _EMPTY_DATA
+                    return
+                self._reset(txn, txn.refusal)
+                return
+            self._body(txn)
+        elif state == _FINAL:
+            if code // 100 == 2:
+                self._finish(_reply(code, text))
+            elif code == 421:
+                self._closing(_reply(code, text))
+            else:
+                self._reset(txn, _reply(code, text))
+        elif state == _EMPTY_DATA:  # its reply says nothing more
+            assert txn.refusal is not None
+            self._reset(txn, txn.refusal)
+        elif code // 100 == 2:  # _RSET
+            assert txn.result is not None
+            self._finish(txn.result)
+        else:
+            self._die(f"RSET refused: {code} {text}")
+
+    def _body(self, txn: _Txn) -> None:
+        """DATA is accepted: the body, and its end once the gate is open. A big body
+        goes out before the gate, for the server to read meanwhile; a small one waits,
+        so that body and end stay one write."""
+        if txn.gate is not None:
+            if txn.early:
+                self.transport.writelines(txn.pieces)
+                txn.pieces = ()
+            txn.state = _GATE
+            self._deadline = None  # no read is waiting
+            if not txn.gate(self._gate_opened):
+                return
+        self._end(txn)
+
+    def _gate_opened(self, error: BaseException | None) -> None:
+        txn = self._txn
+        if txn is None or txn.state != _GATE:
+            return  # the connection ended meanwhile: reported already
+        if error is not None:
+            # Not to be ended: dropped in DATA, nothing of the message is delivered.
+            self.abort("the message was not to be ended")
+            self._txn = None
+            txn.done(None, error)
+            return
+        self._end(txn)
+        self._pump()
+
+    def _end(self, txn: _Txn) -> None:
+        self.transport.writelines((*txn.pieces, txn.end))
+        txn.pieces = ()
+        if self._paused:  # the reply is read once the body is written (or times out)
+            txn.state = _DRAIN
+            self._deadline = deadline = self._loop.time() + txn.timeout
+            self._arm(deadline)
+        else:
+            txn.state = _FINAL
+
+    def _reset(self, txn: _Txn, result: Reply) -> None:
+        """Reset the envelope after a refused transaction, so the next one starts clean;
+        ``result`` is reported once RSET is answered."""
+        self.transport.write(b"RSET\r\n")
+        txn.state = _RSET
+        txn.result = result
+
+    def _closing(self, reply: Reply) -> None:
+        """A 421: reported, and the connection is done with."""
+        if self.error is None:
+            self.error = f"the server is closing: {reply.code} {reply.text}"
+        self.transport.close()
+        self._finish(reply)
+
+    def _die(self, error: str) -> None:
+        """Out of step or timed out: the transaction is lost, the connection closed."""
+        if self.error is None:
+            self.error = error
+        self.transport.close()
+        self._finish(_lost(error))
+
+    def _finish(self, reply: Reply) -> None:
+        txn = self._txn
+        assert txn is not None
+        self._txn = None
+        self._deadline = None
+        txn.done(reply, None)
 
     # used by SMTPTransport
 
@@ -381,31 +582,20 @@ class _Wire(asyncio.Protocol):
         self.transport.abort()
         self._wake()
 
+    def cancel(self) -> None:
+        """Forget the transaction in flight, and drop the connection at once."""
+        self._txn = None
+        self.abort("the transaction was given up")
+
     def write(self, data: bytes) -> None:
         if self.error is not None:
             raise _ConnectionDead(self.error)
         self.transport.write(data)
 
-    def writelines(self, chunks: Sequence[bytes]) -> None:
-        """Several chunks in one write: uvloop (and asyncio from Python 3.12) hands
-        them to one vectored send without joining them; asyncio on 3.11 joins."""
-        if self.error is not None:
-            raise _ConnectionDead(self.error)
-        self.transport.writelines(chunks)
-
-    async def drain(self, timeout: float) -> None:
-        if self._paused and self.error is None:
-            self._drain = self._loop.create_future()
-            try:
-                await asyncio.wait_for(self._drain, timeout)
-            except TimeoutError:
-                raise _ConnectionDead(f"timed out writing ({timeout:g} s)") from None
-        if self.error is not None:
-            raise _ConnectionDead(self.error)
-
     async def read(self, timeout: float) -> tuple[int, str]:
-        """The next complete reply. Only the end of the connection or ``timeout``
-        seconds without a complete reply raise ``_ConnectionDead``."""
+        """The next complete reply, outside a transaction (QUIT). Only the end of the
+        connection or ``timeout`` seconds without a complete reply raise
+        ``_ConnectionDead``."""
         if not self._replies and self.error is None:
             loop = self._loop
             self._deadline = loop.time() + timeout
@@ -435,6 +625,11 @@ class _Wire(asyncio.Protocol):
             return
         if self._loop.time() < self._deadline:
             self._arm(self._deadline)
+            return
+        txn = self._txn
+        if txn is not None:
+            self._die(f"timed out writing ({txn.timeout:g} s)" if txn.state == _DRAIN
+                      else f"no reply within {txn.timeout:g} s")
             return
         self._expired = True
         self._wake()
@@ -579,107 +774,70 @@ class SMTPTransport:
             return exc.reply
         return None
 
-    async def send(self, envelope: Envelope,
-                   before_end: Callable[[], Awaitable[None]] | None = None) -> Reply:
+    def start(self, envelope: Envelope, gate: Gate | None, done: Done) -> Reply | None:
+        """Begin one transaction on the open connection (``connected``); callable from
+        a callback. Returns the reply at once when nothing is to go on the wire (a
+        local refusal); else None, and ``done(reply, None)`` follows from a callback
+        of the connection, or ``done(None, error)`` when the gate gave ``error``.
+        After a reply that ends the connection (a drop, a timeout, 421),
+        ``connected`` is False."""
         # Local refusals come before anything is written: an address that cannot go
         # on an SMTP command line, a message that needs SMTPUTF8 the relay lacks.
+        wired = _wired(envelope)
+        if isinstance(wired, Reply):
+            return wired
+        wire = self._wire
+        if wire is None or wire.error is not None:
+            return _lost(wire.error or "not connected" if wire else "not connected", "connect")
+        if wired.utf8 and not self._smtputf8:
+            return _no_smtputf8(envelope, wired.sender_utf8)
+        params = b" BODY=8BITMIME" if self._eight_bit else b""
+        if wired.utf8:  # RFC 6531 §3.4: the whole transaction, envelope and header, is UTF-8
+            params += b" SMTPUTF8"
+        data = envelope.data
+        pieces = (data,) if isinstance(data, bytes) else data
+        size = sum(map(len, pieces))
+        if self._size:  # RFC 1870: lets the server refuse an oversized message early
+            params += b" SIZE=%d" % size
+        commands = [b"MAIL FROM:<" + wired.sender + b">" + params + b"\r\n",
+                    b"RCPT TO:<" + wired.recipient + b">\r\n", b"DATA\r\n"]
+        last = next((p for p in reversed(pieces) if p), b"")
+        end = _END if last.endswith(b"\r\n") else b"\r\n" + _END
+        wire.begin(_Txn(commands, self.pipelining, pieces, end, size >= EARLY_BODY_BYTES,
+                        gate, done, self.settings.timeout))
+        return None
+
+    async def send(self, envelope: Envelope) -> Reply:
+        """One transaction (``start``), connecting first if need be."""
         wired = _wired(envelope)
         if isinstance(wired, Reply):
             return wired
         failure = await self.open()
         if failure is not None:
             return failure
-        assert self._wire is not None
-        wire = self._wire
-        if wired.utf8 and not self._smtputf8:
-            return _no_smtputf8(envelope, wired.sender_utf8)
-        try:
-            reply = await self._transaction(wire, envelope, wired.sender, wired.recipient,
-                                            wired.utf8, before_end)
-        except _ConnectionDead as exc:
-            await self._drop()
-            return _lost(str(exc))
-        except asyncio.CancelledError:
-            # Cancelled mid-transaction: replies may still be on the way, so this
-            # connection can never be trusted to pair them again.
-            wire.transport.abort()
-            raise
-        if reply.code == 421:
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+        def done(reply: Reply | None, error: BaseException | None) -> None:
+            if not fut.done():
+                assert reply is not None  # no gate, so no gate's error
+                fut.set_result(reply)
+
+        reply = self.start(envelope, None, done)
+        if reply is None:
+            try:
+                reply = await fut
+            except asyncio.CancelledError:
+                self.abort()
+                raise
+        if not self.connected:
             await self._drop()
         return reply
 
-    async def _transaction(self, wire: _Wire, env: Envelope, sender: bytes, recipient: bytes,
-                           utf8: bool, before_end: Callable[[], Awaitable[None]] | None
-                           ) -> Reply:
-        timeout = self.settings.timeout
-        params = b" BODY=8BITMIME" if self._eight_bit else b""
-        if utf8:  # RFC 6531 §3.4: the whole transaction, envelope and header, is UTF-8
-            params += b" SMTPUTF8"
-        pieces = [env.data] if isinstance(env.data, bytes) else env.data
-        size = sum(map(len, pieces))
-        if self._size:  # RFC 1870: lets the server refuse an oversized message early
-            params += b" SIZE=%d" % size
-        commands = [
-            ("mail", b"MAIL FROM:<" + sender + b">" + params + b"\r\n"),
-            ("rcpt", b"RCPT TO:<" + recipient + b">\r\n"),
-            ("data", b"DATA\r\n"),
-        ]
-        refusal: Reply | None = None
-        if self.pipelining:
-            wire.write(b"".join(cmd for _, cmd in commands))
-            # Read every reply we asked for, so that the next transaction is paired
-            # with its own replies; stop early only on 421 (the server is closing).
-            for stage, _ in commands:
-                code, text = await wire.read(timeout)
-                if code == 421:
-                    return _reply(code, text, stage)
-                refusal = refusal or _refusal(stage, code, text)
-        else:
-            for stage, cmd in commands:
-                wire.write(cmd)
-                code, text = await wire.read(timeout)
-                refusal = _refusal(stage, code, text)
-                if refusal is not None:
-                    break
-        data_code = code
-        if data_code == 354 and refusal is not None:
-            # The server wants data although MAIL or RCPT was refused (RFC 2920 §3.1):
-            # end an empty message rather than deliver the body to nobody.
-            wire.write(b".\r\n")
-            await wire.read(timeout)
-        if refusal is not None:
-            if refusal.code != 421:
-                await self._rset(wire)
-            return refusal
-        last = next((p for p in reversed(pieces) if p), b"")
-        end = _END if last.endswith(b"\r\n") else b"\r\n" + _END
-        if before_end is not None:
-            # A big body goes out while we wait, for the server to read meanwhile; a
-            # small one waits, so that body and end stay one write.
-            early = size >= EARLY_BODY_BYTES
-            if early:
-                wire.writelines(pieces)
-            try:
-                await before_end()
-            except BaseException:
-                # Not to be ended: dropped in DATA, nothing of the message is delivered.
-                wire.abort("the message was not to be ended")
-                raise
-            if early:
-                pieces = []
-        wire.writelines((*pieces, end))
-        await wire.drain(timeout)
-        code, text = await wire.read(timeout)
-        if code // 100 != 2 and code != 421:
-            await self._rset(wire)
-        return _reply(code, text)
-
-    async def _rset(self, wire: _Wire) -> None:
-        """Reset the envelope after a refused transaction, so the next one starts clean."""
-        wire.write(b"RSET\r\n")
-        code, text = await wire.read(self.settings.timeout)
-        if code // 100 != 2:
-            raise _ConnectionDead(f"RSET refused: {code} {text}")
+    def abort(self) -> None:
+        """Give up the transaction in flight (cancelled): its replies may still be on
+        the way, so this connection can never be trusted to pair them again."""
+        if self._wire is not None:
+            self._wire.cancel()
 
     async def close(self) -> None:
         """QUIT and close; waits at most a few seconds for a dead server."""
