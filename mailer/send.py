@@ -46,7 +46,7 @@ from .message import PreparedMessage, make_message_id
 from .models import DeliveryStatus
 from .stamps import parse_stamp
 from .store import DeliveryResult, Job, Now, Store
-from .transport import Envelope, Outcome, Reply, Resume, Transport
+from .transport import Envelope, Outcome, Reply, Resume, Transaction, Transport
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -780,16 +780,17 @@ class Run:
 
 
 class _Conveyor:
-    """One connection's messages, in callbacks: the reply to a message starts the
-    next one from the connection's own callback (``Transport.start``), without a
-    task waking up per message, for as long as the next is plain: a job is queued,
-    the session is up, no rate limit spaces the messages, the run goes on and the
+    """One connection's messages, in callbacks: as a message is ended, the next one's
+    envelope goes in the same write (``transport.Feed``), and each reply is judged
+    and queued for the ledger from the connection's own callback, without a task
+    waking up per message, for as long as the next is plain: a job is queued, the
+    session is up, no rate limit spaces the messages, the run goes on and the
     connection has messages left. Anything else goes back to the worker
     (``Run._work``), which waits, reconnects or stops as the case needs.
 
-    ``run`` ends when the chain stops; it raises what stopped the run: the relay
-    refusing our sender (``SenderRefused``), a commit that failed (``_Unrecorded``)
-    or a bug; ``job`` is then the job in hand."""
+    ``run`` ends once no transaction of it is in flight; it raises what stopped the
+    run: the relay refusing our sender (``SenderRefused``), a commit that failed
+    (``_Unrecorded``) or a bug; ``job`` is then the job that raised."""
 
     def __init__(self, run: Run, transport: Transport, jobs: _Jobs, ledger: Ledger) -> None:
         self._run = run
@@ -800,19 +801,34 @@ class _Conveyor:
         self._per_connection = run.policy.messages_per_connection
         self.sent_here = 0
         self.job: Job  # the job in hand
-        self._message_id = ""
+        # The jobs on the wire, with their Message-IDs, in the order of their replies.
+        self._flight: collections.deque[tuple[Job, str]] = collections.deque()
         self._ticket: int | None = None  # of this connection's last result
+        self._error: BaseException | None = None
         self._future: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()
 
     def run(self, job: Job) -> asyncio.Future[None]:
         self._future = self._loop.create_future()
+        self._error = None
         self._go(job)
         return self._future
 
     def _go(self, job: Job | None) -> None:
-        """Send ``job``, then the next ones while their results come at once (a local
-        refusal); stop at the first that goes on the wire, whose reply goes on."""
+        """Start ``job`` (or the first after it that goes on the wire), unless none is
+        left: then the run is over for now."""
+        txn = self._prepared(job) if job is not None else None
+        if txn is None:
+            self._end()
+            return
+        reply = self._transport.begin(txn)
+        if reply is not None:  # the session ended meanwhile: nothing was tried
+            self._done(reply, None)
+
+    def _prepared(self, job: Job | None) -> Transaction | None:
+        """The transaction of ``job`` or of the first next job whose message can go on
+        the wire; each one refused before the wire (its own data, a local refusal) is
+        judged here. None when none is left, or on an error (kept for ``run``)."""
         run = self._run
         while job is not None:
             self.job = job
@@ -821,38 +837,60 @@ class _Conveyor:
                 if isinstance(prepared, DeliveryResult):
                     result = prepared
                 else:
-                    envelope, self._message_id = prepared
-                    reply = self._transport.start(envelope, self._gate, self._done)
-                    if reply is None:
-                        return  # on the wire: _done goes on
-                    result = self._judged(reply)
+                    envelope, message_id = prepared
+                    txn = self._transport.prepare(envelope, self._gate, self._done, self._feed)
+                    if not isinstance(txn, Reply):
+                        self._flight.append((job, message_id))
+                        return txn
+                    result = self._judged(job, txn, message_id)
             except Exception as e:
-                self._end(e)
-                return
+                self._failed(e, job)
+                return None
             self._add(result)
             job = self._next()
-        self._end(None)
+        return None
+
+    def _feed(self) -> Transaction | None:
+        """The next transaction, asked for by the connection as a message is ended."""
+        if self._error is not None:
+            return None
+        return self._prepared(self._next())
 
     def _gate(self, resume: Resume) -> bool:
         return self._ledger.gate(self._ticket, resume)
 
     def _done(self, reply: Reply | None, error: BaseException | None) -> None:
-        """The transaction in flight has ended (a callback of the connection)."""
+        """The first transaction on the wire has ended (a callback of the connection)."""
+        job, message_id = self._flight.popleft()
         if reply is None:
-            self._end(_Unrecorded(str(error)))  # its gate: the last commit failed
+            self._failed(_Unrecorded(str(error)), job)  # its gate: the last commit failed
+        elif reply.stage == "queued" or reply.stage == "connect":
+            self._jobs.give_back(job)  # never tried: first again, on a fresh connection
+        else:
+            try:
+                result = self._judged(job, reply, message_id)
+            except Exception as e:
+                self._failed(e, job)
+            else:
+                self._add(result)
+        if self._flight:
+            return  # the next one's replies come next
+        if self._error is not None:
+            self._end()
             return
-        try:
-            result = self._judged(reply)
-        except Exception as e:
-            self._end(e)
-            return
-        self._add(result)
         self._go(self._next())
 
-    def _judged(self, reply: Reply) -> DeliveryResult:
-        if reply.stage != "connect":  # the relay answered
-            self._run._trouble = 0
-        return self._run._judge(self.job, reply, self._message_id)
+    def _failed(self, error: BaseException, job: Job) -> None:
+        """The first error stops the run (once nothing of it is in flight); a job that
+        fails after it goes back, for the run's end to give back to the ledger."""
+        if self._error is None:
+            self._error, self.job = error, job
+        else:
+            self._jobs.give_back(job)
+
+    def _judged(self, job: Job, reply: Reply, message_id: str) -> DeliveryResult:
+        self._run._trouble = 0  # the relay answered
+        return self._run._judge(job, reply, message_id)
 
     def _add(self, result: DeliveryResult) -> None:
         self._ticket = self._ledger.add(result)
@@ -862,19 +900,20 @@ class _Conveyor:
         """The next job, if it can go at once on this connection."""
         run = self._run
         if not self._chain or run.stop.is_set() or run._down is not None \
-                or not self._transport.connected \
-                or (self._per_connection and self.sent_here >= self._per_connection):
+                or not self._transport.connected or (
+                    self._per_connection
+                    and self.sent_here + len(self._flight) >= self._per_connection):
             return None
         return self._jobs.take()
 
-    def _end(self, error: BaseException | None) -> None:
+    def _end(self) -> None:
         fut = self._future
         if fut is None or fut.done():
             return
-        if error is None:
+        if self._error is None:
             fut.set_result(None)
         else:
-            fut.set_exception(error)
+            fut.set_exception(self._error)
 
 
 @contextlib.contextmanager

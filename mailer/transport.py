@@ -57,6 +57,7 @@ __all__ = [
     "SMTPSettings",
     "SMTPSetupError",
     "SMTPTransport",
+    "Transaction",
     "Transport",
     "classify",
     "send_one",
@@ -133,11 +134,21 @@ class Transport(Protocol):
         is, else the failure to report (stage "connect"). Raises ``SMTPSetupError``
         like ``connect``."""
 
-    def start(self, envelope: Envelope, gate: Gate | None, done: Done) -> Reply | None:
+    def start(self, envelope: Envelope, gate: Gate | None, done: Done,
+              feed: Feed | None = None) -> Reply | None:
         """Begin one transaction on the open connection, from a callback: the reply at
         once for a local refusal, else None and ``done`` follows (see
         ``SMTPTransport.start``). ``gate``, when given, is asked before the message
-        is ended (a big body is written first, a small one after)."""
+        is ended (a big body is written first, a small one after); ``feed`` gives the
+        next transaction as the message is ended."""
+
+    def prepare(self, envelope: Envelope, gate: Gate | None, done: Done,
+                feed: Feed | None = None) -> Transaction | Reply:
+        """The transaction for ``envelope`` (what a ``Feed`` returns), or its local
+        refusal."""
+
+    def begin(self, txn: Transaction) -> Reply | None:
+        """Put a prepared transaction on the wire (see ``SMTPTransport.begin``)."""
 
     async def send(self, envelope: Envelope) -> Reply:
         """One transaction. Never raises for SMTP-level failures; reconnects on the
@@ -296,6 +307,10 @@ Resume = Callable[[BaseException | None], None]
 Gate = Callable[[Resume], bool]
 # How a transaction ends: its reply, or the error its gate gave (then None).
 Done = Callable[[Reply | None, BaseException | None], None]
+# The sender's next transaction (``SMTPTransport.prepare``), asked for as a message is
+# ended: with PIPELINING its commands go in the same write as that end, so a message
+# costs one round trip and one write instead of two. None: nothing more for now.
+Feed = Callable[[], "Transaction | None"]
 
 
 class _ConnectionDead(Exception):
@@ -305,13 +320,14 @@ class _ConnectionDead(Exception):
 class _Txn:
     """One transaction on the wire, moved on by its replies (``_Wire.begin``)."""
 
-    __slots__ = ("answered", "commands", "done", "early", "end", "gate", "pieces",
+    __slots__ = ("answered", "commands", "done", "early", "end", "feed", "gate", "pieces",
                  "pipelined", "refusal", "result", "state", "timeout", "written")
 
     def __init__(self, commands: list[bytes], pipelined: bool, pieces: Sequence[bytes],
                  end: bytes, early: bool, gate: Gate | None, done: Done,
-                 timeout: float) -> None:
+                 timeout: float, feed: Feed | None) -> None:
         self.commands = commands
+        self.feed = feed
         self.pipelined = pipelined
         self.pieces = pieces
         self.end = end
@@ -324,6 +340,9 @@ class _Txn:
         self.answered = 0  # replies to them read
         self.refusal: Reply | None = None  # the first refusal of MAIL, RCPT or DATA
         self.result: Reply | None = None  # what to report once RSET is answered
+
+
+Transaction = _Txn  # what ``prepare`` makes, and a ``Feed`` gives back
 
 
 class _Wire(asyncio.Protocol):
@@ -343,7 +362,8 @@ class _Wire(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
         self.error: str | None = None
-        self._txn: _Txn | None = None
+        self._txn: _Txn | None = None  # the transaction whose replies come first
+        self._queued: _Txn | None = None  # the next, its commands already written
         # Kept: asyncio.get_running_loop() asks the kernel for the pid on each call.
         self._loop = asyncio.get_running_loop()
         self.closed = self._loop.create_future()
@@ -427,7 +447,7 @@ class _Wire(asyncio.Protocol):
         self.transport.close()
         self._wake()
         if self._txn is not None:
-            self._finish(_lost(self.error))
+            self._abandon(_lost(self.error))
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -497,6 +517,10 @@ class _Wire(asyncio.Protocol):
                 self._finish(_reply(code, text))
             elif code == 421:
                 self._closing(_reply(code, text))
+            elif self._queued is not None:
+                # The reply to the end of data ends the transaction, whatever it is
+                # (RFC 5321 §4.1.1.4): the next one, already on its way, starts clean.
+                self._finish(_reply(code, text))
             else:
                 self._reset(txn, _reply(code, text))
         elif state == _EMPTY_DATA:  # its reply says nothing more
@@ -531,12 +555,19 @@ class _Wire(asyncio.Protocol):
             self.abort("the message was not to be ended")
             self._txn = None
             txn.done(None, error)
+            self._abandon(None)
             return
         self._end(txn)
         self._pump()
 
     def _end(self, txn: _Txn) -> None:
-        self.transport.writelines((*txn.pieces, txn.end))
+        nxt = txn.feed() if txn.pipelined and txn.feed is not None else None
+        if nxt is None:
+            self.transport.writelines((*txn.pieces, txn.end))
+        else:  # RFC 2920 §3.1: MAIL may follow the end of data in the same group
+            self.transport.writelines((*txn.pieces, txn.end, *nxt.commands))
+            nxt.written = len(nxt.commands)
+            self._queued = nxt
         txn.pieces = ()
         if self._paused:  # the reply is read once the body is written (or times out)
             txn.state = _DRAIN
@@ -557,21 +588,34 @@ class _Wire(asyncio.Protocol):
         if self.error is None:
             self.error = f"the server is closing: {reply.code} {reply.text}"
         self.transport.close()
-        self._finish(reply)
+        self._abandon(reply)
 
     def _die(self, error: str) -> None:
         """Out of step or timed out: the transaction is lost, the connection closed."""
         if self.error is None:
             self.error = error
         self.transport.close()
-        self._finish(_lost(error))
+        self._abandon(_lost(error))
 
     def _finish(self, reply: Reply) -> None:
+        """``reply`` ends the first transaction; the queued one (if any) is next."""
         txn = self._txn
         assert txn is not None
-        self._txn = None
+        self._txn, self._queued = self._queued, None
         self._deadline = None
         txn.done(reply, None)
+
+    def _abandon(self, reply: Reply | None) -> None:
+        """The connection is over: the first transaction ends with ``reply`` (unless
+        reported already: None), and a queued one, whose MAIL may have been read but
+        none of whose replies were, as never tried (stage "queued")."""
+        txn, queued = self._txn, self._queued
+        self._txn = self._queued = None
+        self._deadline = None
+        if txn is not None and reply is not None:
+            txn.done(reply, None)
+        if queued is not None:
+            queued.done(_lost(self.error or "connection lost", "queued"), None)
 
     # used by SMTPTransport
 
@@ -583,8 +627,8 @@ class _Wire(asyncio.Protocol):
         self._wake()
 
     def cancel(self) -> None:
-        """Forget the transaction in flight, and drop the connection at once."""
-        self._txn = None
+        """Forget the transactions in flight, and drop the connection at once."""
+        self._txn = self._queued = None
         self.abort("the transaction was given up")
 
     def write(self, data: bytes) -> None:
@@ -774,21 +818,40 @@ class SMTPTransport:
             return exc.reply
         return None
 
-    def start(self, envelope: Envelope, gate: Gate | None, done: Done) -> Reply | None:
+    def start(self, envelope: Envelope, gate: Gate | None, done: Done,
+              feed: Feed | None = None) -> Reply | None:
         """Begin one transaction on the open connection (``connected``); callable from
         a callback. Returns the reply at once when nothing is to go on the wire (a
         local refusal); else None, and ``done(reply, None)`` follows from a callback
         of the connection, or ``done(None, error)`` when the gate gave ``error``.
         After a reply that ends the connection (a drop, a timeout, 421),
-        ``connected`` is False."""
-        # Local refusals come before anything is written: an address that cannot go
-        # on an SMTP command line, a message that needs SMTPUTF8 the relay lacks.
-        wired = _wired(envelope)
-        if isinstance(wired, Reply):
-            return wired
+        ``connected`` is False. With ``feed``, the next transaction is asked for as
+        this message is ended (``Feed``); each one's ``done`` comes in order, and one
+        that never got a reply before the connection ended is reported with stage
+        "queued": nothing of it was tried."""
+        txn = self.prepare(envelope, gate, done, feed)
+        if isinstance(txn, Reply):
+            return txn
+        return self.begin(txn)
+
+    def begin(self, txn: Transaction) -> Reply | None:
+        """Put a prepared transaction on the wire; the reply at once (stage "connect":
+        nothing was tried) when the session has ended meanwhile."""
         wire = self._wire
         if wire is None or wire.error is not None:
             return _lost(wire.error or "not connected" if wire else "not connected", "connect")
+        wire.begin(txn)
+        return None
+
+    def prepare(self, envelope: Envelope, gate: Gate | None, done: Done,
+                feed: Feed | None = None) -> Transaction | Reply:
+        """The transaction for ``envelope``, ready to go on this connection (for
+        ``start``, or for a ``Feed`` to return); or its local refusal, which comes
+        before anything is written: an address that cannot go on an SMTP command
+        line, a message that needs SMTPUTF8 the relay lacks."""
+        wired = _wired(envelope)
+        if isinstance(wired, Reply):
+            return wired
         if wired.utf8 and not self._smtputf8:
             return _no_smtputf8(envelope, wired.sender_utf8)
         params = b" BODY=8BITMIME" if self._eight_bit else b""
@@ -803,9 +866,8 @@ class SMTPTransport:
                     b"RCPT TO:<" + wired.recipient + b">\r\n", b"DATA\r\n"]
         last = next((p for p in reversed(pieces) if p), b"")
         end = _END if last.endswith(b"\r\n") else b"\r\n" + _END
-        wire.begin(_Txn(commands, self.pipelining, pieces, end, size >= EARLY_BODY_BYTES,
-                        gate, done, self.settings.timeout))
-        return None
+        return _Txn(commands, self.pipelining, pieces, end, size >= EARLY_BODY_BYTES, gate,
+                    done, self.settings.timeout, feed)
 
     async def send(self, envelope: Envelope) -> Reply:
         """One transaction (``start``), connecting first if need be."""

@@ -226,6 +226,24 @@ def test_deferrals_become_failures_after_the_lifetime(
     assert status_of(initialised, "dangban@wanxiang.example.org", "send-to") == "active"
 
 
+def test_a_refusal_at_the_end_of_data_leaves_the_next_pipelined_message_unharmed(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    """With PIPELINING the next envelope goes out with the end of a message, before
+    its reply: a 552 to that end ends only its own transaction. Every message gets
+    its own reply, on the same two connections throughout."""
+    s = prepare(run, initialised, config_file)
+    policy = Policy(concurrency=2, first_retry=0.0, max_retry=0.0, lifetime=0.0)
+    with smtp_server(Behaviour(pipelining=True, data_552=True)) as srv:
+        asyncio.run(sender(s, srv.port, policy=policy).run())
+    rows = ledger(initialised)
+    assert len(rows) == 14
+    assert {r["last_response"] for r in rows.values()} == {
+        "gave up after 1 tries: 5.3.4 Message too big"}
+    assert {r["last_code"] for r in rows.values()} == {552}
+    assert len(srv.sessions) == 2  # no reconnect: the replies stayed paired
+
+
 def test_dropped_connection_after_data_is_retried(
     run: CliRun, initialised: Path, config_file: Path, env: None
 ) -> None:
