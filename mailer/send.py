@@ -40,12 +40,13 @@ from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 from .clock import SYSTEM_CLOCK, Clock
 from .config import Config
-from .errors import CampaignLocked, RelayUnavailable, SenderRefused
+from .errors import CampaignLocked, RelayUnavailable, SenderRefused, StoreError
 from .locks import exclusive, holder_description, lock_path
 from .message import PreparedMessage, make_message_id
 from .models import DeliveryStatus
-from .stamps import parse_stamp
+from .stamps import parse_stamp, stamp
 from .store import DeliveryResult, Job, Now, Store
+from .store.journal import Journal, journal_path
 from .transport import Envelope, Outcome, Reply, Resume, Transaction, Transport
 
 T = TypeVar("T")
@@ -91,7 +92,7 @@ class Policy:
 
 @dataclass
 class Progress:
-    """Counts for this run, updated as replies are recorded."""
+    """Counts for this run, updated as replies come."""
 
     total: int = 0  # deliveries still to do when the run started
     sent: int = 0
@@ -129,6 +130,10 @@ class Database:
         self._started = False
         self._path = path
         self._clock = clock
+
+    @property
+    def clock(self) -> Now:
+        return self._clock
 
     async def call(self, fn: Callable[Concatenate[Store, P], T], /, *args: P.args,
                    **kwargs: P.kwargs) -> T:
@@ -198,43 +203,49 @@ def _settle(fut: asyncio.Future[Any], result: object, error: BaseException | Non
 
 
 class Ledger:
-    """Group commit of the replies, and the duplicate bound that goes with it.
+    """The replies on their way to the ledger, and the duplicate bound that goes with
+    them.
 
-    A connection does not wait for its message's reply to be committed before its
-    next transaction: it sends the next envelope at once (and a big body,
-    ``transport.EARLY_BODY_BYTES``), and waits only before it ends that message
-    (``gate``), so a ``kill -9`` still leaves at most one accepted-but-unrecorded
-    message per connection. Meanwhile the replies of the other connections pile up,
-    and one transaction records them all: a commit happens when a connection needs
-    one (it has reached the end of its next message, or has nothing left to send),
-    when the batch is large, or at the latest ``LINGER_S`` after the first reply in
-    it.
+    A connection does not wait for its message's reply to be recorded before its
+    next transaction (whose envelope goes out with the end of the message), and
+    waits only before it ends that next message (``gate``) until the reply is safe
+    from a ``kill -9``: appended to the campaign's journal (``store.journal``), which
+    takes one ``write`` on this thread for all the replies of a turn of the loop. So
+    a kill leaves at most one accepted-but-unrecorded message per connection.
 
-    All in callbacks on the loop, without a task or a future per reply: ``add``
-    returns a ticket (the number of the batch the reply is in), a commit's end wakes
-    the gates waiting for its ticket, and the database thread hands each commit back
-    with one ``call_soon_threadsafe``."""
+    The ledger's rows follow in group commits on the database thread that nothing
+    waits for: when a caller needs them (``want``: the run's own reads, its end),
+    when the batch is large, or ``LINGER_S`` after the first reply in it. A commit
+    is what counts a reply as recorded (``on_recorded``), and checks that the
+    campaign is still ours to send (``on_lost``). All in callbacks, without a task
+    or a future per reply."""
 
-    def __init__(self, db: Database, on_recorded: Callable[[DeliveryResult], None],
-                 holder: tuple[int, str], on_lost: Callable[[], None],
-                 on_failed: Callable[[Exception], None]) -> None:
+    def __init__(self, db: Database, journal: Journal,
+                 on_recorded: Callable[[DeliveryResult], None], holder: tuple[int, str],
+                 on_lost: Callable[[], None], on_failed: Callable[[Exception], None],
+                 on_error: Callable[[Exception], None]) -> None:
         self._db = db
+        self._journal = journal
         self._on_recorded = on_recorded
         self._holder = holder  # (campaign, owner): checked at each commit
         self._on_lost = on_lost
-        # Called for each result a commit failed to record: the run stops, and the
-        # gates waiting for that commit are given the error.
+        # Called for each result a commit failed to record: the run stops.
         self._on_failed = on_failed
-        self._batch: list[DeliveryResult] = []
-        self._ticket = 0  # the batch being filled
-        self._committed = -1  # the last batch whose commit has ended
-        self._errors: dict[int, BaseException] = {}  # batches that failed to commit
-        self._gates: list[tuple[int, Resume]] = []
+        # Called when the journal cannot be written: the run stops, and the gates
+        # waiting for it are given the error.
+        self._on_error = on_error
+        self._batch: list[DeliveryResult] = []  # not yet committed
+        self._journaled = 0  # how many of the batch are in the journal
+        self._appends = 0  # journal appends made: the ticket of the next reply
+        self._gates: list[Resume] = []  # waiting for the next append
+        self._flushing = False
+        self._error: Exception | None = None
         self._committing = False
         self._wanted = False
         self._kicked = False
         self._closed: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._clock = db.clock
         self._loop = asyncio.get_running_loop()  # kept: each lookup costs a getpid()
 
     def add(self, result: DeliveryResult) -> int:
@@ -244,23 +255,45 @@ class Ledger:
             self.want()
         elif self._timer is None:
             self._timer = self._loop.call_later(LINGER_S, self.want)
-        return self._ticket
+        return self._appends
 
     def gate(self, ticket: int | None, resume: Resume) -> bool:
         """A message's gate (``transport.Gate``): open (True) once the result behind
-        ``ticket`` is committed; else ``resume`` is called when its commit ends, with
-        the error if it failed."""
-        if ticket is None:
+        ``ticket`` is in the journal; else ``resume`` is called after the append that
+        takes it, at the end of this turn of the loop (with the error if it failed)."""
+        if ticket is None or ticket < self._appends:
             return True
-        if ticket <= self._committed:
-            error = self._errors.get(ticket)
-            if error is None:
-                return True
-            self._loop.call_soon(resume, error)
+        if self._error is not None:
+            self._loop.call_soon(resume, self._error)
             return False
-        self._gates.append((ticket, resume))
-        self.want()
+        self._gates.append(resume)
+        if not self._flushing:
+            self._flushing = True
+            self._loop.call_soon(self._flush)
         return False
+
+    def _flush(self) -> None:
+        """Append what is not in the journal yet, in one write; open the gates."""
+        self._flushing = False
+        self._append()
+        gates, self._gates = self._gates, []
+        for resume in gates:
+            resume(self._error)
+
+    def _append(self) -> None:
+        fresh = self._batch[self._journaled:]
+        if not fresh or self._error is not None:
+            return
+        try:
+            self._journal.append(stamp(self._clock()), fresh)
+        except OSError as e:
+            self._error = StoreError(f"{self._journal.path}: could not write the reply journal: "
+                                     f"{e.strerror or e}; free some disk space, then "
+                                     "`mailer send --resume`")
+            self._on_error(self._error)
+            return
+        self._journaled = len(self._batch)
+        self._appends += 1
 
     def want(self) -> None:
         """Commit what is queued as soon as the previous commit is done (from the
@@ -284,20 +317,17 @@ class Ledger:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._append()  # the journal first: it is what the gates and a crash rely on
         batch, self._batch = self._batch, []
-        ticket = self._ticket
-        self._ticket += 1
+        self._journaled = 0
         self._committing = True
-        self._db.submit(functools.partial(self._done, ticket, batch),
-                        _record, batch, *self._holder)
+        self._db.submit(functools.partial(self._done, batch), _record, batch, *self._holder)
 
-    def _done(self, ticket: int, batch: list[DeliveryResult], held: bool | None,
+    def _done(self, batch: list[DeliveryResult], held: bool | None,
               error: BaseException | None) -> None:
         """A commit has ended (on the loop, from the database thread)."""
         self._committing = False
-        self._committed = ticket
         if error is not None:
-            self._errors[ticket] = error
             failed = error if isinstance(error, Exception) else RuntimeError(str(error))
             for _ in batch:
                 self._on_failed(failed)
@@ -306,12 +336,6 @@ class Ledger:
                 self._on_recorded(result)
             if not held:
                 self._on_lost()
-        if self._gates:
-            ready = [g for g in self._gates if g[0] <= ticket]
-            if ready:
-                self._gates = [g for g in self._gates if g[0] > ticket]
-                for t, resume in ready:
-                    resume(self._errors.get(t))
         if self._batch and (self._wanted or self._closed is not None
                             or len(self._batch) >= BATCH_MAX):
             self._commit()
@@ -476,6 +500,8 @@ class Run:
     _claimed: int = 0
     _in_flight: int = 0
     _trouble: int = 0  # consecutive session failures
+    _owed: bool = False  # the journal may hold a reply the ledger lacks
+    _unrecorded_results: int = 0
     _down: Reply | None = None  # the relay counts as down; the last failure
 
     async def run(self) -> Progress:
@@ -490,15 +516,19 @@ class Run:
             db = Database(self.database, clock=self.clock.now)
             try:
                 await db.call(Store.take_over, self.campaign_id, self.owner)
+                journal = Journal(journal_path(self.database, self.campaign_id))
                 try:
-                    return await self._run(db)
+                    return await self._run(db, journal)
                 finally:
+                    # Kept when a reply in it may be missing from the ledger (a commit
+                    # failed, the run was cancelled): the next sender records it.
+                    journal.close(remove=not self._owed)
                     await db.call(Store.finish_if_done, self.campaign_id)
                     await db.call(Store.release, self.campaign_id, self.owner)
             finally:
                 await db.close()
 
-    async def _run(self, db: Database) -> Progress:
+    async def _run(self, db: Database, journal: Journal) -> Progress:
         self.progress.clock, self.progress.started = self.clock, self.clock.monotonic()
         c = await db.call(Store.campaign, self.campaign_id)
         self.progress.total = sum(c.counts.get(s.value, 0) for s in
@@ -506,7 +536,7 @@ class Run:
                                    DeliveryStatus.SENDING))
         pauses = 0
         while True:
-            await self._pass(db)
+            await self._pass(db, journal)
             down, self._down, self._trouble = self._down, None, 0
             if down is None or self.stop.is_set():
                 return self.progress
@@ -523,7 +553,7 @@ class Run:
             if self.stop.is_set():
                 return self.progress
 
-    async def _pass(self, db: Database) -> None:
+    async def _pass(self, db: Database, journal: Journal) -> None:
         """Send over fresh connections until nothing is due, ``stop``, or the relay is
         down (``self._down``)."""
         first = self.connect()
@@ -535,8 +565,10 @@ class Run:
         transports = [first] + [self.connect() for _ in range(self.policy.concurrency - 1)]
         jobs = _Jobs(max(self.policy.concurrency * 4, 64), takers=len(transports))
         abort: list[BaseException] = []
-        ledger = Ledger(db, self._recorded, (self.campaign_id, self.owner), self.stop.set,
-                        functools.partial(self._unrecorded, abort))
+        self._owed = True
+        ledger = Ledger(db, journal, self._recorded, (self.campaign_id, self.owner),
+                        self.stop.set, functools.partial(self._unrecorded, abort),
+                        functools.partial(self._stopped_by, abort))
         limiter = RateLimiter(self.policy.rate, clock=self.clock)
         workers = [
             asyncio.create_task(self._worker(t, jobs, ledger, limiter, abort, db))
@@ -555,6 +587,7 @@ class Run:
             left = jobs.close()
             await asyncio.gather(*workers, return_exceptions=True)
             await ledger.close()
+            self._owed = self._unrecorded_results > 0
             left += jobs.close()
             if left:
                 self._in_flight -= len(left)
@@ -703,14 +736,18 @@ class Run:
                 conveyor.sent_here = 0
 
     def _recorded(self, result: DeliveryResult) -> None:
-        """A reply is committed."""
+        """A reply is committed (it was counted as it came)."""
         self._in_flight -= 1
-        self._count(result)
 
     def _unrecorded(self, abort: list[BaseException], error: Exception) -> None:
         """A reply could not be committed (disk full, I/O error): the run stops, and
-        its row stays claimed (pending again when the campaign is taken over)."""
+        its row stays claimed (pending again when the campaign is taken over; the
+        journal has the reply)."""
         self._in_flight -= 1
+        self._unrecorded_results += 1
+        self._stopped_by(abort, error)
+
+    def _stopped_by(self, abort: list[BaseException], error: Exception) -> None:
         if not any(e is error for e in abort):
             abort.append(error)
         self.stop.set()
@@ -895,6 +932,7 @@ class _Conveyor:
     def _add(self, result: DeliveryResult) -> None:
         self._ticket = self._ledger.add(result)
         self.sent_here += 1
+        self._run._count(result)
 
     def _next(self) -> Job | None:
         """The next job, if it can go at once on this connection."""

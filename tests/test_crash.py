@@ -27,6 +27,9 @@ from typing import Any
 
 import pytest
 
+from mailer.models import DeliveryStatus
+from mailer.store.journal import journal_path, read_journal
+
 from .conftest import REPO, Run, ledger
 from .processes import Command, start_mailer
 from .smtp_server import Behaviour, Received, Server, smtp_server
@@ -95,10 +98,15 @@ def message_id(m: Received) -> str:
 
 def in_doubt(srv: Server, db: Path) -> set[str]:
     """After a kill: what the server has that the ledger does not call sent (these go
-    out again). Also checks that nothing is marked sent that did not arrive."""
+    out again). The ledger is its rows and the killed sender's reply journal, whose
+    replies the next sender records before it sends anything. Also checks that
+    nothing is marked sent that did not arrive."""
     received = {to for m in srv.messages for to in m.rcpt_tos}
     rows = ledger(db)
     sent = {a for a, r in rows.items() if r["status"] == "sent"}
+    by_id = {r["id"]: a for a, r in rows.items()}
+    for _, results in read_journal(journal_path(db, 1)):
+        sent |= {by_id[r.delivery_id] for r in results if r.status is DeliveryStatus.SENT}
     assert sent <= received, f"marked sent, never received: {sorted(sent - received)[:5]}"
     return received - sent
 

@@ -95,3 +95,24 @@ def test_claim_and_commit_keep_every_field_exactly(run: Run, initialised: Path,
     deferred = {r.delivery_id for r in results if r.status is DeliveryStatus.DEFERRED}
     assert again is not None and {j.delivery_id for j in again} == deferred
     assert {j.attempts for j in again} == {2}
+
+
+def test_a_row_given_back_untried_is_as_it_was_before_the_claim(
+        run: Run, initialised: Path, config_file: Path, env: None) -> None:
+    """``unclaim``: a row claimed for the first time is pending again with no attempt;
+    a retry claimed and given back untried is deferred again, its one attempt kept."""
+    s = prepare(run, initialised, config_file)
+    t0 = dt.datetime(2026, 12, 2, 9, tzinfo=dt.UTC)
+    with Store.open(s.db) as store:
+        store.take_over(s.campaign_id, "me")
+        first, second = store.claim(s.campaign_id, "me", 2, t0) or []
+        store.record_results([DeliveryResult(second.delivery_id, DeliveryStatus.DEFERRED, 451,
+                                             "4.3.0 later", "<m@x>", next_attempt_at=t0)])
+        again = [j for j in store.claim(s.campaign_id, "me", 20, t0) or []
+                 if j.delivery_id == second.delivery_id]
+        assert [j.attempts for j in again] == [2]
+        store.unclaim([first.delivery_id, second.delivery_id])
+    rows = _stored(s.db, s.campaign_id)
+    assert rows[first.delivery_id][7:9] == ("pending", 0)
+    assert rows[second.delivery_id][7:9] == ("deferred", 1)
+    assert rows[second.delivery_id][10] == stamp(t0)  # its retry time, kept

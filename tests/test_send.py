@@ -24,10 +24,12 @@ import pytest
 from mailer import config as config_mod
 from mailer.clock import ManualClock
 from mailer.compose import Outbox, compose
-from mailer.errors import RelayUnavailable, SendError
+from mailer.errors import RelayUnavailable, SendError, StoreError
+from mailer.models import DeliveryStatus
 from mailer.send import Policy, Progress, Run
 from mailer.stamps import parse_stamp
 from mailer.store import Store
+from mailer.store.journal import journal_path, read_journal
 from mailer.transport import SMTPSettings, SMTPTransport
 
 from .conftest import BASE_URL, REPO, ledger
@@ -524,14 +526,15 @@ def test_relay_that_dies_midway_stops_the_run_without_walking_the_rest(
 # server (aiosmtpd, in its own thread) has been seen to leave such a session's socket
 # to the garbage collector, whose ResourceWarning would fail this test at random.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_a_commit_that_fails_stops_the_run_and_ends_no_message_after_it(
+def test_a_commit_that_fails_stops_the_run_and_a_resume_sends_only_the_rest(
     run: CliRun, initialised: Path, config_file: Path, env: None
 ) -> None:
-    """A connection sends its next message while the reply to its last one is being
-    committed, but ends it only once that commit is done. When the commit fails
+    """A connection ends a message only once the reply to its last one is in the
+    reply journal; the ledger's rows follow in group commits. When a commit fails
     (here a real SQLite error from a trigger, as a full disk would give), the run
-    stops with the error and no message is ended after it: the relay holds at most
-    one accepted-but-unrecorded message per connection; a resume sends the rest."""
+    stops with the error; the journal keeps what the ledger lacks, so the relay holds
+    at most one accepted-but-unrecorded message per connection, and a resume records
+    the journal first and sends only the rest."""
     s = prepare(run, initialised, config_file, extra=many(186))  # 200 recipients
     conn = sqlite3.connect(initialised)
     conn.execute(
@@ -549,10 +552,14 @@ def test_a_commit_that_fails_stops_the_run_and_ends_no_message_after_it(
         received = Counter(to for m in srv.messages for to in m.rcpt_tos)
         rows = ledger(initialised)
         recorded = {a for a, r in rows.items() if r["status"] == "sent"}
-        assert 0 < len(recorded) <= 40 and set(received) >= recorded
-        assert len(set(received) - recorded) <= concurrency  # ended, not recorded
-        assert {r["status"] for a, r in rows.items() if a not in recorded} <= {
-            "pending", "sending"}
+        assert len(recorded) <= 40 and set(received) >= recorded
+        by_id = {r["id"]: a for a, r in rows.items()}
+        journaled = {by_id[r.delivery_id]
+                     for _, results in read_journal(journal_path(initialised, s.campaign_id))
+                     for r in results if r.status is DeliveryStatus.SENT}
+        assert journaled - recorded  # kept: the failed commit's replies
+        assert set(received) >= journaled
+        assert len(set(received) - recorded - journaled) <= concurrency  # ended, unrecorded
         conn = sqlite3.connect(initialised)
         conn.execute("DROP TRIGGER full_disk")
         conn.commit()
@@ -563,7 +570,36 @@ def test_a_commit_that_fails_stops_the_run_and_ends_no_message_after_it(
     assert progress.failed == 0 and len(counts) == 200
     assert sum(n - 1 for n in counts.values()) <= concurrency
     assert {r["status"] for r in ledger(initialised).values()} == {"sent"}
+    assert not journal_path(initialised, s.campaign_id).exists()  # recorded, removed
     gc.collect()  # such a socket is collected here, not in whichever test runs next
+
+
+def test_a_reply_journal_that_cannot_be_written_stops_the_run_and_ends_no_message_after_it(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    """The journal on a full disk (``/dev/full``, which refuses every write with
+    ENOSPC): no connection ends a second message, since the reply to its first is not
+    safe; the run stops with one clear error, and what the relay took is in the
+    ledger. A resume, with room again, sends the rest, each once."""
+    s = prepare(run, initialised, config_file, extra=many(86))  # 100 recipients
+    journal = journal_path(initialised, s.campaign_id)
+    journal.symlink_to("/dev/full")
+    concurrency = 4
+    policy = Policy(concurrency=concurrency, first_retry=0.0, max_retry=0.0)
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        with pytest.raises(StoreError, match="could not write the reply journal"):
+            asyncio.run(sender(s, srv.port, policy=policy).run())
+        srv.settle()
+        received = {to for m in srv.messages for to in m.rcpt_tos}
+        assert 0 < len(received) <= concurrency  # each connection's first message only
+        rows = ledger(initialised)
+        assert {a for a, r in rows.items() if r["status"] == "sent"} == received
+        assert not journal.exists()  # nothing owed: the ledger has every reply
+        progress = asyncio.run(sender(s, srv.port, policy=policy).run())
+        srv.settle()
+    counts = Counter(to for m in srv.messages for to in m.rcpt_tos)
+    assert progress.failed == 0 and len(counts) == 100 and set(counts.values()) == {1}
+    assert {r["status"] for r in ledger(initialised).values()} == {"sent"}
 
 
 def test_a_message_that_cannot_be_built_fails_alone(

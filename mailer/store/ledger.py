@@ -456,10 +456,16 @@ class LedgerMixin(StoreBase):
 
     def take_over(self, campaign_id: int, owner: str) -> None:
         """Become the campaign's sender. Called only under the campaign's kernel lock
-        (``mailer.locks``), so no other sender is alive: rows a previous one left in
-        flight (a crash) go back to pending. They may have gone out (a bounded
-        duplicate, same Message-ID), but none is lost."""
+        (``mailer.locks``), so no other sender is alive: the replies a previous one
+        journaled (``store.journal``) are recorded first, then rows it left in flight
+        (a crash) go back to pending. They may have gone out (a bounded duplicate,
+        same Message-ID), but none is lost."""
+        from .journal import journal_path, read_journal
+
+        journal = journal_path(self.path, campaign_id)
         with self.write():
+            for at, results in read_journal(journal):
+                self.record_results(results, at=at)
             r = self.db.execute("SELECT status FROM campaigns WHERE id = ?",
                                 [campaign_id]).fetchone()
             if r is None:
@@ -475,6 +481,8 @@ class LedgerMixin(StoreBase):
                 "WHERE campaign_id = ? AND status = 'sending'",
                 [self._now(), campaign_id],
             )
+        if journal.is_file():
+            journal.unlink()  # recorded: applying it again would change nothing
 
     def release(self, campaign_id: int, owner: str) -> None:
         with self.write():
@@ -541,20 +549,25 @@ class LedgerMixin(StoreBase):
             return jobs
 
     def unclaim(self, delivery_ids: Sequence[int]) -> None:
-        """Give back claimed rows that were never sent (a stop between claim and send)."""
+        """Give back claimed rows that were never sent (a stop between claim and send),
+        as they were before the claim: a row tried before (a retry) is deferred again,
+        with its retry time; one never tried is pending."""
         with self.write():
             for did in delivery_ids:
                 self.db.execute(
-                    "UPDATE deliveries SET status = 'pending', attempts = attempts - 1 "
+                    "UPDATE deliveries SET attempts = attempts - 1, status = CASE "
+                    "WHEN attempts > 1 THEN 'deferred' ELSE 'pending' END "
                     "WHERE id = ? AND status = 'sending'",
                     [did],
                 )
 
-    def record_results(self, results: Sequence[DeliveryResult]) -> None:
-        """Record replies in one transaction (a group commit for many connections)."""
+    def record_results(self, results: Sequence[DeliveryResult], *, at: str | None = None
+                       ) -> None:
+        """Record replies in one transaction (a group commit for many connections),
+        as of ``at`` (a stamp; default now)."""
         if not results:
             return
-        now = self._now()
+        now = at or self._now()
         with self.write():
             self.db.conn.execute(_BATCH_RESULTS, [now, json.dumps(
                 [(res.delivery_id, res.status.value, res.code, res.response[:500],

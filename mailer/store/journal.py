@@ -1,0 +1,87 @@
+"""The reply journal: a sender's replies, kept on disk before the ledger has them.
+
+A message may be ended only once the reply to the connection's previous one is
+safe from a ``kill -9`` (the duplicate bound, ``mailer.send``). Appending that reply
+to a file beside the database makes it so the moment ``write`` returns, in the
+sender's own thread; the ledger's SQLite rows follow in group commits of a few
+hundred replies, a few times a second, that nothing waits for. After a crash the
+journal holds the replies the ledger may lack; the next sender of the campaign
+(``Store.take_over``, under the campaign's kernel lock) applies them before it
+sends anything, then removes the file.
+
+One line per append: ``[stamp, [[delivery id, status, code, response, message
+id, next attempt, bounce], ...]]`` in JSON. Applying a line twice gives the same
+rows, so a line applied and then found again (a crash between the ledger's commit
+and the file's removal) does no harm; lines are applied in order, so a later
+reply for the same delivery wins. A last line cut short (the disk filled up) is
+not a reply anyone relied on: its append failed, so its message was never ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from ..errors import StoreError
+from ..models import DeliveryStatus
+from ..stamps import parse_stamp
+from ..stamps import stamp as stamp_of
+from .ledger import DeliveryResult
+
+__all__ = ["Journal", "journal_path", "read_journal"]
+
+
+def journal_path(database: Path, campaign_id: int) -> Path:
+    """``<database>.campaign-<id>.journal``, beside the database."""
+    return database.with_name(f"{database.name}.campaign-{campaign_id}.journal")
+
+
+class Journal:
+    """The journal of one campaign, open for appending (one sender at a time: the
+    caller holds the campaign's kernel lock)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                               0o600)
+        except OSError as e:
+            raise StoreError(f"cannot open the reply journal {path}: {e.strerror}") from None
+
+    def append(self, stamp: str, results: Sequence[DeliveryResult]) -> None:
+        """One line for ``results``, recorded at ``stamp``; raises ``OSError`` (the
+        disk is full) when it could not be written whole."""
+        line = json.dumps([stamp, [
+            (r.delivery_id, r.status.value, r.code, r.response[:500], r.message_id,
+             stamp_of(r.next_attempt_at) if r.next_attempt_at else None, r.bounce)
+            for r in results]], ensure_ascii=False).encode("utf-8") + b"\n"
+        view = memoryview(line)
+        while view:  # a regular file takes it in one write, but nothing promises so
+            view = view[os.write(self._fd, view):]
+
+    def close(self, *, remove: bool) -> None:
+        """Close; with ``remove``, the ledger has every reply and the file goes."""
+        os.close(self._fd)
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
+def read_journal(path: Path) -> Iterator[tuple[str, list[DeliveryResult]]]:
+    """Each complete line of the journal at ``path``: its stamp and its replies, in
+    the order they were appended. Nothing when there is no journal."""
+    if not path.is_file():  # none; or not a file of ours (a device: never read)
+        return
+    data = path.read_bytes()
+    for raw in data.split(b"\n"):
+        try:
+            stamp, rows = json.loads(raw)
+        except ValueError:
+            continue  # the cut-short last line (or an empty one)
+        yield stamp, [
+            DeliveryResult(delivery_id, DeliveryStatus(status), code, response, message_id,
+                           parse_stamp(later) if later else None, bounce)
+            for delivery_id, status, code, response, message_id, later, bounce in rows]
