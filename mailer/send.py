@@ -3,18 +3,18 @@
 Guarantees, and how they are kept:
 
 * **Nothing missed.** Work comes only from the ledger (``Store.claim``); a row is
-  ``sent`` only in the committed transaction that records the server's 2xx to
-  DATA. Rows claimed but not recorded go back to pending when a sender takes the
-  campaign over after a crash.
+  ``sent`` only with the server's 2xx to DATA, in the reply journal
+  (``store.journal``) and then in a committed transaction. Rows claimed but not
+  recorded go back to pending when a sender takes the campaign over after a crash,
+  once the journal's replies are recorded.
 * **Duplicates bounded by the connections.** A connection does not end its next
-  message (the final ``.`` of DATA) until the reply to its last one is committed,
-  so a ``kill -9`` can leave at most one accepted-but-unrecorded message per
-  connection. A resent duplicate carries the same Message-ID (it depends only on
-  campaign and recipient).
+  message (the final ``.`` of DATA) until the reply to its last one is in the
+  journal, so a ``kill -9`` can leave at most one accepted-but-unrecorded message
+  per connection. A resent duplicate carries the same Message-ID (it depends only
+  on campaign and recipient).
 * **Fast.** SQLite calls run on one database thread, off the event loop. Replies
-  are group-committed (``Ledger``): a connection goes on with its next envelope
-  while its last reply waits, so the replies of many connections go in one
-  transaction, not one each. Messages are written from bytes prepared once per
+  are journaled in one write per turn of the loop and group-committed
+  (``Ledger``) in batches that no connection waits for. Messages are written from bytes prepared once per
   (issue, list) (``mailer.message``), without joining them per recipient, and
   sent pipelined (``mailer.transport``). On the plain path everything per message
   runs in callbacks (``_Conveyor``, ``Ledger``, ``transport._Wire``): a reply
@@ -56,7 +56,8 @@ P = ParamSpec("P")
 # (each recipient would cost a timeout) and backs off instead.
 RELAY_TROUBLE_LIMIT = 3
 # Group commit (``Ledger``): the most replies in one transaction, and the longest a
-# reply waits for one when no connection needs it committed sooner.
+# reply waits for one when the run does not need it committed sooner (it is in the
+# journal meanwhile: other processes see the ledger at most about this far behind).
 BATCH_MAX = 256
 LINGER_S = 0.05
 # How often a wait for I/O (replies in flight) looks again. Such waits take real
@@ -360,8 +361,8 @@ class Ledger:
 def _record(store: Store, results: list[DeliveryResult], campaign_id: int, owner: str
             ) -> bool:
     """Record a batch; whether the campaign is still ours to send. The commits come
-    every few messages, so a pause or a cancel is seen there at once, whatever the
-    size of the claims."""
+    at least every ``LINGER_S`` while replies come, so a pause or a cancel is seen
+    within that, whatever the size of the claims."""
     store.record_results(results)
     return store.holds(campaign_id, owner)
 

@@ -2,10 +2,11 @@
 
 Sending is restartable because the ledger, not the sender's memory, says what is
 left: starting a campaign writes every delivery row in one transaction; a sender
-claims rows (status ``sending``), and a row becomes ``sent`` only in the
-transaction that records the server's 250 reply. After a crash, rows left
-``sending`` go back to ``pending`` when a sender takes the campaign over, so the
-only mail that can go out twice is what was in flight at the crash.
+claims rows (status ``sending``), and a row becomes ``sent`` only with the server's
+250 reply, journaled first (``store.journal``) and recorded in a group commit
+after. After a crash, a sender taking the campaign over records the journal's
+replies, and rows still ``sending`` go back to ``pending``, so the only mail that
+can go out twice is what was in flight at the crash.
 """
 
 from __future__ import annotations
