@@ -14,9 +14,10 @@ Guarantees, and how they are kept:
   on campaign and recipient).
 * **Fast.** SQLite calls run on one database thread, off the event loop. Replies
   are journaled in one write per turn of the loop and group-committed
-  (``Ledger``) in batches that no connection waits for. Messages are written from bytes prepared once per
-  (issue, list) (``mailer.message``), without joining them per recipient, and
-  sent pipelined (``mailer.transport``). On the plain path everything per message
+  (``Ledger``) in batches that no connection waits for. Messages are written from
+  bytes prepared once per (issue, list) (``mailer.message``), without joining them
+  per recipient, and sent pipelined (``mailer.transport``), the next envelope with
+  the end of the message before it. On the plain path everything per message
   runs in callbacks (``_Conveyor``, ``Ledger``, ``transport._Wire``): a reply
   starts the next message from the connection's own callback, and a commit's end
   opens the gates waiting for it, so no task wakes up per message.
@@ -564,7 +565,15 @@ class Run:
             self._down = Reply(0, str(e) or type(e).__name__, Outcome.DEFERRED, "connect")
             return
         transports = [first] + [self.connect() for _ in range(self.policy.concurrency - 1)]
-        jobs = _Jobs(max(self.policy.concurrency * 4, 64), takers=len(transports))
+        # Unpaced, deep enough that a connection never finds it empty while a claim
+        # is on its way (at 16 connections they empty 64 in a few ms, and one that
+        # finds none leaves its pipelined chain); paced by a rate limit, shallow, so
+        # that an unsubscribe during the campaign still finds its row unclaimed (a
+        # claim skips it) for all but the next seconds' messages. Claimed half at a
+        # time.
+        depth = max(self.policy.concurrency * 4, 64) if self.policy.rate > 0 \
+            else max(self.policy.concurrency * 16, 256)
+        jobs = _Jobs(depth, takers=len(transports))
         abort: list[BaseException] = []
         self._owed = True
         ledger = Ledger(db, journal, self._recorded, (self.campaign_id, self.owner),
