@@ -45,7 +45,7 @@ from .errors import CampaignLocked, RelayUnavailable, SenderRefused, StoreError
 from .locks import exclusive, holder_description, lock_path
 from .message import PreparedMessage, make_message_id
 from .models import DeliveryStatus
-from .stamps import parse_stamp, stamp
+from .stamps import parse_stamp
 from .store import DeliveryResult, Job, Now, Store
 from .store.journal import Journal, journal_path
 from .transport import Envelope, Outcome, Reply, Resume, Transaction, Transport
@@ -287,7 +287,7 @@ class Ledger:
         if not fresh or self._error is not None:
             return
         try:
-            self._journal.append(stamp(self._clock()), fresh)
+            self._journal.append(self._clock().timestamp(), fresh)
         except OSError as e:
             self._error = StoreError(f"{self._journal.path}: could not write the reply journal: "
                                      f"{e.strerror or e}; free some disk space, then "

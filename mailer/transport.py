@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import functools
 import re
 import ssl
 from collections.abc import Callable, Sequence
@@ -288,6 +289,7 @@ async def _open(settings: SMTPSettings) -> aiosmtplib.SMTP:
 
 _MAX_REPLY = 32 * 1024
 _END = b".\r\n"  # the end of DATA, after a body that ends with CRLF
+_CRLF_END = b"\r\n" + _END
 # A body at least this big is written before the wait for the previous message's
 # commit (the gate) rather than after it.
 EARLY_BODY_BYTES = 32 * 1024
@@ -377,6 +379,21 @@ class _Wire(asyncio.Protocol):
     # asyncio callbacks
 
     def data_received(self, data: bytes) -> None:
+        if not self._buffer and data.endswith(b"\n"):
+            # Nearly every read on the bulk path: whole one-line replies, nothing
+            # left over (a reply cut across reads, or one of several lines, takes
+            # the general way below from the line where it starts).
+            whole = data.split(b"\n")
+            whole.pop()  # after the last newline: nothing
+            replies = self._replies
+            for i, line in enumerate(whole):
+                if line[3:4] == b"-" or not line[:3].isdigit():
+                    data = b"\n".join(whole[i:]) + b"\n"
+                    break
+                replies.append((int(line[:3]), line[4:].strip().decode("utf-8", "replace")))
+            else:
+                self._handle_replies()
+                return
         buf = self._buffer
         buf += data
         start = 0
@@ -390,6 +407,10 @@ class _Wire(asyncio.Protocol):
             code = int(buf[start : start + 3])
             if buf[start + 3 : start + 4] == b"-":
                 lines = buf[start:end].split(b"\n")[:-1]
+                for ln in lines:  # RFC 5321 §4.2.1: every line begins with the code
+                    if ln[:3] != buf[start : start + 3]:
+                        self._fail(f"malformed reply {bytes(ln[:80])!r}")
+                        return
                 text = "\n".join(ln[4:].strip().decode("utf-8", "replace") for ln in lines)
             else:  # one line, as nearly every reply on the bulk path
                 text = buf[start + 4 : end].strip().decode("utf-8", "replace")
@@ -400,6 +421,9 @@ class _Wire(asyncio.Protocol):
         if len(buf) > _MAX_REPLY:
             self._fail("reply too long")
             return
+        self._handle_replies()
+
+    def _handle_replies(self) -> None:
         # Bytes that are not yet a whole reply wake nobody: TCP, TLS records and
         # proxies cut replies anywhere, and the rest follows in a later read.
         if self._replies:
@@ -717,6 +741,13 @@ def _mailbox(address: str, stage: str) -> tuple[bytes, bool] | Reply:
     return wire.envelope.encode("utf-8"), wire.smtputf8
 
 
+@functools.lru_cache(maxsize=64)
+def _sender_mailbox(address: str) -> tuple[bytes, bool] | Reply:
+    """``_mailbox`` for MAIL: checked once per sender address, not per message (one
+    address for a whole campaign, unless each delivery has its own, VERP)."""
+    return _mailbox(address, "mail")
+
+
 class _Wired(NamedTuple):
     """An envelope's addresses as they go on MAIL/RCPT, and whether the transaction
     needs SMTPUTF8. (A tuple: built for every message, a frozen dataclass cost more
@@ -731,7 +762,7 @@ class _Wired(NamedTuple):
 def _wired(envelope: Envelope) -> _Wired | Reply:
     """The envelope ready for the wire, or the local refusal that comes before
     anything is written: an address that cannot go on an SMTP command line."""
-    sender = _mailbox(envelope.sender, "mail")
+    sender = _sender_mailbox(envelope.sender)
     if isinstance(sender, Reply):
         return sender
     recipient = _mailbox(envelope.recipient, "rcpt")
@@ -864,8 +895,12 @@ class SMTPTransport:
             params += b" SIZE=%d" % size
         commands = [b"MAIL FROM:<" + wired.sender + b">" + params + b"\r\n",
                     b"RCPT TO:<" + wired.recipient + b">\r\n", b"DATA\r\n"]
-        last = next((p for p in reversed(pieces) if p), b"")
-        end = _END if last.endswith(b"\r\n") else b"\r\n" + _END
+        end = _CRLF_END  # unless the body's last bytes are a CRLF
+        for piece in reversed(pieces):
+            if piece:
+                if piece.endswith(b"\r\n"):
+                    end = _END
+                break
         return _Txn(commands, self.pipelining, pieces, end, size >= EARLY_BODY_BYTES, gate,
                     done, self.settings.timeout, feed)
 
