@@ -17,6 +17,7 @@ from mailer import config as config_mod
 from mailer.models import DeliveryStatus
 from mailer.stamps import stamp
 from mailer.store import DeliveryResult, Store
+from mailer.store.journal import Journal, journal_path
 
 from .conftest import Run
 from .test_send import SECRET, prepare
@@ -116,3 +117,39 @@ def test_a_row_given_back_untried_is_as_it_was_before_the_claim(
     assert rows[first.delivery_id][7:9] == ("pending", 0)
     assert rows[second.delivery_id][7:9] == ("deferred", 1)
     assert rows[second.delivery_id][10] == stamp(t0)  # its retry time, kept
+
+
+def test_a_crashed_senders_journal_is_recorded_before_anything_is_sent(
+        run: Run, initialised: Path, config_file: Path, env: None) -> None:
+    """The journal a killed sender leaves (``store.journal``): the next sender's
+    take-over records every complete line, in order (a later reply for the same
+    delivery wins), at the time each was journaled; skips a last line cut short
+    (its append failed, so no message waited for it); then removes the file, and
+    puts the rows still in flight back to pending."""
+    s = prepare(run, initialised, config_file)
+    t0 = dt.datetime(2026, 12, 2, 9, tzinfo=dt.UTC)
+    with Store.open(s.db) as store:
+        store.take_over(s.campaign_id, "first")
+        a, b, c = store.claim(s.campaign_id, "first", 3, t0) or []
+    path = journal_path(s.db, s.campaign_id)
+    journal = Journal(path)
+    journal.append(t0.timestamp(), [
+        DeliveryResult(a.delivery_id, DeliveryStatus.DEFERRED, 451, "4.3.0 later", "<a@x>",
+                       next_attempt_at=t0 + dt.timedelta(minutes=1)),
+        DeliveryResult(b.delivery_id, DeliveryStatus.SENT, 250, "2.0.0 Ok: queued as 1",
+                       "<b@x>")])
+    later = t0 + dt.timedelta(seconds=70)
+    journal.append(later.timestamp(), [
+        DeliveryResult(a.delivery_id, DeliveryStatus.SENT, 250, "2.0.0 Ok: queued as 2",
+                       "<a@x>")])
+    journal.close(remove=False)
+    with path.open("ab") as f:  # the append a full disk cut short
+        f.write(b'[1.0, [[%d, "sent", 250, "2.0.0 Ok"' % c.delivery_id)
+    with Store.open(s.db) as store:
+        store.take_over(s.campaign_id, "second")
+    rows = _stored(s.db, s.campaign_id)
+    assert rows[a.delivery_id][7] == "sent" and rows[a.delivery_id][12:15] == (
+        "2.0.0 Ok: queued as 2", "<a@x>", stamp(later))
+    assert rows[b.delivery_id][7] == "sent" and rows[b.delivery_id][14] == stamp(t0)
+    assert rows[c.delivery_id][7:9] == ("pending", 1)  # in flight at the crash: again
+    assert not path.exists()
