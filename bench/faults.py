@@ -75,6 +75,8 @@ if str(REPO) not in sys.path:
     # imports them.
     sys.path.insert(0, str(REPO))
 
+from mailer.models import DeliveryStatus  # noqa: E402
+from mailer.store.journal import journal_path, read_journal  # noqa: E402
 from mailer.validate import wire_address  # noqa: E402
 from tests.conftest import CONFIG as TEST_CONFIG  # noqa: E402
 from tests.smtp_server import Behaviour, Server, make_certificate, smtp_server  # noqa: E402
@@ -235,7 +237,7 @@ class Workdir:
 
     def ledger(self, campaign_id: int = 1) -> dict[str, sqlite3.Row]:
         rows = self.query(
-            "SELECT d.email, d.status, d.attempts, d.last_code, d.last_response, "
+            "SELECT d.id, d.email, d.status, d.attempts, d.last_code, d.last_response, "
             "d.message_id, s.status AS member FROM deliveries d "
             "JOIN subscriptions s ON s.recipient_id = d.recipient_id AND s.list_id = d.list_id "
             "WHERE d.campaign_id = ?", [campaign_id])
@@ -324,9 +326,15 @@ def received(srv: Server) -> Counter[str]:
 
 def in_doubt(case: str, w: Workdir, srv: Server) -> set[str]:
     """After a kill: what the relay has that the ledger does not call sent (it goes out
-    again). Anything the ledger calls sent that never arrived is a problem."""
+    again). The ledger is its rows and the killed sender's reply journal, which the
+    next sender records before it sends. Anything the ledger calls sent that never
+    arrived is a problem."""
     got = set(received(srv))
     sent = {wire(a) for a, r in w.ledger().items() if r["status"] == "sent"}
+    by_id = {r["id"]: a for a, r in w.ledger().items()}
+    for _, results in read_journal(journal_path(w.db, 1)):
+        sent |= {wire(by_id[r.delivery_id]) for r in results
+                 if r.status is DeliveryStatus.SENT}
     if sent - got:
         TALLY.problem(case, f"marked sent, never received: {sorted(sent - got)[:5]}")
     return got - sent
