@@ -140,7 +140,7 @@ class Transport(Protocol):
         """Begin one transaction on the open connection, from a callback: the reply at
         once for a local refusal, else None and ``done`` follows (see
         ``SMTPTransport.start``). ``gate``, when given, is asked before the message
-        is ended (a big body is written first, a small one after); ``feed`` gives the
+        is ended; ``feed`` gives the
         next transaction as the message is ended."""
 
     def prepare(self, envelope: Envelope, gate: Gate | None, done: Done,
@@ -290,9 +290,6 @@ async def _open(settings: SMTPSettings) -> aiosmtplib.SMTP:
 _MAX_REPLY = 32 * 1024
 _END = b".\r\n"  # the end of DATA, after a body that ends with CRLF
 _CRLF_END = b"\r\n" + _END
-# A body at least this big is written before the wait for the previous message's
-# commit (the gate) rather than after it.
-EARLY_BODY_BYTES = 32 * 1024
 _STAGES = ("mail", "rcpt", "data")
 
 # Where a transaction stands (``_Txn.state``): waiting for the replies to MAIL, RCPT
@@ -322,18 +319,17 @@ class _ConnectionDead(Exception):
 class _Txn:
     """One transaction on the wire, moved on by its replies (``_Wire.begin``)."""
 
-    __slots__ = ("answered", "commands", "done", "early", "end", "feed", "gate", "pieces",
+    __slots__ = ("answered", "commands", "done", "end", "feed", "gate", "pieces",
                  "pipelined", "refusal", "result", "state", "timeout", "written")
 
     def __init__(self, commands: list[bytes], pipelined: bool, pieces: Sequence[bytes],
-                 end: bytes, early: bool, gate: Gate | None, done: Done,
+                 end: bytes, gate: Gate | None, done: Done,
                  timeout: float, feed: Feed | None) -> None:
         self.commands = commands
         self.feed = feed
         self.pipelined = pipelined
         self.pieces = pieces
         self.end = end
-        self.early = early
         self.gate = gate
         self.done = done
         self.timeout = timeout
@@ -557,13 +553,10 @@ class _Wire(asyncio.Protocol):
             self._die(f"RSET refused: {code} {text}")
 
     def _body(self, txn: _Txn) -> None:
-        """DATA is accepted: the body, and its end once the gate is open. A big body
-        goes out before the gate, for the server to read meanwhile; a small one waits,
-        so that body and end stay one write."""
+        """DATA is accepted: the body and its end, in one write once the gate is open
+        (the gate waits at most for the end of the loop's turn: writing a big body
+        ahead of it, as when it waited for a commit, only cost a second write)."""
         if txn.gate is not None:
-            if txn.early:
-                self.transport.writelines(txn.pieces)
-                txn.pieces = ()
             txn.state = _GATE
             self._deadline = None  # no read is waiting
             if not txn.gate(self._gate_opened):
@@ -901,8 +894,8 @@ class SMTPTransport:
                 if piece.endswith(b"\r\n"):
                     end = _END
                 break
-        return _Txn(commands, self.pipelining, pieces, end, size >= EARLY_BODY_BYTES, gate,
-                    done, self.settings.timeout, feed)
+        return _Txn(commands, self.pipelining, pieces, end, gate, done, self.settings.timeout,
+                    feed)
 
     async def send(self, envelope: Envelope) -> Reply:
         """One transaction (``start``), connecting first if need be."""

@@ -258,7 +258,7 @@ def test_without_pipelining_each_command_waits_for_its_reply() -> None:
     assert extra == []
 
 
-@pytest.mark.parametrize("size", [2_000, 200_000])  # ended after the gate / body before it
+@pytest.mark.parametrize("size", [2_000, 200_000])  # nothing of either goes before the gate
 def test_the_gate_holds_the_end_of_the_message(size: int) -> None:
     """``start`` with a gate: the message is not ended until the gate opens; a gate
     that gives an error drops the connection in DATA, so nothing is delivered, and
