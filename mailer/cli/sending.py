@@ -6,6 +6,7 @@ import asyncio
 import re
 import signal
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,6 +59,9 @@ def _stop_on_signals(stop: asyncio.Event) -> Iterator[_Signals]:
             loop.remove_signal_handler(sig)
 
 
+SHOW_EVERY_S = 0.1
+
+
 def deliver(state: State, outbox: Outbox, campaign_id: int, *, limit: int | None,
             wait: bool) -> None:
     """Run a campaign in the foreground with a progress bar, print its summary, and
@@ -71,9 +75,16 @@ def deliver(state: State, outbox: Outbox, campaign_id: int, *, limit: int | None
         disable=not sys.stderr.isatty(),
     )
     task: TaskID | None = None
+    shown = 0.0
 
-    def show(p: SendProgress) -> None:
-        nonlocal task
+    def show(p: SendProgress, *, last: bool = False) -> None:
+        # Called for every reply: the bar is redrawn at most every SHOW_EVERY_S (an
+        # update costs more than sending a small message), and once at the end.
+        nonlocal task, shown
+        now = time.monotonic()
+        if task is not None and not last and now - shown < SHOW_EVERY_S:
+            return
+        shown = now
         if task is None:
             task = bar.add_task("send", total=p.total, cid=campaign_id, sent=0, deferred=0,
                                 failed=0, rate=0.0)
@@ -98,6 +109,7 @@ def deliver(state: State, outbox: Outbox, campaign_id: int, *, limit: int | None
 
     with bar:
         progress = eventloop.run(go())  # uvloop when installed, as the daemon
+        show(progress, last=True)
     with state.store() as store:
         c = store.campaign(campaign_id)
         next_try = store.next_attempt_at(campaign_id)
