@@ -61,6 +61,9 @@ RELAY_TROUBLE_LIMIT = 3
 # journal meanwhile: other processes see the ledger at most about this far behind).
 BATCH_MAX = 256
 LINGER_S = 0.05
+# The reply journal goes on in a new segment once this big, and a segment goes once
+# the ledger has all of it: a million replies would otherwise be some 100 MB on disk.
+JOURNAL_SEGMENT_BYTES = 1 << 20
 # How often a wait for I/O (replies in flight) looks again. Such waits take real
 # time whatever the run's clock: nothing is due later, something is on the wire.
 IO_POLL_S = 0.02
@@ -243,6 +246,7 @@ class Ledger:
         self._flushing = False
         self._error: Exception | None = None
         self._committing = False
+        self._lost_commit = False
         self._wanted = False
         self._kicked = False
         self._closed: asyncio.Future[None] | None = None
@@ -322,13 +326,22 @@ class Ledger:
         self._append()  # the journal first: it is what the gates and a crash rely on
         batch, self._batch = self._batch, []
         self._journaled = 0
+        # Everything journaled so far is in this batch: once it is committed, the
+        # segment holding it can go.
+        sealed = self._journal.seal() if self._journal.size >= JOURNAL_SEGMENT_BYTES \
+            and self._error is None else None
         self._committing = True
-        self._db.submit(functools.partial(self._done, batch), _record, batch, *self._holder)
+        self._db.submit(functools.partial(self._done, batch, sealed), _record, batch,
+                        *self._holder)
 
-    def _done(self, batch: list[DeliveryResult], held: bool | None,
+    def _done(self, batch: list[DeliveryResult], sealed: Path | None, held: bool | None,
               error: BaseException | None) -> None:
         """A commit has ended (on the loop, from the database thread)."""
         self._committing = False
+        if error is not None:
+            self._lost_commit = True  # its replies are in the journal: keep every segment
+        elif sealed is not None and not self._lost_commit:
+            self._journal.remove(sealed)
         if error is not None:
             failed = error if isinstance(error, Exception) else RuntimeError(str(error))
             for _ in batch:

@@ -17,7 +17,7 @@ from mailer import config as config_mod
 from mailer.models import DeliveryStatus
 from mailer.stamps import stamp
 from mailer.store import DeliveryResult, Store
-from mailer.store.journal import Journal, journal_path
+from mailer.store.journal import Journal, journal_files, journal_path
 
 from .conftest import Run
 from .test_send import SECRET, prepare
@@ -122,7 +122,7 @@ def test_a_row_given_back_untried_is_as_it_was_before_the_claim(
 def test_a_crashed_senders_journal_is_recorded_before_anything_is_sent(
         run: Run, initialised: Path, config_file: Path, env: None) -> None:
     """The journal a killed sender leaves (``store.journal``): the next sender's
-    take-over records every complete line, in order (a later reply for the same
+    take-over records every complete line of every segment, in order (a later reply for the same
     delivery wins), at the time each was journaled; skips a last line cut short
     (its append failed, so no message waited for it); then removes the file, and
     puts the rows still in flight back to pending."""
@@ -139,11 +139,13 @@ def test_a_crashed_senders_journal_is_recorded_before_anything_is_sent(
         DeliveryResult(b.delivery_id, DeliveryStatus.SENT, 250, "2.0.0 Ok: queued as 1",
                        "<b@x>")])
     later = t0 + dt.timedelta(seconds=70)
+    journal.seal()  # the next line in the next segment
     journal.append(later.timestamp(), [
         DeliveryResult(a.delivery_id, DeliveryStatus.SENT, 250, "2.0.0 Ok: queued as 2",
                        "<a@x>")])
     journal.close(remove=False)
-    with path.open("ab") as f:  # the append a full disk cut short
+    assert journal_files(path) == [path, path.with_name(path.name + ".1")]
+    with journal_files(path)[-1].open("ab") as f:  # the append a full disk cut short
         f.write(b'[1.0, [[%d, "sent", 250, "2.0.0 Ok"' % c.delivery_id)
     with Store.open(s.db) as store:
         store.take_over(s.campaign_id, "second")
@@ -152,4 +154,4 @@ def test_a_crashed_senders_journal_is_recorded_before_anything_is_sent(
         "2.0.0 Ok: queued as 2", "<a@x>", stamp(later))
     assert rows[b.delivery_id][7] == "sent" and rows[b.delivery_id][14] == stamp(t0)
     assert rows[c.delivery_id][7:9] == ("pending", 1)  # in flight at the crash: again
-    assert not path.exists()
+    assert journal_files(path) == []

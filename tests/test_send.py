@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from mailer import config as config_mod
+from mailer import send as send_mod
 from mailer.clock import ManualClock
 from mailer.compose import Outbox, compose
 from mailer.errors import RelayUnavailable, SendError, StoreError
@@ -29,7 +30,7 @@ from mailer.models import DeliveryStatus
 from mailer.send import Policy, Progress, Run
 from mailer.stamps import parse_stamp
 from mailer.store import Store
-from mailer.store.journal import journal_path, read_journal
+from mailer.store.journal import journal_files, journal_path, read_journal
 from mailer.transport import SMTPSettings, SMTPTransport
 
 from .conftest import BASE_URL, REPO, ledger
@@ -244,6 +245,32 @@ def test_a_refusal_at_the_end_of_data_leaves_the_next_pipelined_message_unharmed
         "gave up after 1 tries: 5.3.4 Message too big"}
     assert {r["last_code"] for r in rows.values()} == {552}
     assert len(srv.sessions) == 2  # no reconnect: the replies stayed paired
+
+
+def test_the_reply_journal_goes_in_segments_the_ledger_has_recorded(
+    run: CliRun, initialised: Path, config_file: Path, env: None,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With segments of a few hundred bytes, the journal goes on in new ones as the run
+    goes, each removed once its replies are committed: it never holds much more than
+    a segment, and nothing is left when the campaign is sent."""
+    monkeypatch.setattr(send_mod, "JOURNAL_SEGMENT_BYTES", 300)
+    s = prepare(run, initialised, config_file, extra=many(186))  # 200 recipients
+    path = journal_path(initialised, s.campaign_id)
+    seen: list[int] = []
+
+    def look(p: Progress) -> None:
+        seen.append(len(journal_files(path)))
+
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        asyncio.run(sender(s, srv.port, on_progress=look).run())
+    assert {r["status"] for r in ledger(initialised).values()} == {"sent"}
+    assert len(srv.messages) == 200
+    assert journal_files(path) == []
+    later = sorted(path.parent.glob(path.name + ".*"))
+    assert later == []
+    assert max(seen) <= 3  # the segment being written, and one or two sealed ones
+    assert 2 in seen  # a sealed one beside it, for a while
 
 
 def test_dropped_connection_after_data_is_retried(

@@ -32,27 +32,49 @@ from ..stamps import parse_stamp
 from ..stamps import stamp as stamp_of
 from .ledger import DeliveryResult
 
-__all__ = ["Journal", "journal_path", "read_journal"]
+__all__ = ["Journal", "journal_files", "journal_path", "read_journal"]
 
 _encode = json.JSONEncoder(ensure_ascii=False).encode  # made once, not per append
 
 
 def journal_path(database: Path, campaign_id: int) -> Path:
-    """``<database>.campaign-<id>.journal``, beside the database."""
+    """``<database>.campaign-<id>.journal``, beside the database: the journal's first
+    segment; later ones add ``.1``, ``.2``… (``Journal.seal``)."""
     return database.with_name(f"{database.name}.campaign-{campaign_id}.journal")
+
+
+def journal_files(path: Path) -> list[Path]:
+    """The segments of the journal at ``path`` that exist, oldest first."""
+    later = []
+    for p in path.parent.glob(path.name + ".*"):
+        suffix = p.name[len(path.name) + 1:]
+        if suffix.isdigit():
+            later.append((int(suffix), p))
+    return ([path] if path.exists() or path.is_symlink() else []) + [p for _, p in sorted(later)]
 
 
 class Journal:
     """The journal of one campaign, open for appending (one sender at a time: the
-    caller holds the campaign's kernel lock)."""
+    caller holds the campaign's kernel lock). It is written in segments, so that what
+    the ledger has recorded can go while a campaign of a million runs: once a
+    segment is large, ``seal`` starts the next, and the sealed one is removed when the
+    commit that covers it has ended (``remove``)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._number = 0
+        self._fd = self._open(path)
+        self.size = 0  # bytes in the segment being written
+
+    @staticmethod
+    def _open(path: Path) -> int:
         try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                               0o600)
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         except OSError as e:
             raise StoreError(f"cannot open the reply journal {path}: {e.strerror}") from None
+
+    def _segment(self, number: int) -> Path:
+        return self.path if number == 0 else self.path.with_name(f"{self.path.name}.{number}")
 
     def append(self, at: float, results: Sequence[DeliveryResult]) -> None:
         """One line for ``results``, recorded at ``at`` (seconds since the epoch: a
@@ -65,21 +87,40 @@ class Journal:
         view = memoryview(line)
         while view:  # a regular file takes it in one write, but nothing promises so
             view = view[os.write(self._fd, view):]
+        self.size += len(line)
+
+    def seal(self) -> Path:
+        """Go on in a new segment; the path of the one sealed."""
+        sealed = self._segment(self._number)
+        self._number += 1
+        fd = self._open(self._segment(self._number))
+        os.close(self._fd)
+        self._fd, self.size = fd, 0
+        return sealed
+
+    @staticmethod
+    def remove(segment: Path) -> None:
+        """A sealed segment whose replies the ledger has all."""
+        with contextlib.suppress(FileNotFoundError):
+            segment.unlink()
 
     def close(self, *, remove: bool) -> None:
-        """Close; with ``remove``, the ledger has every reply and the file goes."""
+        """Close; with ``remove``, the ledger has every reply and the segments go."""
         os.close(self._fd)
         if remove:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+            for segment in journal_files(self.path):
+                self.remove(segment)
 
 
 def read_journal(path: Path) -> Iterator[tuple[str, list[DeliveryResult]]]:
-    """Each complete line of the journal at ``path``: its stamp and its replies, in
-    the order they were appended. Nothing when there is no journal."""
-    if not path.is_file():  # none; or not a file of ours (a device: never read)
-        return
-    data = path.read_bytes()
+    """Each complete line of the journal at ``path`` (every segment): its stamp and
+    its replies, in the order they were appended. Nothing when there is no journal."""
+    for segment in journal_files(path):
+        if segment.is_file():  # not a file of ours (a device): never read
+            yield from _lines(segment.read_bytes())
+
+
+def _lines(data: bytes) -> Iterator[tuple[str, list[DeliveryResult]]]:
     for raw in data.split(b"\n"):
         try:
             at, rows = json.loads(raw)

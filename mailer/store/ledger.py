@@ -461,7 +461,7 @@ class LedgerMixin(StoreBase):
         journaled (``store.journal``) are recorded first, then rows it left in flight
         (a crash) go back to pending. They may have gone out (a bounded duplicate,
         same Message-ID), but none is lost."""
-        from .journal import journal_path, read_journal
+        from .journal import journal_files, journal_path, read_journal
 
         journal = journal_path(self.path, campaign_id)
         with self.write():
@@ -482,8 +482,9 @@ class LedgerMixin(StoreBase):
                 "WHERE campaign_id = ? AND status = 'sending'",
                 [self._now(), campaign_id],
             )
-        if journal.is_file():
-            journal.unlink()  # recorded: applying it again would change nothing
+        for segment in journal_files(journal):
+            if segment.is_file():
+                segment.unlink()  # recorded: applying it again would change nothing
 
     def release(self, campaign_id: int, owner: str) -> None:
         with self.write():
