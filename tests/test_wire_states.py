@@ -65,6 +65,16 @@ async def quit_politely(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> Non
     w.close()
 
 
+async def take_one(r: asyncio.StreamReader, w: asyncio.StreamWriter,
+                   reply: bytes = b"250 2.0.0 Ok\r\n") -> None:
+    """A session that goes well, once its envelope is read: the message taken with
+    ``reply``, then QUIT answered."""
+    w.write(ENVELOPE_OK)
+    await r.readuntil(b"\r\n.\r\n")
+    w.write(reply)
+    await quit_politely(r, w)
+
+
 def big_envelope(size: int) -> Envelope:
     """A message whose body is ``size`` bytes of dot-free lines."""
     line = b"x" * 998 + b"\r\n"
@@ -162,10 +172,7 @@ def test_a_reply_that_cannot_be_paired_gives_the_connection_up(answer: bytes,
             await r.read(65536)
             w.close()
             return
-        w.write(ENVELOPE_OK)
-        await r.readuntil(b"\r\n.\r\n")
-        w.write(b"250 2.0.0 Ok\r\n")
-        await quit_politely(r, w)
+        await take_one(r, w)
 
     async def go(srv: Server) -> list[Reply]:
         t = SMTPTransport(settings(srv))
@@ -353,10 +360,7 @@ def test_a_send_given_up_mid_way_never_pairs_its_replies_again() -> None:
             w.close()
             first_over.set()
             return
-        w.write(ENVELOPE_OK)
-        await r.readuntil(b"\r\n.\r\n")
-        w.write(b"250 2.0.0 Ok: the second\r\n")
-        await quit_politely(r, w)
+        await take_one(r, w, b"250 2.0.0 Ok: the second\r\n")
 
     async def go(srv: Server) -> tuple[bool, Reply]:
         t = SMTPTransport(settings(srv))
