@@ -145,10 +145,7 @@ class Database:
         """``fn(store, *args, **kwargs)`` on the database thread."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        if not self._started:
-            self._started = True
-            self._thread.start()
-        self._calls.put(_Call(lambda store: fn(store, *args, **kwargs), fut, loop))
+        self._put(_Call(lambda store: fn(store, *args, **kwargs), fut, loop))
         return await fut
 
     def submit(self, done: Callable[[T | None, BaseException | None], None],
@@ -156,11 +153,14 @@ class Database:
                **kwargs: P.kwargs) -> None:
         """``fn(store, *args, **kwargs)`` on the database thread; then, on the loop,
         ``done(result, None)`` or ``done(None, error)``: no future, no task."""
+        self._put(_Call(lambda store: fn(store, *args, **kwargs), done,
+                        asyncio.get_running_loop()))
+
+    def _put(self, call: _Call) -> None:
         if not self._started:
             self._started = True
             self._thread.start()
-        self._calls.put(_Call(lambda store: fn(store, *args, **kwargs), done,
-                              asyncio.get_running_loop()))
+        self._calls.put(call)
 
     def _serve(self) -> None:
         store: Store | None = None
@@ -340,13 +340,12 @@ class Ledger:
         self._committing = False
         if error is not None:
             self._lost_commit = True  # its replies are in the journal: keep every segment
-        elif sealed is not None and not self._lost_commit:
-            self._journal.remove(sealed)
-        if error is not None:
             failed = error if isinstance(error, Exception) else RuntimeError(str(error))
             for _ in batch:
                 self._on_failed(failed)
         else:
+            if sealed is not None and not self._lost_commit:
+                self._journal.remove(sealed)
             for result in batch:
                 self._on_recorded(result)
             if not held:
@@ -409,10 +408,7 @@ class _Jobs:
             self._waiting.append(fut)
             self._wake_room()  # empty: the feeder must know at once
             await fut
-        job = self._items.popleft()
-        if len(self._items) * 2 < self.capacity:
-            self._wake_room()
-        return job
+        return self.take()
 
     async def room(self) -> bool:
         """Wait until the deque is below half full; False when no connection is left
@@ -849,8 +845,8 @@ class _Conveyor:
     (``Run._work``), which waits, reconnects or stops as the case needs.
 
     ``run`` ends once no transaction of it is in flight; it raises what stopped the
-    run: the relay refusing our sender (``SenderRefused``), a commit that failed
-    (``_Unrecorded``) or a bug; ``job`` is then the job that raised."""
+    run: the relay refusing our sender (``SenderRefused``), a reply journal that could
+    not be written (``_Unrecorded``) or a bug; ``job`` is then the job that raised."""
 
     def __init__(self, run: Run, transport: Transport, jobs: _Jobs, ledger: Ledger) -> None:
         self._run = run
@@ -860,7 +856,7 @@ class _Conveyor:
         self._chain = run.policy.rate <= 0  # a rate limit waits between messages
         self._per_connection = run.policy.messages_per_connection
         self.sent_here = 0
-        self.job: Job  # the job in hand
+        self.job: Job  # the job the worker took; the one that raised, when one did
         # The jobs on the wire, with their Message-IDs, in the order of their replies.
         self._flight: collections.deque[tuple[Job, str]] = collections.deque()
         self._ticket: int | None = None  # of this connection's last result
@@ -891,7 +887,6 @@ class _Conveyor:
         judged here. None when none is left, or on an error (kept for ``run``)."""
         run = self._run
         while job is not None:
-            self.job = job
             try:
                 prepared = run._envelope(self._transport, job)
                 if isinstance(prepared, DeliveryResult):
@@ -923,7 +918,7 @@ class _Conveyor:
         """The first transaction on the wire has ended (a callback of the connection)."""
         job, message_id = self._flight.popleft()
         if reply is None:
-            self._failed(_Unrecorded(str(error)), job)  # its gate: the last commit failed
+            self._failed(_Unrecorded(str(error)), job)  # its gate: the journal failed
         elif reply.stage == "queued" or reply.stage == "connect":
             self._jobs.give_back(job)  # never tried: first again, on a fresh connection
         else:
@@ -992,5 +987,5 @@ def _collector_spared() -> Iterator[None]:
 
 
 class _Unrecorded(Exception):
-    """The connection's previous reply could not be committed: its next message is
+    """The connection's previous reply could not be journaled: its next message is
     not ended (the transport drops the connection instead)."""
