@@ -9,6 +9,7 @@ block gets one printed from the lists.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -75,6 +76,7 @@ class Outbox:
     rendered: dict[str, Rendered] = field(default_factory=dict)
     _prepared: dict[tuple[str, bool], PreparedMessage] = field(default_factory=dict)
     _key: SigningKey | None = None
+    _unsubscribing: dict[str, bool] = field(default_factory=dict)  # may_unsubscribe by slug
     issue_id: int | None = None  # the issues row, once recorded (or reopened)
     # PDF editions by the hash of the print HTML they were typeset from: lists whose
     # print HTML is the same share one PDF, typeset once (or read back from the store).
@@ -197,12 +199,12 @@ class Outbox:
         return self._prepared[key]
 
     def unsubscribe_url(self, uid: str, slug: str) -> str | None:
-        ml = self._list(slug)
-        if not ml.may_unsubscribe:
+        may = self._unsubscribing.get(slug)
+        if may is None:  # once per list: this and the next run once per message
+            may = self._unsubscribing[slug] = self._list(slug).may_unsubscribe
+        if not may:
             return None
-        if self._key is None:
-            self._key = self.config.signing_keys()[0]
-        return unsubscribe_url(self.config.web.base_url, make_token(self._key, uid, slug))
+        return unsubscribe_url(self.config.web.base_url, make_token(self._signer(), uid, slug))
 
     def web_edition_url(self, uid: str, slug: str) -> str:
         """The recipient's own link to this issue's web edition (one HMAC). Made at
@@ -210,11 +212,17 @@ class Outbox:
         a revocation by staff covers all links made before it."""
         if self.issue_id is None:
             raise IssueError("the issue must be recorded before its web links are made")
+        token = make_edition_token(self._signer(), uid, slug, self.issue_id, self._issued)
+        return edition_url(self.config.web.base_url, token)
+
+    def _signer(self) -> SigningKey:
         if self._key is None:
             self._key = self.config.signing_keys()[0]
-        token = make_edition_token(self._key, uid, slug, self.issue_id,
-                                   int(self.date.timestamp()))
-        return edition_url(self.config.web.base_url, token)
+        return self._key
+
+    @functools.cached_property
+    def _issued(self) -> int:
+        return int(self.date.timestamp())
 
     @property
     def msgid_domain(self) -> str:
