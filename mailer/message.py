@@ -21,9 +21,10 @@ import binascii
 import email.policy
 import functools
 import hashlib
+import operator
 import re
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
@@ -182,6 +183,10 @@ class PreparedMessage:
         self._wire = wire
         self._plain = plain
         self._slots = slots
+        # The slots' values in one C call (an itemgetter gives a lone value bare).
+        self._slot_values: Callable[[dict[str, bytes]], tuple[bytes, ...]] = (
+            operator.itemgetter(*slots) if len(slots) > 1
+            else lambda values: tuple(values[slot] for slot in slots))
         self.eight_bit = eight_bit
         self.unsubscribe = unsubscribe
         self._b64 = base64_bodies
@@ -348,10 +353,10 @@ class PreparedMessage:
                 (_TEXT_BODY + "\r\n", _HTML_BODY + "\r\n"), self._b64, strict=True
             ):
                 values[body] = _base64_lines(_fill(pieces, gaps, values))
-        out = [chunks[0]]
-        for slot, chunk in zip(self._slots, chunks[1:], strict=True):
-            out.append(values[slot])
-            out.append(chunk)
+        # Chunks and values alternate: two slice assignments, not an append for each.
+        out: list[bytes] = [b""] * (2 * len(chunks) - 1)
+        out[::2] = chunks
+        out[1::2] = self._slot_values(values)
         return out
 
 
@@ -458,7 +463,7 @@ def format_to(name: str | None, address: str) -> bytes:
 def _name_addr(name: str, addr: bytes) -> bytes:
     if _ATOMS.fullmatch(name) and "=?" not in name:
         return name.encode("ascii") + b" <" + addr + b">"
-    return _phrase(name) + b"\r\n <" + addr + b">"
+    return _encoded_words(name) + b"\r\n <" + addr + b">"  # as _phrase, checked once
 
 
 def _phrase(name: str) -> bytes:

@@ -572,7 +572,7 @@ class LedgerMixin(StoreBase):
         now = at or self._now()
         with self.write():
             self.db.conn.execute(_BATCH_RESULTS, [now, json.dumps(
-                [(res.delivery_id, res.status.value, res.code, res.response[:500],
+                [(res.delivery_id, res.status, res.code, res.response[:500],  # a StrEnum
                   res.message_id,
                   _stamp(res.next_attempt_at) if res.next_attempt_at else None)
                  for res in results], ensure_ascii=False)])
