@@ -226,7 +226,7 @@ class Ledger:
     or a future per reply."""
 
     def __init__(self, db: Database, journal: Journal,
-                 on_recorded: Callable[[DeliveryResult], None], holder: tuple[int, str],
+                 on_recorded: Callable[[int], None], holder: tuple[int, str],
                  on_lost: Callable[[], None], on_failed: Callable[[Exception], None],
                  on_error: Callable[[Exception], None]) -> None:
         self._db = db
@@ -346,8 +346,7 @@ class Ledger:
         else:
             if sealed is not None and not self._lost_commit:
                 self._journal.remove(sealed)
-            for result in batch:
-                self._on_recorded(result)
+            self._on_recorded(len(batch))
             if not held:
                 self._on_lost()
         if self._batch and (self._wanted or self._closed is not None
@@ -754,9 +753,9 @@ class Run:
                 await transport.close()  # the next send opens a fresh connection
                 conveyor.sent_here = 0
 
-    def _recorded(self, result: DeliveryResult) -> None:
-        """A reply is committed (it was counted as it came)."""
-        self._in_flight -= 1
+    def _recorded(self, count: int) -> None:
+        """``count`` replies are committed (they were counted as they came)."""
+        self._in_flight -= count
 
     def _unrecorded(self, abort: list[BaseException], error: Exception) -> None:
         """A reply could not be committed (disk full, I/O error): the run stops, and

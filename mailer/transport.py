@@ -507,13 +507,14 @@ class _Wire(asyncio.Protocol):
             if code == 421:  # the server is closing: no other reply is read
                 self._closing(_reply(code, text, stage))
                 return
-            try:
-                refusal = _refusal(stage, code, text)
-            except _ConnectionDead as e:
-                self._die(str(e))
-                return
-            if txn.refusal is None:
-                txn.refusal = refusal
+            if code != 250 or stage == "data":  # 250 to MAIL and RCPT: nearly always
+                try:
+                    refusal = _refusal(stage, code, text)
+                except _ConnectionDead as e:
+                    self._die(str(e))
+                    return
+                if txn.refusal is None:
+                    txn.refusal = refusal
             if txn.answered < txn.written:
                 return  # pipelined: every reply asked for is read, so that the next
                 # transaction is paired with its own
@@ -882,9 +883,8 @@ class SMTPTransport:
             params += b" SMTPUTF8"
         data = envelope.data
         pieces = (data,) if isinstance(data, bytes) else data
-        size = sum(map(len, pieces))
         if self._size:  # RFC 1870: lets the server refuse an oversized message early
-            params += b" SIZE=%d" % size
+            params += b" SIZE=%d" % sum(map(len, pieces))
         commands = [b"MAIL FROM:<" + wired.sender + b">" + params + b"\r\n",
                     b"RCPT TO:<" + wired.recipient + b">\r\n", b"DATA\r\n"]
         end = _CRLF_END  # unless the body's last bytes are a CRLF
