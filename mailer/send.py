@@ -657,7 +657,10 @@ class Run:
         if due is None:
             return False  # nothing pending or deferred: done
         if due == "":
-            return True  # pending rows appeared (a claim raced an unclaim): go on
+            # Pending rows behind the claims' cursor (a claim raced an unclaim): with
+            # none in flight, they are claimed from the first again.
+            await db.call(Store.rewind_claims, self.campaign_id)
+            return True
         if not self.wait_for_retries:
             return False
         when = parse_stamp(due)
@@ -787,7 +790,8 @@ class Run:
             # Only this recipient's own data is joined here: whatever goes wrong is
             # about this message alone, which fails alone; the campaign goes on.
             return DeliveryResult(job.delivery_id, DeliveryStatus.FAILED, 0,
-                                  f"not sent: {e}", message_id)
+                                  f"not sent: {e}", message_id, None, False, job.attempts,
+                                  job.first_attempt_at)
         # An internationalised domain goes on the wire in punycode.
         mail_from = self.sender if self.sender_for is None else self.sender_for(job)
         return Envelope(mail_from, job.email_ascii or job.email, data,
@@ -802,7 +806,7 @@ class Run:
         text = reply.text.strip() or "(no text)"
         if reply.outcome is Outcome.SENT:
             return DeliveryResult(job.delivery_id, DeliveryStatus.SENT, reply.code, text,
-                                  message_id)
+                                  message_id, None, False, job.attempts, job.first_attempt_at)
         if reply.outcome is Outcome.FAILED and reply.stage == "mail":
             # The relay refuses our sender, not this recipient: every message would
             # fail the same way, and no member should be marked bounced for it.
@@ -811,17 +815,19 @@ class Run:
             # A refusal of our own (nothing reached the relay: no SMTPUTF8 for this
             # address) says nothing about the mailbox: not a bounce.
             return DeliveryResult(job.delivery_id, DeliveryStatus.FAILED, reply.code, text,
-                                  message_id, bounce=not reply.local)
+                                  message_id, None, not reply.local, job.attempts,
+                                  job.first_attempt_at)
         now = self.clock.now()
         first = parse_stamp(job.first_attempt_at)
         if (now - first).total_seconds() >= self.policy.lifetime:
             return DeliveryResult(
                 job.delivery_id, DeliveryStatus.FAILED, reply.code,
-                f"gave up after {job.attempts} tries: {text}", message_id,
+                f"gave up after {job.attempts} tries: {text}", message_id, None, False,
+                job.attempts, job.first_attempt_at,
             )
         later = now + dt.timedelta(seconds=self.policy.retry_delay(job.attempts))
         return DeliveryResult(job.delivery_id, DeliveryStatus.DEFERRED, reply.code, text,
-                              message_id, next_attempt_at=later)
+                              message_id, later, False, job.attempts, job.first_attempt_at)
 
     def _count(self, result: DeliveryResult) -> None:
         p = self.progress

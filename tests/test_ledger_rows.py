@@ -67,8 +67,9 @@ def test_claim_and_commit_keep_every_field_exactly(run: Run, initialised: Path,
                 job.name, job.list_slug) == (s.campaign_id, rid, uid, email, email_ascii,
                                              name, slug)
         assert (job.attempts, job.first_attempt_at) == (1, stamp(t0))
+    # Never tried: left as they were, their attempt written with their reply.
     claimed = _stored(s.db, s.campaign_id)
-    assert {r[7:10] for r in claimed.values()} == {("sending", 1, stamp(t0))}
+    assert {r[7:10] for r in claimed.values()} == {("pending", 0, None)}
 
     # Each row its own result: replies with quotes, backslashes, CJK and U+2028.
     later = t0 + dt.timedelta(hours=1)
@@ -78,7 +79,8 @@ def test_claim_and_commit_keep_every_field_exactly(run: Run, initialised: Path,
         results.append(DeliveryResult(
             job.delivery_id, kind, (250, 451, 550)[i % 3],
             f'reply {i}: "q" \\ 中文 \u2028 {job.email}', f"<c{s.campaign_id}.r{i}@example.org>",
-            next_attempt_at=later if kind is DeliveryStatus.DEFERRED else None))
+            next_attempt_at=later if kind is DeliveryStatus.DEFERRED else None,
+            attempts=job.attempts, first_attempt_at=job.first_attempt_at))
     with Store.open(s.db) as store:
         store.record_results(results)
         assert store.claim(s.campaign_id, "t", 1000, t0) == []  # deferred: not due yet
@@ -108,7 +110,8 @@ def test_a_row_given_back_untried_is_as_it_was_before_the_claim(
         store.take_over(s.campaign_id, "me")
         first, second = store.claim(s.campaign_id, "me", 2, t0) or []
         store.record_results([DeliveryResult(second.delivery_id, DeliveryStatus.DEFERRED, 451,
-                                             "4.3.0 later", "<m@x>", next_attempt_at=t0)])
+                                             "4.3.0 later", "<m@x>", next_attempt_at=t0,
+                                             attempts=1, first_attempt_at=stamp(t0))])
         again = [j for j in store.claim(s.campaign_id, "me", 20, t0) or []
                  if j.delivery_id == second.delivery_id]
         assert [j.attempts for j in again] == [2]
@@ -135,7 +138,8 @@ def test_a_crashed_senders_journal_is_recorded_before_anything_is_sent(
     journal = Journal(path)
     journal.append(t0.timestamp(), [
         DeliveryResult(a.delivery_id, DeliveryStatus.DEFERRED, 451, "4.3.0 later", "<a@x>",
-                       next_attempt_at=t0 + dt.timedelta(minutes=1)),
+                       next_attempt_at=t0 + dt.timedelta(minutes=1), attempts=1,
+                       first_attempt_at=stamp(t0)),
         DeliveryResult(b.delivery_id, DeliveryStatus.SENT, 250, "2.0.0 Ok: queued as 1",
                        "<b@x>")])
     later = t0 + dt.timedelta(seconds=70)
@@ -152,6 +156,58 @@ def test_a_crashed_senders_journal_is_recorded_before_anything_is_sent(
     rows = _stored(s.db, s.campaign_id)
     assert rows[a.delivery_id][7] == "sent" and rows[a.delivery_id][12:15] == (
         "2.0.0 Ok: queued as 2", "<a@x>", stamp(later))
+    assert rows[a.delivery_id][8:10] == (1, stamp(t0))  # its attempt, from the journal
     assert rows[b.delivery_id][7] == "sent" and rows[b.delivery_id][14] == stamp(t0)
-    assert rows[c.delivery_id][7:9] == ("pending", 1)  # in flight at the crash: again
+    assert rows[c.delivery_id][7:9] == ("pending", 0)  # in flight at the crash: again
     assert journal_files(path) == []
+
+
+def test_rows_in_hand_are_not_claimed_twice_and_a_rewind_claims_what_is_left(
+        run: Run, initialised: Path, config_file: Path, env: None) -> None:
+    """Never-tried rows stay pending while claimed (``Store.claim``'s cursor): the
+    same store does not give them out again, a rewind (nothing in hand) starts
+    from the first pending row, and a fresh store (a new sender) takes them all."""
+    s = prepare(run, initialised, config_file)
+    t0 = dt.datetime(2026, 12, 2, 9, tzinfo=dt.UTC)
+    with Store.open(s.db) as store:
+        store.take_over(s.campaign_id, "me")
+        first = store.claim(s.campaign_id, "me", 3, t0) or []
+        rest = store.claim(s.campaign_id, "me", 1000, t0) or []
+        assert len(first) == 3 and rest
+        ids = [j.delivery_id for j in first + rest]
+        assert ids == sorted(ids) and len(set(ids)) == len(ids)  # in order, each once
+        assert store.claim(s.campaign_id, "me", 1000, t0) == []
+        done = first[0]
+        store.record_results([DeliveryResult(done.delivery_id, DeliveryStatus.SENT, 250,
+                                             "2.0.0 Ok", "<m@x>", attempts=done.attempts,
+                                             first_attempt_at=done.first_attempt_at)])
+        store.rewind_claims(s.campaign_id)
+        again = store.claim(s.campaign_id, "me", 1000, t0) or []
+        assert [j.delivery_id for j in again] == ids[1:]
+    with Store.open(s.db) as store:
+        store.take_over(s.campaign_id, "next")
+        assert [j.delivery_id for j in store.claim(s.campaign_id, "next", 1000, t0) or []
+                ] == ids[1:]
+    rows = _stored(s.db, s.campaign_id)
+    assert rows[done.delivery_id][7:10] == ("sent", 1, stamp(t0))
+
+
+def test_a_claim_reads_one_range_of_the_status_index_not_the_campaign(
+        run: Run, initialised: Path, config_file: Path, env: None) -> None:
+    """Each claim's queries seek the (campaign, status, next attempt) index: a claim
+    that scanned the campaign's rows would make a run of a million quadratic."""
+    from mailer.store.ledger import _CLAIM, _DUE, _FRESH
+
+    s = prepare(run, initialised, config_file)
+    conn = sqlite3.connect(s.db)
+    try:
+        for rows, params in ((_DUE, [s.campaign_id, "2026-12-02", 128]),
+                             (_FRESH, [s.campaign_id, 0, 128])):
+            plan = [r[3] for r in conn.execute(
+                "EXPLAIN QUERY PLAN " + _CLAIM.format(rows=rows), params)]
+            reads = [p for p in plan if p.startswith(("SEARCH d ", "SCAN d"))]
+            assert reads and all(
+                "idx_deliveries_campaign_id_status_next_attempt_at (campaign_id=? AND status=?"
+                in p for p in reads), plan
+    finally:
+        conn.close()

@@ -75,6 +75,8 @@ class StoreBase:
         self.path = path
         self.clock = clock
         self.actor = actor
+        # Per campaign, the last never-tried delivery this store claimed (``claim``).
+        self._cursors: dict[int, int] = {}
 
     # --- opening --------------------------------------------------------------
 

@@ -10,7 +10,8 @@ journal holds the replies the ledger may lack; the next sender of the campaign
 sends anything, then removes the file.
 
 One line per append: ``[seconds since the epoch, [[delivery id, status, code, response, message
-id, next attempt, bounce], ...]]`` in JSON. Applying a line twice gives the same
+id, next attempt, bounce, attempts, first attempt], ...]]`` in JSON (a journal from
+before the last two fields has rows of seven, read as well). Applying a line twice gives the same
 rows, so a line applied and then found again (a crash between the ledger's commit
 and the file's removal) does no harm; lines are applied in order, so a later
 reply for the same delivery wins. A last line cut short (the disk filled up) is
@@ -84,7 +85,8 @@ class Journal:
         # property, slow for something done once per reply).
         line = _encode([at, [
             (r.delivery_id, r.status, r.code, r.response[:500], r.message_id,
-             stamp_of(r.next_attempt_at) if r.next_attempt_at else None, r.bounce)
+             stamp_of(r.next_attempt_at) if r.next_attempt_at else None, r.bounce,
+             r.attempts, r.first_attempt_at)
             for r in results]]).encode("utf-8") + b"\n"
         view = memoryview(line)
         while view:  # a regular file takes it in one write, but nothing promises so
@@ -130,5 +132,6 @@ def _lines(data: bytes) -> Iterator[tuple[str, list[DeliveryResult]]]:
             continue  # the cut-short last line (or an empty one)
         yield stamp_of(dt.datetime.fromtimestamp(at, dt.UTC)), [
             DeliveryResult(delivery_id, DeliveryStatus(status), code, response, message_id,
-                           parse_stamp(later) if later else None, bounce)
-            for delivery_id, status, code, response, message_id, later, bounce in rows]
+                           parse_stamp(later) if later else None, bounce, *attempt)
+            for delivery_id, status, code, response, message_id, later, bounce, *attempt
+            in rows]

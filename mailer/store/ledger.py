@@ -74,10 +74,15 @@ class DeliveryResult(NamedTuple):
     message_id: str
     next_attempt_at: dt.datetime | None = None  # for DEFERRED
     bounce: bool = False  # a permanent refusal: stop mailing the address on that list
+    # The job's attempt (``Job.attempts``, ``Job.first_attempt_at``), written with the
+    # reply: a claim of a never-tried row leaves it as it is. None: as the row has it.
+    attempts: int | None = None
+    first_attempt_at: str | None = None
 
 
 # The replies of a group commit in one statement, from one JSON array of
-# [id, status, code, response, message id, next attempt]: one SQLite step for the
+# [id, status, code, response, message id, next attempt, bounce, attempts, first
+# attempt] (the reply journal's rows, ``store.journal``): one SQLite step for the
 # batch. With a row per step (executemany), each step lets go of the GIL, and taking
 # it back from the event loop's thread while it is busy cost up to 20 times the
 # step's own CPU (measured at 9 rows a commit: 14 µs a row alone, 217 µs beside a
@@ -89,9 +94,31 @@ _BATCH_RESULTS = (
     "last_response = json_extract(r.value, '$[3]'), "
     "message_id = json_extract(r.value, '$[4]'), "
     "next_attempt_at = json_extract(r.value, '$[5]'), updated_at = ?1, "
+    "attempts = COALESCE(json_extract(r.value, '$[7]'), attempts), "
+    "first_attempt_at = COALESCE(first_attempt_at, json_extract(r.value, '$[8]')), "
     "sent_at = CASE WHEN json_extract(r.value, '$[1]') = 'sent' THEN ?1 ELSE sent_at END "
     "FROM json_each(?2) AS r WHERE deliveries.id = json_extract(r.value, '$[0]')"
 )
+
+
+_ROWS = (
+    "SELECT d.id, d.recipient_id, r.uid, r.email, r.email_ascii, r.name, l.slug, "
+    "d.attempts, d.first_attempt_at, s.status AS sub_status FROM deliveries d "
+    "JOIN recipients r ON r.id = d.recipient_id JOIN lists l ON l.id = d.list_id "
+    "JOIN subscriptions s ON s.recipient_id = d.recipient_id AND s.list_id = d.list_id "
+    "WHERE d.campaign_id = ?1 AND "
+)
+_CLAIM = (
+    "SELECT json_group_array(json_array(id, recipient_id, uid, email, email_ascii, "
+    "name, slug, attempts, first_attempt_at, sub_status)) FROM ({rows} LIMIT ?3)"
+)
+# Due rows with a time: retries, and any row a crash left with one. Each part is
+# one range of the status index (an OR of the two would scan the campaign).
+_DUE = (_ROWS + "d.status IN ('deferred', 'pending') AND d.next_attempt_at <= ?2 "
+        "UNION ALL " + _ROWS + "d.status = 'deferred' AND d.next_attempt_at IS NULL")
+# Rows never tried, in order, after the cursor: one range of the status index.
+_FRESH = (_ROWS + "d.status = 'pending' AND d.next_attempt_at IS NULL AND d.id > ?2 "
+          "ORDER BY d.id")
 
 
 class LedgerMixin(StoreBase):
@@ -464,6 +491,7 @@ class LedgerMixin(StoreBase):
         from .journal import journal_files, journal_path, read_journal
 
         journal = journal_path(self.path, campaign_id)
+        self._cursors.pop(campaign_id, None)
         with self.write():
             for at, results in read_journal(journal):
                 self.record_results(results, at=at)
@@ -505,42 +533,19 @@ class LedgerMixin(StoreBase):
         """Take up to ``limit`` deliveries that are due; None when the campaign is no
         longer ours to send (paused, cancelled). Rows whose subscription stopped
         meanwhile (an unsubscribe during the campaign) are marked unsubscribed here
-        instead of being sent."""
+        instead of being sent.
+
+        Rows never tried are taken in order of id after the last one this store took
+        (``_cursors``), and left as they are: their attempt is written with their
+        reply (``record_results``). A row claimed stays pending until then, so that
+        a crash leaves nothing to undo, and the claim costs one UPDATE per row less
+        (a quarter of the database thread's work per message). Rows with a time, the
+        retries, are marked ``sending`` as before: a cursor cannot pass over them."""
         stamp = _stamp(now)
         with self.write():
             if not self.holds(campaign_id, owner):
                 return None
-            # The batch comes back as one JSON value, and is marked in one statement:
-            # each step of SQLite lets go of the GIL, and getting it back from a busy
-            # event loop thread costs far more than the step (see _BATCH_RESULTS).
-            (found,) = self.db.execute(
-                "SELECT json_group_array(json_array(id, recipient_id, uid, email, email_ascii, "
-                "name, slug, attempts, first_attempt_at, sub_status)) FROM ("
-                "SELECT d.id, d.recipient_id, r.uid, r.email, r.email_ascii, r.name, l.slug, "
-                "d.attempts, d.first_attempt_at, s.status AS sub_status FROM deliveries d "
-                "JOIN recipients r ON r.id = d.recipient_id JOIN lists l ON l.id = d.list_id "
-                "JOIN subscriptions s ON s.recipient_id = d.recipient_id AND s.list_id = d.list_id "
-                "WHERE d.campaign_id = ? AND d.status IN ('pending', 'deferred') "
-                "AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= ?) LIMIT ?)",
-                [campaign_id, stamp, limit],
-            ).fetchone()
-            rows = json.loads(found)
-            jobs = []
-            skipped = []
-            for (did, rid, uid, email, email_ascii, name, slug, attempts, first,
-                 sub_status) in rows:
-                if sub_status != Status.ACTIVE.value:
-                    skipped.append((f"not sent: subscription {sub_status}", stamp, did))
-                    continue
-                jobs.append(Job(delivery_id=did, campaign_id=campaign_id, recipient_id=rid,
-                                uid=uid, email=email, email_ascii=email_ascii, name=name,
-                                list_slug=slug, attempts=attempts + 1,
-                                first_attempt_at=first or stamp))
-            self.db.conn.executemany(
-                "UPDATE deliveries SET status = 'unsubscribed', last_response = ?, "
-                "updated_at = ? WHERE id = ?",
-                skipped,
-            )
+            jobs = self._claimed(_DUE, [campaign_id, stamp, limit], campaign_id, stamp)
             if jobs:
                 self.db.conn.execute(
                     "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, "
@@ -548,7 +553,42 @@ class LedgerMixin(StoreBase):
                     "WHERE id IN (SELECT value FROM json_each(?2))",
                     [stamp, json.dumps([j.delivery_id for j in jobs])],
                 )
+            if len(jobs) < limit:
+                after = self._cursors.get(campaign_id, 0)
+                fresh = self._claimed(_FRESH, [campaign_id, after, limit - len(jobs)],
+                                      campaign_id, stamp)
+                if fresh:
+                    self._cursors[campaign_id] = fresh[-1].delivery_id
+                jobs += fresh
             return jobs
+
+    def rewind_claims(self, campaign_id: int) -> None:
+        """Claim never-tried rows from the first again (the sender has none in hand)."""
+        self._cursors.pop(campaign_id, None)
+
+    def _claimed(self, query: str, params: list[object], campaign_id: int, stamp: str
+                 ) -> list[Job]:
+        # The batch comes back as one JSON value, and is marked in one statement:
+        # each step of SQLite lets go of the GIL, and getting it back from a busy
+        # event loop thread costs far more than the step (see _BATCH_RESULTS).
+        (found,) = self.db.execute(_CLAIM.format(rows=query), params).fetchone()
+        jobs = []
+        skipped = []
+        for (did, rid, uid, email, email_ascii, name, slug, attempts, first,
+             sub_status) in json.loads(found):
+            if sub_status != Status.ACTIVE.value:
+                skipped.append((f"not sent: subscription {sub_status}", stamp, did))
+                continue
+            jobs.append(Job(delivery_id=did, campaign_id=campaign_id, recipient_id=rid,
+                            uid=uid, email=email, email_ascii=email_ascii, name=name,
+                            list_slug=slug, attempts=attempts + 1,
+                            first_attempt_at=first or stamp))
+        self.db.conn.executemany(
+            "UPDATE deliveries SET status = 'unsubscribed', last_response = ?, "
+            "updated_at = ? WHERE id = ?",
+            skipped,
+        )
+        return jobs
 
     def unclaim(self, delivery_ids: Sequence[int]) -> None:
         """Give back claimed rows that were never sent (a stop between claim and send),
@@ -574,7 +614,8 @@ class LedgerMixin(StoreBase):
             self.db.conn.execute(_BATCH_RESULTS, [now, json.dumps(
                 [(res.delivery_id, res.status, res.code, res.response[:500],  # a StrEnum
                   res.message_id,
-                  _stamp(res.next_attempt_at) if res.next_attempt_at else None)
+                  _stamp(res.next_attempt_at) if res.next_attempt_at else None, res.bounce,
+                  res.attempts, res.first_attempt_at)
                  for res in results], ensure_ascii=False)])
             for res in results:
                 if res.bounce:
