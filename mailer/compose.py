@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Config, SigningKey, default_pdf_mode
+from .config import Config, default_pdf_mode
 from .endblock import printed
 from .errors import IssueError
 from .issue import parse_file
@@ -32,7 +32,7 @@ from .render import (
     render_web,
 )
 from .store import Store
-from .tokens import edition_url, make_edition_token, make_token, unsubscribe_url
+from .tokens import Signer, edition_url, unsubscribe_url
 
 
 def file_sha256(path: Path) -> str:
@@ -75,7 +75,7 @@ class Outbox:
     date: dt.datetime
     rendered: dict[str, Rendered] = field(default_factory=dict)
     _prepared: dict[tuple[str, bool], PreparedMessage] = field(default_factory=dict)
-    _key: SigningKey | None = None
+    _signing: Signer | None = None
     _unsubscribing: dict[str, bool] = field(default_factory=dict)  # may_unsubscribe by slug
     issue_id: int | None = None  # the issues row, once recorded (or reopened)
     # PDF editions by the hash of the print HTML they were typeset from: lists whose
@@ -204,7 +204,7 @@ class Outbox:
             may = self._unsubscribing[slug] = self._list(slug).may_unsubscribe
         if not may:
             return None
-        return unsubscribe_url(self.config.web.base_url, make_token(self._signer(), uid, slug))
+        return unsubscribe_url(self.config.web.base_url, self._signer().unsubscribe(uid, slug))
 
     def web_edition_url(self, uid: str, slug: str) -> str:
         """The recipient's own link to this issue's web edition (one HMAC). Made at
@@ -212,13 +212,13 @@ class Outbox:
         a revocation by staff covers all links made before it."""
         if self.issue_id is None:
             raise IssueError("the issue must be recorded before its web links are made")
-        token = make_edition_token(self._signer(), uid, slug, self.issue_id, self._issued)
+        token = self._signer().edition(uid, slug, self.issue_id, self._issued)
         return edition_url(self.config.web.base_url, token)
 
-    def _signer(self) -> SigningKey:
-        if self._key is None:
-            self._key = self.config.signing_keys()[0]
-        return self._key
+    def _signer(self) -> Signer:
+        if self._signing is None:  # the current key, once per outbox
+            self._signing = Signer(self.config.signing_keys()[0])
+        return self._signing
 
     @functools.cached_property
     def _issued(self) -> int:
