@@ -48,6 +48,7 @@ from .models import DeliveryStatus
 from .stamps import parse_stamp
 from .store import DeliveryResult, Job, Now, Store
 from .store.journal import Journal, journal_path
+from .store.ledger import encode_rows, join_rows
 from .transport import Envelope, Outcome, Reply, Resume, Transaction, Transport
 
 T = TypeVar("T")
@@ -241,6 +242,7 @@ class Ledger:
         self._on_error = on_error
         self._batch: list[DeliveryResult] = []  # not yet committed
         self._journaled = 0  # how many of the batch are in the journal
+        self._rows: list[str] = []  # their JSON, as the journal has it, for the commit
         self._appends = 0  # journal appends made: the ticket of the next reply
         self._gates: list[Resume] = []  # waiting for the next append
         self._flushing = False
@@ -291,7 +293,7 @@ class Ledger:
         if not fresh or self._error is not None:
             return
         try:
-            self._journal.append(self._clock().timestamp(), fresh)
+            self._rows.append(self._journal.append(self._clock().timestamp(), fresh))
         except OSError as e:
             self._error = StoreError(f"{self._journal.path}: could not write the reply journal: "
                                      f"{e.strerror or e}; free some disk space, then "
@@ -325,14 +327,17 @@ class Ledger:
             self._timer = None
         self._append()  # the journal first: it is what the gates and a crash rely on
         batch, self._batch = self._batch, []
+        rows, self._rows = self._rows, []
+        if self._journaled < len(batch):  # the journal failed: encoded here instead
+            rows.append(encode_rows(batch[self._journaled:]))
         self._journaled = 0
         # Everything journaled so far is in this batch: once it is committed, the
         # segment holding it can go.
         sealed = self._journal.seal() if self._journal.size >= JOURNAL_SEGMENT_BYTES \
             and self._error is None else None
         self._committing = True
-        self._db.submit(functools.partial(self._done, batch, sealed), _record, batch,
-                        *self._holder)
+        self._db.submit(functools.partial(self._done, batch, sealed), _record, join_rows(rows),
+                        [r for r in batch if r.bounce], *self._holder)
 
     def _done(self, batch: list[DeliveryResult], sealed: Path | None, held: bool | None,
               error: BaseException | None) -> None:
@@ -370,12 +375,13 @@ class Ledger:
         await self._closed
 
 
-def _record(store: Store, results: list[DeliveryResult], campaign_id: int, owner: str
-            ) -> bool:
-    """Record a batch; whether the campaign is still ours to send. The commits come
-    at least every ``LINGER_S`` while replies come, so a pause or a cancel is seen
-    within that, whatever the size of the claims."""
-    store.record_results(results)
+def _record(store: Store, rows: str, bounced: list[DeliveryResult], campaign_id: int,
+            owner: str) -> bool:
+    """Record a batch (its journal's JSON, ``Store.record_rows``); whether the
+    campaign is still ours to send. The commits come at least every ``LINGER_S``
+    while replies come, so a pause or a cancel is seen within that, whatever the
+    size of the claims."""
+    store.record_rows(rows, bounced)
     return store.holds(campaign_id, owner)
 
 

@@ -31,12 +31,9 @@ from ..errors import StoreError
 from ..models import DeliveryStatus
 from ..stamps import parse_stamp
 from ..stamps import stamp as stamp_of
-from .ledger import DeliveryResult
+from .ledger import DeliveryResult, encode_rows
 
 __all__ = ["Journal", "journal_files", "journal_path", "read_journal"]
-
-_encode = json.JSONEncoder(ensure_ascii=False).encode  # made once, not per append
-
 
 def journal_path(database: Path, campaign_id: int) -> Path:
     """``<database>.campaign-<id>.journal``, beside the database: the journal's first
@@ -77,21 +74,18 @@ class Journal:
     def _segment(self, number: int) -> Path:
         return self.path if number == 0 else self.path.with_name(f"{self.path.name}.{number}")
 
-    def append(self, at: float, results: Sequence[DeliveryResult]) -> None:
+    def append(self, at: float, results: Sequence[DeliveryResult]) -> str:
         """One line for ``results``, recorded at ``at`` (seconds since the epoch: a
         float costs less per append than a formatted stamp); raises ``OSError`` (the
-        disk is full) when it could not be written whole."""
-        # The status is a StrEnum: JSON writes it as its value (``.value`` is a
-        # property, slow for something done once per reply).
-        line = _encode([at, [
-            (r.delivery_id, r.status, r.code, r.response[:500], r.message_id,
-             stamp_of(r.next_attempt_at) if r.next_attempt_at else None, r.bounce,
-             r.attempts, r.first_attempt_at)
-            for r in results]]).encode("utf-8") + b"\n"
+        disk is full) when it could not be written whole. Returns the results' JSON
+        (``encode_rows``), which the commit that records them takes as it is."""
+        rows = encode_rows(results)
+        line = f"[{at!r}, {rows}]\n".encode()  # a float's repr is JSON's
         view = memoryview(line)
         while view:  # a regular file takes it in one write, but nothing promises so
             view = view[os.write(self._fd, view):]
         self.size += len(line)
+        return rows
 
     def seal(self) -> Path:
         """Go on in a new segment; the path of the one sealed."""
