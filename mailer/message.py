@@ -491,16 +491,18 @@ def _unstructured(text: str) -> bytes:
 
 
 def _encoded_words(text: str) -> bytes:
+    data = text.encode("utf-8")
+    if len(data) <= _EW_BYTES:  # one word: nearly every name, once per message
+        return b"=?utf-8?b?" + binascii.b2a_base64(data, newline=False) + b"?="
     return b"\r\n ".join(
         b"=?utf-8?b?" + binascii.b2a_base64(chunk, newline=False) + b"?="
-        for chunk in _utf8_chunks(text, _EW_BYTES)
+        for chunk in _utf8_chunks(data, _EW_BYTES)
     )
 
 
-def _utf8_chunks(s: str, limit: int) -> Iterator[bytes]:
-    """UTF-8 of ``s`` in pieces of at most ``limit`` bytes, never splitting a character.
+def _utf8_chunks(data: bytes, limit: int) -> Iterator[bytes]:
+    """UTF-8 ``data`` in pieces of at most ``limit`` bytes, never splitting a character.
     Cut on the bytes (per recipient: a loop over characters cost more than the join)."""
-    data = s.encode("utf-8")
     start, end_of_data = 0, len(data)
     while start < end_of_data:
         end = start + limit
