@@ -795,9 +795,7 @@ class Run:
         except Exception as e:
             # Only this recipient's own data is joined here: whatever goes wrong is
             # about this message alone, which fails alone; the campaign goes on.
-            return DeliveryResult(job.delivery_id, DeliveryStatus.FAILED, 0,
-                                  f"not sent: {e}", message_id, None, False, job.attempts,
-                                  job.first_attempt_at)
+            return _result(job, DeliveryStatus.FAILED, 0, f"not sent: {e}", message_id)
         # An internationalised domain goes on the wire in punycode.
         mail_from = self.sender if self.sender_for is None else self.sender_for(job)
         return Envelope(mail_from, job.email_ascii or job.email, data,
@@ -811,8 +809,7 @@ class Run:
     def _judge(self, job: Job, reply: Reply, message_id: str) -> DeliveryResult:
         text = reply.text.strip() or "(no text)"
         if reply.outcome is Outcome.SENT:
-            return DeliveryResult(job.delivery_id, DeliveryStatus.SENT, reply.code, text,
-                                  message_id, None, False, job.attempts, job.first_attempt_at)
+            return _result(job, DeliveryStatus.SENT, reply.code, text, message_id)
         if reply.outcome is Outcome.FAILED and reply.stage == "mail":
             # The relay refuses our sender, not this recipient: every message would
             # fail the same way, and no member should be marked bounced for it.
@@ -820,20 +817,15 @@ class Run:
         if reply.outcome is Outcome.FAILED:
             # A refusal of our own (nothing reached the relay: no SMTPUTF8 for this
             # address) says nothing about the mailbox: not a bounce.
-            return DeliveryResult(job.delivery_id, DeliveryStatus.FAILED, reply.code, text,
-                                  message_id, None, not reply.local, job.attempts,
-                                  job.first_attempt_at)
+            return _result(job, DeliveryStatus.FAILED, reply.code, text, message_id,
+                           bounce=not reply.local)
         now = self.clock.now()
         first = parse_stamp(job.first_attempt_at)
         if (now - first).total_seconds() >= self.policy.lifetime:
-            return DeliveryResult(
-                job.delivery_id, DeliveryStatus.FAILED, reply.code,
-                f"gave up after {job.attempts} tries: {text}", message_id, None, False,
-                job.attempts, job.first_attempt_at,
-            )
+            return _result(job, DeliveryStatus.FAILED, reply.code,
+                           f"gave up after {job.attempts} tries: {text}", message_id)
         later = now + dt.timedelta(seconds=self.policy.retry_delay(job.attempts))
-        return DeliveryResult(job.delivery_id, DeliveryStatus.DEFERRED, reply.code, text,
-                              message_id, later, False, job.attempts, job.first_attempt_at)
+        return _result(job, DeliveryStatus.DEFERRED, reply.code, text, message_id, later)
 
     def _count(self, result: DeliveryResult) -> None:
         p = self.progress
@@ -844,6 +836,14 @@ class Run:
         else:
             p.deferred += 1
         self.on_progress(p)
+
+
+def _result(job: Job, status: DeliveryStatus, code: int, text: str, message_id: str,
+            later: dt.datetime | None = None, bounce: bool = False) -> DeliveryResult:
+    """``job``'s result, with its attempt (a claim leaves a never-tried row as it is:
+    the attempt is written with the reply)."""
+    return DeliveryResult(job.delivery_id, status, code, text, message_id, later, bounce,
+                          job.attempts, job.first_attempt_at)
 
 
 class _Conveyor:

@@ -61,10 +61,13 @@ class TokenClaims:
 
 
 def _b64(data: bytes) -> str:
+    return _b64_bytes(data).decode("ascii")
+
+
+def _b64_bytes(data: bytes) -> bytes:
     # binascii at once: base64.urlsafe_b64encode is two Python calls more, and this
     # runs four times per message of a campaign.
-    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode(
-        "ascii")
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=")
 
 
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
@@ -149,8 +152,7 @@ class Signer:
 
 def _sign(keyed: tuple[hashlib._Hash, hashlib._Hash, str], text: str) -> str:
     inner, outer, start = keyed
-    payload = binascii.b2a_base64(text.encode("ascii"), newline=False).translate(
-        _URLSAFE).rstrip(b"=")  # _b64, kept as bytes: the MAC is over them
+    payload = _b64_bytes(text.encode("ascii"))  # bytes: the MAC is over them too
     return f"{start}{payload.decode('ascii')}.{_mac_of(inner, outer, payload)}"
 
 

@@ -9,13 +9,14 @@ journal holds the replies the ledger may lack; the next sender of the campaign
 (``Store.take_over``, under the campaign's kernel lock) applies them before it
 sends anything, then removes the file.
 
-One line per append: ``[seconds since the epoch, [[delivery id, status, code, response, message
-id, next attempt, bounce, attempts, first attempt], ...]]`` in JSON (a journal from
-before the last two fields has rows of seven, read as well). Applying a line twice gives the same
-rows, so a line applied and then found again (a crash between the ledger's commit
-and the file's removal) does no harm; lines are applied in order, so a later
-reply for the same delivery wins. A last line cut short (the disk filled up) is
-not a reply anyone relied on: its append failed, so its message was never ended.
+One line per append: ``[seconds since the epoch, [[delivery id, status, code, response,
+message id, next attempt, bounce, attempts, first attempt], ...]]`` in JSON (a journal
+from before the last two fields has rows of seven, read as well). Applying a line
+twice gives the same rows, so a line applied and then found again (a crash between
+the ledger's commit and the file's removal) does no harm; lines are applied in
+order, so a later reply for the same delivery wins. A last line cut short (the disk
+filled up) is not a reply anyone relied on: its append failed, so its message was
+never ended.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ..stamps import stamp as stamp_of
 from .ledger import DeliveryResult, encode_rows
 
 __all__ = ["Journal", "journal_files", "journal_path", "read_journal"]
+
 
 def journal_path(database: Path, campaign_id: int) -> Path:
     """``<database>.campaign-<id>.journal``, beside the database: the journal's first
