@@ -663,8 +663,9 @@ class Run:
         if due is None:
             return False  # nothing pending or deferred: done
         if due == "":
-            # Pending rows behind the claims' cursor (a claim raced an unclaim): with
-            # none in flight, they are claimed from the first again.
+            # Pending rows behind the claims' cursor (given back untried: a session
+            # that failed to open, a claim that raced an unclaim): with none in
+            # flight, they are claimed from the first again.
             await db.call(Store.rewind_claims, self.campaign_id)
             return True
         if not self.wait_for_retries:

@@ -86,7 +86,7 @@ class Reply(NamedTuple):
     or timeout), ``text`` says what happened. ``stage`` names the step that gave the
     answer ("connect", "mail", "rcpt", "data" or "" for end of data): a 5xx at
     "mail" is about our sender, not about the recipient. (A tuple, as ``Envelope``:
-    one per message, and a frozen dataclass costs three times as much to make.)"""
+    one per message, and a frozen dataclass costs twice as much to make.)"""
 
     code: int
     text: str

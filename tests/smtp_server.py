@@ -56,6 +56,7 @@ class Behaviour:
     seed: int = 0
     multiline: bool = False  # answer MAIL, RCPT and the end of DATA in two lines
     ehlo_421: int = 0  # the first N sessions get 421 to EHLO, then the server hangs up
+    ehlo_421_at: tuple[int, ...] = ()  # these sessions (1 is the first) get the same
     smtputf8: bool = True  # advertise SMTPUTF8 (RFC 6531), as aiosmtpd's Controller does
     # Faults at random (drawn from ``seed``), for storms: the share of sessions that
     # get 421 to EHLO (then the server hangs up), of MAIL commands that get 421 (the
@@ -99,7 +100,8 @@ class _Handler:
     ) -> list[str]:
         session.host_name = hostname
         self.sessions.append(hostname)
-        if self.ehlo_421_left > 0 or self._chance(self.b.ehlo_421_rate):
+        if self.ehlo_421_left > 0 or len(self.sessions) in self.b.ehlo_421_at \
+                or self._chance(self.b.ehlo_421_rate):
             self.ehlo_421_left = max(self.ehlo_421_left - 1, 0)
             asyncio.get_running_loop().call_soon(server.transport.close)
             return ["421 4.3.2 Too busy, come back later"]

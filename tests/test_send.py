@@ -512,6 +512,24 @@ def test_relay_down_at_the_start_backs_off_on_the_retry_schedule(
     assert {(r["status"], r["attempts"]) for r in rows.values()} == {("sent", 1)}
 
 
+def test_a_row_given_back_untried_is_sent_later_in_the_same_run(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    """The second session gets 421 to EHLO: the job it held goes back untried, and
+    stays pending behind the claims' cursor (``Store.claim``) while the other
+    connection sends the rest; once nothing is in flight the run claims from the
+    first again and sends it, in the same run, as the first try."""
+    s = prepare(run, initialised, config_file)
+    with smtp_server(Behaviour(pipelining=True, ehlo_421_at=(2,))) as srv:
+        progress = asyncio.run(asyncio.wait_for(
+            sender(s, srv.port, policy=Policy(concurrency=2, first_retry=0.0)).run(), 30))
+        delivered = Counter(rcpt for m in srv.messages for rcpt in m.rcpt_tos)
+    assert progress.sent == 14
+    rows = ledger(initialised)
+    assert {(r["status"], r["attempts"]) for r in rows.values()} == {("sent", 1)}
+    assert len(delivered) == 14 and set(delivered.values()) == {1}
+
+
 def test_relay_that_dies_midway_stops_the_run_without_walking_the_rest(
     run: CliRun, initialised: Path, config_file: Path, env: None
 ) -> None:
