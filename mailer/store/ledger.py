@@ -122,6 +122,7 @@ _FRESH = (_ROWS + "d.status = 'pending' AND d.next_attempt_at IS NULL AND d.id >
 
 
 _encode = json.JSONEncoder(ensure_ascii=False).encode  # made once, not per batch
+_ACTIVE = Status.ACTIVE.value
 
 
 def encode_rows(results: Sequence[DeliveryResult]) -> str:
@@ -595,15 +596,14 @@ class LedgerMixin(StoreBase):
         (found,) = self.db.execute(_CLAIM.format(rows=query), params).fetchone()
         jobs = []
         skipped = []
+        active = _ACTIVE  # per row, and this thread holds the GIL: no lookups, no keywords
         for (did, rid, uid, email, email_ascii, name, slug, attempts, first,
              sub_status) in json.loads(found):
-            if sub_status != Status.ACTIVE.value:
+            if sub_status != active:
                 skipped.append((f"not sent: subscription {sub_status}", stamp, did))
                 continue
-            jobs.append(Job(delivery_id=did, campaign_id=campaign_id, recipient_id=rid,
-                            uid=uid, email=email, email_ascii=email_ascii, name=name,
-                            list_slug=slug, attempts=attempts + 1,
-                            first_attempt_at=first or stamp))
+            jobs.append(Job(did, campaign_id, rid, uid, email, email_ascii, name, slug,
+                            attempts + 1, first or stamp))
         self.db.conn.executemany(
             "UPDATE deliveries SET status = 'unsubscribed', last_response = ?, "
             "updated_at = ? WHERE id = ?",
