@@ -83,6 +83,9 @@ class Daemon:
     web: bool = True
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     running: dict[int, tuple[Run, asyncio.Task[None]]] = field(default_factory=dict)
+    # Campaigns their timer is starting: sending already, not running yet (a sync
+    # meanwhile must not start a second run of them, which would find the lock held).
+    starting: set[int] = field(default_factory=set)
     jobs: dict[int, dt.datetime] = field(default_factory=dict)
     retry_after: dict[int, dt.datetime] = field(default_factory=dict)
     watched: dict[Path, _Watched] = field(default_factory=dict)
@@ -148,7 +151,8 @@ class Daemon:
         wanted: dict[int, dt.datetime] = {}
         for c in campaigns:
             if c.status is CampaignStatus.SENDING:
-                if c.id not in self.running and self.retry_after.get(c.id, now) <= now:
+                if c.id not in self.running and c.id not in self.starting \
+                        and self.retry_after.get(c.id, now) <= now:
                     await self._start_run(c, resumed=True)
                 continue
             when = parse_stamp(c.scheduled_at) if c.scheduled_at else now
@@ -185,6 +189,13 @@ class Daemon:
 
     async def _fire(self, cid: int) -> None:
         self.jobs.pop(cid, None)
+        self.starting.add(cid)
+        try:
+            await self._start_timed(cid)
+        finally:
+            self.starting.discard(cid)
+
+    async def _start_timed(self, cid: int) -> None:
         c = await self.db.call(Store.campaign, cid)
         if c.status is not CampaignStatus.PENDING:
             event(logging.INFO, "skipped", cid, status=c.status.value)
@@ -257,7 +268,8 @@ class Daemon:
             self.retry_after[cid] = self.clock.now() + dt.timedelta(seconds=RETRY_SECONDS)
             LOGGER.error(fields("crashed", cid, error=str(e)), exc_info=True)
         finally:
-            self.running.pop(cid, None)
+            if self.running.get(cid, (None, None))[0] is run:  # its own entry only
+                del self.running[cid]
             c = await self.db.call(Store.campaign, cid)
             if c.status is CampaignStatus.SENT:
                 event(logging.INFO, "finished", cid, **{k: v for k, v in c.counts.items()})

@@ -519,6 +519,11 @@ class Run:
     _owed: bool = False  # the journal may hold a reply the ledger lacks
     _unrecorded_results: int = 0
     _down: Reply | None = None  # the relay counts as down; the last failure
+    # Claimed jobs' envelopes, made ahead (``_make_ahead``) for the relay's 8BITMIME
+    # (``_eight_bit``, known once a session is up), taken as each job is sent.
+    _made: dict[int, tuple[bool, tuple[Envelope, str] | DeliveryResult]] = field(
+        default_factory=dict)
+    _eight_bit: bool | None = None
 
     async def run(self) -> Progress:
         """Send the campaign's due deliveries. Raises ``CampaignLocked`` when another
@@ -578,6 +583,7 @@ class Run:
         except (ConnectionError, OSError, TimeoutError) as e:
             self._down = Reply(0, str(e) or type(e).__name__, Outcome.DEFERRED, "connect")
             return
+        self._eight_bit = first.eight_bit
         transports = [first] + [self.connect() for _ in range(self.policy.concurrency - 1)]
         # Unpaced, deep enough that a connection never finds it empty while a claim
         # is on its way (at 16 connections they empty 64 in a few ms, and one that
@@ -617,6 +623,7 @@ class Run:
                 self._in_flight -= len(left)
                 await db.call(Store.unclaim, [j.delivery_id for j in left])
             await asyncio.gather(*(t.close() for t in transports), return_exceptions=True)
+            self._made.clear()  # of jobs given back: made again when claimed again
         if abort:
             raise abort[0]
 
@@ -649,6 +656,7 @@ class Run:
                 continue
             self._claimed += len(claimed)
             self._in_flight += len(claimed)
+            self._make_ahead(claimed)
             jobs.put_many(claimed)
 
     async def _more_to_come(self, db: Database, ledger: Ledger) -> bool:
@@ -780,10 +788,32 @@ class Run:
             abort.append(error)
         self.stop.set()
 
+    def _make_ahead(self, jobs: list[Job]) -> None:
+        """Make a claim's envelopes in one go, as it comes in. Made one at a time as
+        each message goes, the same work ran with cold caches (each turn of the loop
+        follows a wake-up and a 100 KB write); made here, the run measured 10% less
+        CPU per 100 KB message (bench/README.md). What they hold depends on the job
+        alone, but for the relay's 8BITMIME: one made for the other kind is made
+        again (``_envelope``)."""
+        eight_bit, made = self._eight_bit, self._made
+        if eight_bit is None:
+            return
+        for job in jobs:
+            try:
+                made[job.delivery_id] = (eight_bit, self._envelope_for(eight_bit, job))
+            except Exception:
+                continue  # made again as it goes, where what it raises stops the run
+
     def _envelope(self, transport: Transport, job: Job) -> tuple[Envelope, str] | DeliveryResult:
-        """The delivery's envelope and Message-ID; or its result at once, when its own
-        data cannot be joined into a message."""
-        message = self.messages(job.list_slug, transport.eight_bit)
+        """The delivery's envelope and Message-ID (made ahead, or now); or its result
+        at once, when its own data cannot be joined into a message."""
+        made = self._made.pop(job.delivery_id, None)
+        if made is not None and made[0] == transport.eight_bit:
+            return made[1]
+        return self._envelope_for(transport.eight_bit, job)
+
+    def _envelope_for(self, eight_bit: bool, job: Job) -> tuple[Envelope, str] | DeliveryResult:
+        message = self.messages(job.list_slug, eight_bit)
         message_id = (make_message_id(job.campaign_id, job.recipient_id, self.msgid_domain)
                       if self.message_id_for is None
                       else self.message_id_for(job, self.msgid_domain))

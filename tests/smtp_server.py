@@ -58,6 +58,7 @@ class Behaviour:
     ehlo_421: int = 0  # the first N sessions get 421 to EHLO, then the server hangs up
     ehlo_421_at: tuple[int, ...] = ()  # these sessions (1 is the first) get the same
     smtputf8: bool = True  # advertise SMTPUTF8 (RFC 6531), as aiosmtpd's Controller does
+    eight_bit_sessions: int = 0  # >0: only the first N sessions advertise 8BITMIME
     # Faults at random (drawn from ``seed``), for storms: the share of sessions that
     # get 421 to EHLO (then the server hangs up), of MAIL commands that get 421 (the
     # same), of RCPTs that get ``temp_code``, and of messages the server takes and
@@ -107,6 +108,8 @@ class _Handler:
             return ["421 4.3.2 Too busy, come back later"]
         if self.b.pipelining:
             responses.insert(-1, "250-PIPELINING")
+        if self.b.eight_bit_sessions and len(self.sessions) > self.b.eight_bit_sessions:
+            responses = [r for r in responses if r != "250-8BITMIME"]
         return responses
 
     async def handle_MAIL(

@@ -512,6 +512,29 @@ def test_relay_down_at_the_start_backs_off_on_the_retry_schedule(
     assert {(r["status"], r["attempts"]) for r in rows.values()} == {("sent", 1)}
 
 
+def test_a_session_without_8bitmime_gets_messages_made_for_it(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    """The envelopes of a claim are made ahead for what the first session offered
+    (``Run._make_ahead``); a later session of the same relay that does not offer
+    8BITMIME (a relay behind a balancer, reconfigured mid-run) gets each of its
+    messages made again for it: 7-bit bodies, no BODY=8BITMIME."""
+    s = prepare(run, initialised, config_file, extra=many(86))  # 100 recipients
+    with smtp_server(Behaviour(pipelining=True, eight_bit_sessions=1)) as srv:
+        progress = asyncio.run(asyncio.wait_for(
+            sender(s, srv.port, policy=Policy(concurrency=4, first_retry=0.0)).run(), 60))
+        got = list(srv.messages)
+    assert progress.sent == 100 and len({m.rcpt_tos[0] for m in got}) == 100
+    eight = [m for m in got if "BODY=8BITMIME" in m.mail_options]
+    seven = [m for m in got if "BODY=8BITMIME" not in m.mail_options]
+    assert eight and seven  # both kinds of session sent
+    for m in seven:
+        assert m.data.isascii(), m.rcpt_tos  # made for this session, not the first
+        assert parse(m).get_body(("plain",))["Content-Transfer-Encoding"] != "8bit"
+    for m in eight:
+        assert parse(m).get_body(("plain",))["Content-Transfer-Encoding"] == "8bit"
+
+
 def test_a_row_given_back_untried_is_sent_later_in_the_same_run(
     run: CliRun, initialised: Path, config_file: Path, env: None
 ) -> None:
