@@ -311,6 +311,11 @@ Done = Callable[[Reply | None, BaseException | None], None]
 Feed = Callable[[], "Transaction | None"]
 
 
+# A reply's three digits to its code, looked up: int() of bytes goes through the
+# parser of numbers in any base, four times per message.
+_CODES = {b"%03d" % n: n for n in range(1000)}
+
+
 class _ConnectionDead(Exception):
     """The connection is gone or out of step; the next send reconnects."""
 
@@ -381,11 +386,13 @@ class _Wire(asyncio.Protocol):
             whole = data.split(b"\n")
             whole.pop()  # after the last newline: nothing
             replies = self._replies
+            codes = _CODES
             for i, line in enumerate(whole):
-                if line[3:4] == b"-" or not line[:3].isdigit():
+                code = codes.get(line[:3])
+                if code is None or line[3:4] == b"-":
                     data = b"\n".join(whole[i:]) + b"\n"
                     break
-                replies.append((int(line[:3]), line[4:].strip().decode("utf-8", "replace")))
+                replies.append((code, line[4:].strip().decode("utf-8", "replace")))
             else:
                 self._handle_replies()
                 return

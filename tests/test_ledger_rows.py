@@ -211,3 +211,29 @@ def test_a_claim_reads_one_range_of_the_status_index_not_the_campaign(
                 in p for p in reads), plan
     finally:
         conn.close()
+
+
+def test_rows_are_encoded_as_the_standard_json_encoder_does() -> None:
+    """``encode_rows`` keeps its C encoder from one call to the next: its output is
+    byte for byte what ``json.dumps(..., ensure_ascii=False)`` writes, whatever the
+    replies hold, and it reads back as the same rows."""
+    import json
+
+    from mailer.store.ledger import encode_rows
+
+    later = dt.datetime(2026, 12, 2, 8, 30, 5, 123000, tzinfo=dt.UTC)
+    results = [
+        DeliveryResult(1, DeliveryStatus.SENT, 250, "2.0.0 Ok: queued as 3F1A2B", "<c1.r1.x@e.org>",
+                       attempts=1, first_attempt_at="2026-12-02T08:30:00.000Z"),
+        DeliveryResult(2, DeliveryStatus.DEFERRED, 451, 'try "later"\\ 王\u2028😀\x00\x1f',
+                       '<c1.r2."q"\\@e.org>', later, False, 3, "2026-12-01T00:00:00.000Z"),
+        DeliveryResult(3, DeliveryStatus.FAILED, 550, "x" * 600, "<c1.r3.y@e.org>", None, True),
+    ]
+    for batch in (results, results[1:2], []):
+        got = encode_rows(batch)
+        want = json.dumps([
+            (r.delivery_id, r.status.value, r.code, r.response[:500], r.message_id,
+             stamp(r.next_attempt_at) if r.next_attempt_at else None, r.bounce, r.attempts,
+             r.first_attempt_at) for r in batch], ensure_ascii=False)
+        assert got == want
+        assert json.loads(got) == json.loads(want)
