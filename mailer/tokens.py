@@ -151,20 +151,9 @@ class Signer:
 
 
 def _sign(keyed: tuple[hashlib._Hash, hashlib._Hash, str], text: str) -> str:
-    # _b64_bytes and _mac_of written out: this runs twice per message of a campaign,
-    # and their calls were about 6% of a token (measured: 0.94 of the time per pair).
     inner, outer, start = keyed
-    # bytes: the MAC is over them too
-    payload = _b2a_base64(text.encode("ascii"), newline=False).translate(_URLSAFE).rstrip(b"=")
-    h = inner.copy()
-    h.update(payload)
-    o = outer.copy()
-    o.update(h.digest())
-    mac = _b2a_base64(o.digest()[:MAC_BYTES], newline=False).translate(_URLSAFE).rstrip(b"=")
-    return f"{start}{payload.decode('ascii')}.{mac.decode('ascii')}"
-
-
-_b2a_base64 = binascii.b2a_base64  # one lookup, not two, per call
+    payload = _b64_bytes(text.encode("ascii"))  # bytes: the MAC is over them too
+    return f"{start}{payload.decode('ascii')}.{_mac_of(inner, outer, payload)}"
 
 
 def make_token(key: SigningKey, uid: str, list_slug: str) -> str:

@@ -123,7 +123,7 @@ _FRESH = (_ROWS + "d.status = 'pending' AND d.next_attempt_at IS NULL AND d.id >
 
 def _encoder() -> Callable[[object], str]:
     """``json.JSONEncoder(ensure_ascii=False).encode``, its C encoder made once: the
-    JSONEncoder makes one on every call (about a third of encoding the one or two
+    JSONEncoder makes one on every call (about a quarter of encoding the one or two
     rows of a journal append, which comes once per turn of the loop). Without the C
     accelerator (another Python), the JSONEncoder itself."""
     make = getattr(json.encoder, "c_make_encoder", None)
