@@ -8,6 +8,8 @@ Never part of ``make test``. Everything stays on 127.0.0.1. Two kinds of figure:
   prepared chunks, the envelope's wire checks, building the commands, the write to
   a transport, parsing the replies, the reply journal's append, and the ledger's
   claim and group commit per message (on a real SQLite copy, as the run does them);
+  ``links`` is both tokens as the run makes them (``Outbox.links``), the two
+  ``token_`` figures each as text, as a test send or the web pages make one;
 * **run**: one whole campaign against Postfix's ``smtp-sink``, on asyncio and on
   uvloop, with the CPU of the event-loop thread and of the database thread apart
   (``/proc/self/task``), per message; ``--cprofile FILE`` keeps a profile of it.
@@ -86,6 +88,8 @@ def parts(config: Any, db: Path, size: str, calls: int) -> dict[str, float]:
         uid, slug = "AbCdEfGhIjKlMnOp", st.SLUG
         out["token_unsubscribe"] = per_call_us(lambda: outbox.unsubscribe_url(uid, slug), calls)
         out["token_web_edition"] = per_call_us(lambda: outbox.web_edition_url(uid, slug), calls)
+        # Both links as a campaign's messages carry them: signed in one call, as bytes.
+        out["links"] = per_call_us(lambda: outbox.links(uid, slug), calls)
         out["message_id"] = per_call_us(lambda: make_message_id(cid, 12345, "example.org"),
                                         calls)
         verp = VerpSigner("bounces@example.org", config.signing_keys())

@@ -309,8 +309,7 @@ def worker_ours(args: argparse.Namespace) -> dict[str, Any]:
             outbox.message(SLUG, eight_bit)
     run = Run(
         database=db, campaign_id=cid, messages=outbox.message,
-        unsubscribe_url=outbox.unsubscribe_url,
-        web_edition_url=outbox.web_edition_url,
+        links=outbox.links,
         connect=lambda: SMTPTransport(
             SMTPSettings("127.0.0.1", args.port, "none", None, None, timeout=30.0)),
         sender=SENDER, msgid_domain=outbox.msgid_domain,

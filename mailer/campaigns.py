@@ -231,8 +231,7 @@ def sender(config: Config, outbox: Outbox, campaign_id: int, *, limit: int | Non
     settings = SMTPSettings.from_config(config.smtp)
     run = Run(
         database=config.database, campaign_id=campaign_id, messages=outbox.message,
-        unsubscribe_url=outbox.unsubscribe_url, connect=lambda: SMTPTransport(settings),
-        web_edition_url=outbox.web_edition_url,
+        links=outbox.links, connect=lambda: SMTPTransport(settings),
         sender=config.sender.address, msgid_domain=outbox.msgid_domain,
         policy=Policy.from_config(config), limit=limit, wait_for_retries=wait_for_retries,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from .config import Config, default_pdf_mode
 from .endblock import printed
 from .errors import IssueError
 from .issue import parse_file
-from .message import Attachment, MessageParts, PreparedMessage
+from .message import Attachment, MessageParts, PreparedMessage, is_wire_url
 from .models import EndBlock, Issue, MailingList
 from .pdf import PdfFailed, Typesetting, typeset
 from .render import (
@@ -32,7 +32,7 @@ from .render import (
     render_web,
 )
 from .store import Store
-from .tokens import Signer, edition_url, unsubscribe_url
+from .tokens import LinkSigner, Signer, edition_url, unsubscribe_url
 
 
 def file_sha256(path: Path) -> str:
@@ -61,6 +61,10 @@ def record_issue(store: Store, issue: Issue, sha256: str) -> int:
     )
 
 
+# A list's links per recipient uid (``Outbox.links``).
+_LinkMaker = Callable[[str], tuple[str | bytes | None, str | bytes | None]]
+
+
 @dataclass
 class Outbox:
     """One issue, ready to send to some lists."""
@@ -77,6 +81,7 @@ class Outbox:
     _prepared: dict[tuple[str, bool], PreparedMessage] = field(default_factory=dict)
     _signing: Signer | None = None
     _unsubscribing: dict[str, bool] = field(default_factory=dict)  # may_unsubscribe by slug
+    _links: dict[str, _LinkMaker] = field(default_factory=dict)  # by slug
     issue_id: int | None = None  # the issues row, once recorded (or reopened)
     # PDF editions by the hash of the print HTML they were typeset from: lists whose
     # print HTML is the same share one PDF, typeset once (or read back from the store).
@@ -214,6 +219,32 @@ class Outbox:
             raise IssueError("the issue must be recorded before its web links are made")
         token = self._signer().edition(uid, slug, self.issue_id, self._issued)
         return edition_url(self.config.web.base_url, token)
+
+    def links(self, uid: str, slug: str) -> tuple[str | bytes | None, str | bytes | None]:
+        """The recipient's unsubscribe link (None where the list has none) and web-edition
+        link, as a campaign's messages carry them: ``unsubscribe_url`` and
+        ``web_edition_url`` made in one call, in wire form (``tokens.LinkSigner``).
+        Where the base URL cannot go in a message as it is, or the issue is not
+        recorded yet, they are made as text, which refuses each message as before."""
+        make = self._links.get(slug)
+        if make is None:
+            make = self._link_maker(slug)
+            if self.issue_id is not None:  # else made again once it is
+                self._links[slug] = make
+        return make(uid)
+
+    def _link_maker(self, slug: str) -> _LinkMaker:
+        def as_text(uid: str) -> tuple[str | None, str]:
+            return self.unsubscribe_url(uid, slug), self.web_edition_url(uid, slug)
+
+        if self.issue_id is None:
+            return as_text
+        signer = LinkSigner(self._signer(), self.config.web.base_url, slug,
+                            unsubscribe=self._list(slug).may_unsubscribe,
+                            edition=(self.issue_id, self._issued))
+        if not all(is_wire_url(start) for start in signer.starts):
+            return as_text
+        return signer
 
     def _signer(self) -> Signer:
         if self._signing is None:  # the current key, once per outbox

@@ -40,6 +40,7 @@ __all__ = [
     "PreparedMessage",
     "format_to",
     "header_problem",
+    "is_wire_url",
     "make_message_id",
     "strip_controls",
 ]
@@ -290,13 +291,14 @@ class PreparedMessage:
         to_name: str | None,
         to_address: str,
         message_id: str,
-        unsubscribe_url: str | None,
-        web_edition_url: str | None = None,
+        unsubscribe_url: str | bytes | None,
+        web_edition_url: str | bytes | None = None,
     ) -> bytes:
         """The wire form for one recipient: CRLF line endings, dot-stuffed, without
         the final ``.`` line. ``unsubscribe_url`` is required when the list allows
         unsubscribing and ignored otherwise; ``web_edition_url`` when the bodies link
-        the web edition."""
+        the web edition. Either may be the sender's own link in wire form (bytes,
+        ``tokens.LinkSigner``)."""
         return b"".join(self._pieces(self._wire, to_name, to_address, message_id,
                                      unsubscribe_url, web_edition_url))
 
@@ -306,8 +308,8 @@ class PreparedMessage:
         to_name: str | None,
         to_address: str,
         message_id: str,
-        unsubscribe_url: str | None,
-        web_edition_url: str | None = None,
+        unsubscribe_url: str | bytes | None,
+        web_edition_url: str | bytes | None = None,
     ) -> list[bytes]:
         """``personalise`` in pieces, not joined: the prepared chunks themselves and the
         recipient's values between them, for a vectored write (the body, ~100 KB, is
@@ -321,8 +323,8 @@ class PreparedMessage:
         to_name: str | None,
         to_address: str,
         message_id: str,
-        unsubscribe_url: str | None,
-        web_edition_url: str | None = None,
+        unsubscribe_url: str | bytes | None,
+        web_edition_url: str | bytes | None = None,
     ) -> bytes:
         """Plain RFC 5322 bytes (CRLF, not dot-stuffed): for .eml files and for
         sending one message through aiosmtplib."""
@@ -335,8 +337,8 @@ class PreparedMessage:
         to_name: str | None,
         to_address: str,
         message_id: str,
-        url: str | None,
-        web_url: str | None = None,
+        url: str | bytes | None,
+        web_url: str | bytes | None = None,
     ) -> list[bytes]:
         values = {
             _TO: format_to(to_name, to_address),
@@ -347,13 +349,13 @@ class PreparedMessage:
                 raise UnsendableRecipient(
                     to_address, "this list allows unsubscribing: an unsubscribe URL is required"
                 )
-            values[_URL] = _check_url(to_address, url)
+            values[_URL] = _link(to_address, url)
         if self.web_edition:
             if web_url is None:
                 raise UnsendableRecipient(
                     to_address, "this bulletin links its web edition: a web-edition URL "
                     "is required")
-            values[_WEB] = _check_url(to_address, web_url)
+            values[_WEB] = _link(to_address, web_url)
         if self._b64 is not None:
             for body, (pieces, gaps) in zip(
                 (_TEXT_BODY + "\r\n", _HTML_BODY + "\r\n"), self._b64, strict=True
@@ -526,6 +528,24 @@ def _check_message_id(address: str, message_id: str) -> bytes:
 
 
 _URL_RE = re.compile(rb"https?://[!-;=?-~]+")  # no spaces, controls, < or >
+
+
+def is_wire_url(url: str) -> bool:
+    """Whether ``url`` can go in a message as it is (the start of the links a sender
+    makes as bytes, checked once for a whole list: ``tokens.LinkSigner``)."""
+    b = url.encode("utf-8")
+    return len(b) <= MAX_URL_LENGTH and _URL_RE.fullmatch(b) is not None
+
+
+def _link(address: str, url: str | bytes) -> bytes:
+    """A link as it goes in the message. Bytes are the sender's own (``LinkSigner``:
+    its start checked once, ``is_wire_url``, the rest base64url and dots), taken as
+    they are but for their length; text is checked."""
+    if isinstance(url, bytes):
+        if len(url) <= MAX_URL_LENGTH:
+            return url
+        url = url.decode("ascii", "replace")
+    return _check_url(address, url)
 
 
 def _check_url(address: str, url: str) -> bytes:

@@ -479,7 +479,9 @@ class RateLimiter:
 
 
 MessageSource = Callable[[str, bool], PreparedMessage]  # (list slug, eight_bit) -> message
-UrlSource = Callable[[str, str], str | None]  # (recipient uid, list slug) -> unsubscribe URL
+# (recipient uid, list slug) -> its unsubscribe and web-edition links, None where the
+# list or the issue has none (``Outbox.links``: as bytes, in wire form; or text).
+LinkSource = Callable[[str, str], tuple[str | bytes | None, str | bytes | None]]
 
 
 @dataclass
@@ -493,14 +495,12 @@ class Run:
     database: Path
     campaign_id: int
     messages: MessageSource
-    unsubscribe_url: UrlSource
+    links: LinkSource
     connect: Callable[[], Transport]
     sender: str
     msgid_domain: str
     policy: Policy = field(default_factory=Policy)
     clock: Clock = SYSTEM_CLOCK  # retries, quotas, pauses and the rate limit
-    # (uid, list slug) -> the recipient's web-edition URL, when the bulletin links one.
-    web_edition_url: UrlSource | None = None
     limit: int | None = None  # send at most this many messages in this run
     wait_for_retries: bool = False  # keep running until deferred rows are due
     on_progress: Callable[[Progress], None] = lambda p: None
@@ -817,9 +817,8 @@ class Run:
         message_id = (make_message_id(job.campaign_id, job.recipient_id, self.msgid_domain)
                       if self.message_id_for is None
                       else self.message_id_for(job, self.msgid_domain))
-        url = self.unsubscribe_url(job.uid, job.list_slug)
         try:
-            web = self.web_edition_url(job.uid, job.list_slug) if self.web_edition_url else None
+            url, web = self.links(job.uid, job.list_slug)
             data = message.personalise_pieces(to_name=job.name, to_address=job.email,
                                               message_id=message_id, unsubscribe_url=url,
                                               web_edition_url=web)

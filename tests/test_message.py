@@ -16,9 +16,11 @@ import pytest
 from mailer import message as message_mod
 from mailer.errors import UnsafeHeader, UnsendableRecipient
 from mailer.message import (
+    MAX_URL_LENGTH,
     MessageParts,
     PreparedMessage,
     format_to,
+    is_wire_url,
     make_message_id,
     strip_controls,
 )
@@ -509,3 +511,34 @@ def test_bodies_without_the_web_link_need_no_url() -> None:
     pm = PreparedMessage.build(make_parts(web_placeholder=WEB))
     assert pm.web_edition is False
     assert b"Subject:" in pm.personalise(**recipient())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("eight_bit", [True, False])
+def test_links_in_wire_form_go_in_as_they_are_but_for_their_length(eight_bit: bool) -> None:
+    """The sender's own links come as bytes (``tokens.LinkSigner``): the same message as
+    with the same links as text; one longer than any link may be is refused all
+    the same, and text is still checked."""
+    parts = make_parts(
+        html=sample_html().replace("</body>", f'<a href="{WEB}">网页版</a></body>'),
+        text=f"网页版：{WEB}\n" + sample_text() + f"\n退订：{PLACEHOLDER}\n",
+        web_placeholder=WEB,
+    )
+    pm = PreparedMessage.build(parts, eight_bit=eight_bit)
+    web = "https://bulletin.example.org/w/e1.k1.cccc.dddd"
+    as_text = pm.personalise(**recipient(), web_edition_url=web)  # type: ignore[arg-type]
+    as_bytes = pm.personalise(**{**recipient(), "unsubscribe_url": URL_A.encode()},  # type: ignore[arg-type]
+                              web_edition_url=web.encode())
+    assert as_bytes == as_text
+    too_long = ("https://bulletin.example.org/w/" + "e" * MAX_URL_LENGTH).encode()
+    with pytest.raises(UnsendableRecipient, match="at most"):
+        pm.personalise(**recipient(), web_edition_url=too_long)  # type: ignore[arg-type]
+    with pytest.raises(UnsendableRecipient):
+        pm.personalise(**recipient(), web_edition_url="https://x.example.org/a b")  # type: ignore[arg-type]
+
+
+def test_is_wire_url() -> None:
+    assert is_wire_url("https://bulletin.example.org/u/v1.k1.")
+    assert not is_wire_url("https://bulletin.example.org/a b/u/")
+    assert not is_wire_url("https://简报.example.org/u/")
+    assert not is_wire_url("javascript:alert(1)")
+    assert not is_wire_url("https://x.example.org/" + "a" * MAX_URL_LENGTH)

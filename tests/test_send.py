@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -75,8 +75,7 @@ def sender(s: Setup, port: int, **kw: Any) -> Run:
     timeout = kw.pop("timeout", 5.0)
     return Run(
         database=s.db, campaign_id=s.campaign_id, messages=s.outbox.message,
-        unsubscribe_url=s.outbox.unsubscribe_url,
-        web_edition_url=s.outbox.web_edition_url,
+        links=s.outbox.links,
         connect=lambda: SMTPTransport(
             SMTPSettings("127.0.0.1", port, "none", None, None, timeout=timeout)),
         sender="bulletin@example.org", msgid_domain="example.org", policy=policy, **kw,
@@ -132,6 +131,33 @@ def test_sends_every_recipient_once_with_personal_headers(
     with Store.open(initialised) as store:
         c = store.campaign(s.campaign_id)
     assert c.status.value == "sent" and c.counts == {"sent": 14}
+
+
+def test_the_links_go_in_wire_form_and_a_base_url_that_cannot_is_refused_per_message(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    """A campaign's messages carry the outbox's links as bytes (``Outbox.links``): the
+    same links as the text ones. A base URL that cannot go in a message as it is
+    gets its links as text, so each message is refused on its own, as before, and
+    the run goes on to the end."""
+    s = prepare(run, initialised, config_file)
+    with Store.open(initialised) as store:
+        uid = store.uid_of(next(iter(ledger(initialised))))
+    assert uid is not None
+    unsubscribe, web = s.outbox.links(uid, "send-to")
+    assert unsubscribe == str(s.outbox.unsubscribe_url(uid, "send-to")).encode()
+    assert web == s.outbox.web_edition_url(uid, "send-to").encode()
+    cfg = s.outbox.config
+    bad = replace(s.outbox, config=replace(cfg, web=replace(cfg.web, base_url=BASE_URL + "/a b")),
+                  _links={})
+    assert bad.links(uid, "send-to") == (bad.unsubscribe_url(uid, "send-to"),
+                                         bad.web_edition_url(uid, "send-to"))
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        progress = asyncio.run(sender(replace(s, outbox=bad), srv.port).run())
+    assert srv.messages == [] and progress.failed == 14
+    rows = ledger(initialised)
+    assert {r["status"] for r in rows.values()} == {"failed"}
+    assert all("must be an http(s) URL" in r["last_response"] for r in rows.values())
 
 
 def test_an_address_on_both_lists_gets_one_copy_as_report_to(

@@ -272,3 +272,41 @@ def test_edition_token_round_trip_and_purpose() -> None:
                                      "e1." + "A" * 10_000, None, 12])
 def test_edition_garbage_returns_none(garbage: object) -> None:
     assert read_edition_token(KEYS, garbage, now=NOW) is None
+
+
+# --- links in wire form ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("uid", [UID, "a", "abcDEF123_-", "x" * 64, "0" * 17])
+def test_link_signer_makes_the_links_text_would_make(uid: str) -> None:
+    """The bytes a campaign's messages carry are the URLs of the tokens made one by one,
+    and both readers take them."""
+    base = "https://bulletin.example.org"
+    signer = tokens.Signer(CURRENT)
+    unsubscribe, edition = tokens.LinkSigner(signer, base, "send-to", unsubscribe=True,
+                                             edition=(42, 1_700_000_000))(uid)
+    assert unsubscribe == unsubscribe_url(base, signer.unsubscribe(uid, "send-to")).encode()
+    assert edition == tokens.edition_url(
+        base, signer.edition(uid, "send-to", 42, 1_700_000_000)).encode()
+    assert unsubscribe is not None and edition is not None
+    claims = read_token(KEYS, unsubscribe.decode().rpartition("/u/")[2], now=NOW)
+    assert claims == TokenClaims(uid, "send-to", "k2")
+    e = read_edition_token(KEYS, edition.decode().rpartition("/w/")[2], now=NOW)
+    assert e is not None and (e.uid, e.list_slug, e.issue_id) == (uid, "send-to", 42)
+
+
+def test_link_signer_without_either_link_and_with_what_cannot_travel() -> None:
+    signer = tokens.Signer(CURRENT)
+    base = "https://bulletin.example.org"
+    none = tokens.LinkSigner(signer, base, "report-to", unsubscribe=False, edition=None)
+    assert none(UID) == (None, None) and none.starts == ()
+    only = tokens.LinkSigner(signer, base, "send-to", unsubscribe=True, edition=None)
+    assert only(UID)[1] is None and only.starts == (f"{base}/u/v1.k2.",)
+    both = tokens.LinkSigner(signer, base, "send-to", unsubscribe=True, edition=(1, 2))
+    for bad in ("", "a b", "名字", "x" * 65, "a:b"):
+        with pytest.raises(ValueError, match="uid"):
+            both(bad)
+    with pytest.raises(ValueError, match="slug"):
+        tokens.LinkSigner(signer, base, "send to", unsubscribe=True, edition=None)
+    with pytest.raises(ValueError, match="negative"):
+        tokens.LinkSigner(signer, base, "send-to", unsubscribe=True, edition=(-1, 2))
