@@ -360,7 +360,10 @@ class _Wire(asyncio.Protocol):
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         self._buffer = bytearray()
-        self._replies: collections.deque[tuple[int, str]] = collections.deque()
+        # Each reply's code, and its text as read: a line (bytes, code and all) whose
+        # text is decoded only when it is wanted (``_text``); a reply of several
+        # lines is joined as text at once.
+        self._replies: collections.deque[tuple[int, bytes | str]] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
         self.error: str | None = None
@@ -392,7 +395,7 @@ class _Wire(asyncio.Protocol):
                 if code is None or line[3:4] == b"-":
                     data = b"\n".join(whole[i:]) + b"\n"
                     break
-                replies.append((code, line[4:].strip().decode("utf-8", "replace")))
+                replies.append((code, line))
             else:
                 self._handle_replies()
                 return
@@ -502,21 +505,21 @@ class _Wire(asyncio.Protocol):
                 if self._timer is None or self._timer.when() > deadline:
                     self._arm(deadline)  # none yet, or set for a longer timeout
                 return
-            code, text = self._replies.popleft()
-            self._step(txn, code, text)
+            code, raw = self._replies.popleft()
+            self._step(txn, code, raw)
 
-    def _step(self, txn: _Txn, code: int, text: str) -> None:
-        """One reply to ``txn``."""
+    def _step(self, txn: _Txn, code: int, raw: bytes | str) -> None:
+        """One reply to ``txn`` (its text as read: ``_text``)."""
         state = txn.state
         if state == _ENVELOPE:
             stage = _STAGES[txn.answered]
             txn.answered += 1
             if code == 421:  # the server is closing: no other reply is read
-                self._closing(_reply(code, text, stage))
+                self._closing(_reply(code, _text(raw), stage))
                 return
             if code != 250 or stage == "data":  # 250 to MAIL and RCPT: nearly always
                 try:
-                    refusal = _refusal(stage, code, text)
+                    refusal = _refusal(stage, code, raw)
                 except _ConnectionDead as e:
                     self._die(str(e))
                     return
@@ -540,6 +543,7 @@ class _Wire(asyncio.Protocol):
                 return
             self._body(txn)
         elif state == _FINAL:
+            text = _text(raw)
             if code // 100 == 2:
                 self._finish(_reply(code, text))
             elif code == 421:
@@ -557,7 +561,7 @@ class _Wire(asyncio.Protocol):
             assert txn.result is not None
             self._finish(txn.result)
         else:
-            self._die(f"RSET refused: {code} {text}")
+            self._die(f"RSET refused: {code} {_text(raw)}")
 
     def _body(self, txn: _Txn) -> None:
         """DATA is accepted: the body and its end, in one write once the gate is open
@@ -682,7 +686,8 @@ class _Wire(asyncio.Protocol):
                 self._deadline = None
                 self._expired = False
         if self._replies:
-            return self._replies.popleft()
+            code, raw = self._replies.popleft()
+            return code, _text(raw)
         raise _ConnectionDead(self.error or "connection lost")
 
     def _check_deadline(self) -> None:
@@ -711,14 +716,23 @@ class _Wire(asyncio.Protocol):
 # --- the transport --------------------------------------------------------------
 
 
-def _refusal(stage: str, code: int, text: str) -> Reply | None:
+def _refusal(stage: str, code: int, raw: bytes | str) -> Reply | None:
     """None if ``code`` is the expected reply at ``stage``, else the Reply to report.
     A reply that is neither expected nor an error means we are out of step."""
     if (code == 354) if stage == "data" else (code // 100 == 2):
         return None
     if code >= 400:
-        return _reply(code, text, stage)
-    raise _ConnectionDead(f"unexpected reply to {stage.upper()}: {code} {text}")
+        return _reply(code, _text(raw), stage)
+    raise _ConnectionDead(f"unexpected reply to {stage.upper()}: {code} {_text(raw)}")
+
+
+def _text(raw: bytes | str) -> str:
+    """A reply's text (``_Wire._replies``): a line read as it came, code and all,
+    decoded now; text already joined, as it is. Three of a message's four replies
+    never need theirs."""
+    if isinstance(raw, str):
+        return raw
+    return raw[4:].strip().decode("utf-8", "replace")
 
 
 _ADDR = re.compile(r"[!-;=?-~]+")  # printable ASCII without < > or spaces
