@@ -43,7 +43,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .config import Config
 from .errors import CampaignLocked, RelayUnavailable, SenderRefused, StoreError
 from .locks import exclusive, holder_description, lock_path
-from .message import PreparedMessage, make_message_id
+from .message import MessageIds, PreparedMessage
 from .models import DeliveryStatus
 from .stamps import parse_stamp
 from .store import DeliveryResult, Job, Now, Store
@@ -524,6 +524,7 @@ class Run:
     _made: dict[int, tuple[bool, tuple[Envelope, str] | DeliveryResult]] = field(
         default_factory=dict)
     _eight_bit: bool | None = None
+    _ids: MessageIds = field(init=False)  # the deliveries' Message-IDs (unsigned)
 
     async def run(self) -> Progress:
         """Send the campaign's due deliveries. Raises ``CampaignLocked`` when another
@@ -550,6 +551,7 @@ class Run:
                 await db.close()
 
     async def _run(self, db: Database, journal: Journal) -> Progress:
+        self._ids = MessageIds(self.campaign_id, self.msgid_domain)
         self.progress.clock, self.progress.started = self.clock, self.clock.monotonic()
         c = await db.call(Store.campaign, self.campaign_id)
         self.progress.total = sum(c.counts.get(s.value, 0) for s in
@@ -814,13 +816,16 @@ class Run:
 
     def _envelope_for(self, eight_bit: bool, job: Job) -> tuple[Envelope, str] | DeliveryResult:
         message = self.messages(job.list_slug, eight_bit)
-        message_id = (make_message_id(job.campaign_id, job.recipient_id, self.msgid_domain)
-                      if self.message_id_for is None
-                      else self.message_id_for(job, self.msgid_domain))
+        wire_id: str | bytes
+        if self.message_id_for is None:
+            message_id = self._ids(job.recipient_id)
+            wire_id = message_id.encode("ascii")  # made here: goes in as it is
+        else:
+            message_id = wire_id = self.message_id_for(job, self.msgid_domain)
         try:
             url, web = self.links(job.uid, job.list_slug)
             data = message.personalise_pieces(to_name=job.name, to_address=job.email,
-                                              message_id=message_id, unsubscribe_url=url,
+                                              message_id=wire_id, unsubscribe_url=url,
                                               web_edition_url=web)
         except Exception as e:
             # Only this recipient's own data is joined here: whatever goes wrong is

@@ -17,6 +17,7 @@ from mailer import message as message_mod
 from mailer.errors import UnsafeHeader, UnsendableRecipient
 from mailer.message import (
     MAX_URL_LENGTH,
+    MessageIds,
     MessageParts,
     PreparedMessage,
     format_to,
@@ -542,3 +543,13 @@ def test_is_wire_url() -> None:
     assert not is_wire_url("https://简报.example.org/u/")
     assert not is_wire_url("javascript:alert(1)")
     assert not is_wire_url("https://x.example.org/" + "a" * MAX_URL_LENGTH)
+
+
+def test_message_ids_of_a_campaign_are_make_message_id() -> None:
+    """What a run makes per message (the fixed parts once) is ``make_message_id``."""
+    ids = MessageIds(12, "协会.中国")
+    for rid in (0, 1, 345, 10**12):
+        assert ids(rid) == make_message_id(12, rid, "协会.中国")
+    assert MessageIds(13, "example.org")(345) != MessageIds(12, "example.org")(345)
+    with pytest.raises(UnsafeHeader):
+        MessageIds(1, "bad domain\r\n")
