@@ -10,6 +10,8 @@ Never part of ``make test``. Everything stays on 127.0.0.1. Two kinds of figure:
   claim and group commit per message (on a real SQLite copy, as the run does them);
   ``links`` is both tokens as the run makes them (``Outbox.links``), the two
   ``token_`` figures each as text, as a test send or the web pages make one;
+  ``message_id`` is the run's (``MessageIds``), ``message_id_alone`` one call of
+  ``make_message_id``;
 * **run**: one whole campaign against Postfix's ``smtp-sink``, on asyncio and on
   uvloop, with the CPU of the event-loop thread and of the database thread apart
   (``/proc/self/task``), per message; ``--cprofile FILE`` keeps a profile of it.
@@ -76,7 +78,7 @@ def parts(config: Any, db: Path, size: str, calls: int) -> dict[str, float]:
     """CPU µs per message of each step, alone."""
     from mailer import transport as tp
     from mailer.bounces.verp import VerpSigner
-    from mailer.message import make_message_id
+    from mailer.message import MessageIds, make_message_id
     from mailer.models import DeliveryStatus
     from mailer.store import DeliveryResult, Store
 
@@ -90,8 +92,10 @@ def parts(config: Any, db: Path, size: str, calls: int) -> dict[str, float]:
         out["token_web_edition"] = per_call_us(lambda: outbox.web_edition_url(uid, slug), calls)
         # Both links as a campaign's messages carry them: signed in one call, as bytes.
         out["links"] = per_call_us(lambda: outbox.links(uid, slug), calls)
-        out["message_id"] = per_call_us(lambda: make_message_id(cid, 12345, "example.org"),
-                                        calls)
+        ids = MessageIds(cid, "example.org")  # as the run makes them: once per campaign
+        out["message_id"] = per_call_us(lambda: ids(12345), calls)
+        out["message_id_alone"] = per_call_us(
+            lambda: make_message_id(cid, 12345, "example.org"), calls)
         verp = VerpSigner("bounces@example.org", config.signing_keys())
 
         def signed() -> tuple[str, str]:
