@@ -122,9 +122,9 @@ def make_message_id(campaign_id: int, recipient_id: int, domain: str, *,
 class MessageIds:
     """``make_message_id`` (unsigned) of one campaign's deliveries, as a run makes one
     per message: what does not depend on the recipient (the domain's check, the
-    hash's start, the fixed text) made once. Half the cost of a call of
-    ``make_message_id`` each (bench/README.md). Raises ``UnsafeHeader`` for a domain
-    that is not a host name."""
+    hash's start, the fixed text) made once: 0.6 µs each, against 0.9 for a call of
+    ``make_message_id`` as it was (bench/README.md). Raises ``UnsafeHeader`` for a
+    domain that is not a host name."""
 
     __slots__ = ("_hash", "_prefix", "_suffix", "_tail")
 

@@ -61,7 +61,7 @@ RELAY_TROUBLE_LIMIT = 3
 # reply waits for one when the run does not need it committed sooner (it is in the
 # journal meanwhile: other processes see the ledger at most about this far behind).
 # At the rates of small messages (~19,000 a second) the linger ends a commit first;
-# a cap of 256 cut them four times as small, for 0.9 µs a row more of the database
+# a cap of 256 made them about four times as small, for 0.9 µs a row more of the database
 # thread's CPU, taken from the two cores the event loop and the relay share
 # (bench/README.md).
 BATCH_MAX = 1024
