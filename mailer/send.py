@@ -61,9 +61,9 @@ RELAY_TROUBLE_LIMIT = 3
 # reply waits for one when the run does not need it committed sooner (it is in the
 # journal meanwhile: other processes see the ledger at most about this far behind).
 # At the rates of small messages (~19,000 a second) the linger ends a commit first;
-# a cap of 256 made them about four times as small, for 0.9 µs a row more of the database
-# thread's CPU, taken from the two cores the event loop and the relay share
-# (bench/README.md).
+# a cap of 256 made them about four times as small, for 0.9 µs a row more of the
+# database thread's CPU, taken from the two cores the event loop and the relay
+# share (bench/README.md).
 BATCH_MAX = 1024
 LINGER_S = 0.05
 # The reply journal goes on in a new segment once this big, and a segment goes once
@@ -528,7 +528,7 @@ class Run:
     _made: dict[int, tuple[bool, tuple[Envelope, str] | DeliveryResult]] = field(
         default_factory=dict)
     _eight_bit: bool | None = None
-    _ids: MessageIds = field(init=False)  # the deliveries' Message-IDs (unsigned)
+    _ids: MessageIds = field(init=False, repr=False)  # the deliveries' Message-IDs (unsigned)
 
     async def run(self) -> Progress:
         """Send the campaign's due deliveries. Raises ``CampaignLocked`` when another

@@ -159,7 +159,7 @@ class LinkSigner:
     cost two thirds more (bench/README.md). The same bytes as
     ``unsubscribe_url(base, signer.unsubscribe(...))`` and ``edition_url(base,
     signer.edition(...))`` (the tests check it); ``starts`` are what a caller checks
-    once for the whole list (``message.wire_link``)."""
+    once for the whole list (``message.is_wire_url``)."""
 
     __slots__ = ("_edition", "_edition_tail", "_slug_tail", "_unsubscribe", "starts")
 
