@@ -281,6 +281,9 @@ def test_the_reply_journal_goes_in_segments_the_ledger_has_recorded(
     goes, each removed once its replies are committed: it never holds much more than
     a segment, and nothing is left when the campaign is sent."""
     monkeypatch.setattr(send_mod, "JOURNAL_SEGMENT_BYTES", 300)
+    # Commits every 20 replies: left to the linger, a run as fast as the whole
+    # campaign could be over before its first commit, and no segment sealed meanwhile.
+    monkeypatch.setattr(send_mod, "BATCH_MAX", 20)
     s = prepare(run, initialised, config_file, extra=many(186))  # 200 recipients
     path = journal_path(initialised, s.campaign_id)
     seen: list[int] = []
