@@ -182,10 +182,12 @@ class _CountingSMTP(SMTP):  # type: ignore[misc]
     none is open, every message whose DATA arrived has been stored (aiosmtpd drops
     what is left unread at a hang-up)."""
 
-    def __init__(self, *args: Any, live: list[int], open: set[Any], **kw: Any) -> None:
+    def __init__(self, *args: Any, live: list[int], open: set[Any], closing: list[bool],
+                 **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._live = live
         self._open = open  # every session's transports, for the stop
+        self._closing = closing  # the server is stopping (``_Controller.cancel_tasks``)
         self._mine: list[Any] = []  # this session's (a second one after STARTTLS)
 
     def connection_made(self, transport: Any) -> None:
@@ -194,6 +196,8 @@ class _CountingSMTP(SMTP):  # type: ignore[misc]
         self._open.add(transport)
         self._mine.append(transport)
         super().connection_made(transport)
+        if self._closing[0]:  # accepted just before the listener closed
+            transport.abort()
 
     def connection_lost(self, error: Exception | None) -> None:
         try:
@@ -247,13 +251,38 @@ class _Controller(Controller):  # type: ignore[misc]
         self.rng = random.Random(handler.b.seed)
         self.live = live
         self.open: set[Any] = set()
+        self.closing = [False]  # set once the server is stopping
+
+    def cancel_tasks(self, stop_loop: bool = True) -> None:
+        """aiosmtpd's stop, on the server's loop, once every session is closed by the
+        server itself: aiosmtpd's leaves open ones unclosed (a client that has just
+        hung up, which this thread has not seen yet on a loaded machine; a relay that
+        "goes away" under its clients), a ResourceWarning that fails whichever test
+        is running when it is collected. The listener goes first, so that no session
+        starts meanwhile; one accepted just before, whose ``connection_made`` is still
+        queued, closes itself there (``closing``); the loop stops two turns later,
+        once every close has run."""
+        self.closing[0] = True
+        if self.server is not None:
+            self.server.close()
+        _abort_all(self.open)
+
+        def stop_later(turns: int) -> None:
+            if turns:
+                self.loop.call_soon(stop_later, turns - 1)
+            else:
+                _abort_all(self.open)
+                super(_Controller, self).cancel_tasks(stop_loop)
+
+        self.loop.call_soon(stop_later, 2)
 
     def factory(self) -> SMTP:
         if not self.behaviour.split:
             return _CountingSMTP(self.handler, live=self.live, open=self.open,
-                                 **self.SMTP_kwargs)
+                                 closing=self.closing, **self.SMTP_kwargs)
         return _SplittingSMTP(self.handler, behaviour=self.behaviour, rng=self.rng,
-                              live=self.live, open=self.open, **self.SMTP_kwargs)
+                              live=self.live, open=self.open, closing=self.closing,
+                              **self.SMTP_kwargs)
 
     def _trigger_server(self) -> None:
         self.port = self.server.sockets[0].getsockname()[1]
@@ -365,10 +394,4 @@ def smtp_server(behaviour: Behaviour | None = None) -> Iterator[Server]:
     try:
         yield Server(controller.port, messages, sessions, dropped=dropped, live=live)
     finally:
-        # Sessions still open (a client that has just hung up, which the server's
-        # thread has not seen yet on a loaded machine; a relay that "goes away" under
-        # its clients) are closed by the server itself: aiosmtpd's stop leaves them
-        # unclosed, a ResourceWarning that fails whichever test is running when it is
-        # collected. Queued before the stop, so they run on the server's loop first.
-        controller.loop.call_soon_threadsafe(_abort_all, controller.open)
-        controller.stop()
+        controller.stop()  # sessions still open are closed first (``cancel_tasks``)
