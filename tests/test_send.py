@@ -287,9 +287,12 @@ def test_the_reply_journal_goes_in_segments_the_ledger_has_recorded(
     s = prepare(run, initialised, config_file, extra=many(186))  # 200 recipients
     path = journal_path(initialised, s.campaign_id)
     seen: list[int] = []
+    names: set[str] = set()
 
     def look(p: Progress) -> None:
-        seen.append(len(journal_files(path)))
+        files = journal_files(path)
+        seen.append(len(files))
+        names.update(f.name for f in files)
 
     with smtp_server(Behaviour(pipelining=True)) as srv:
         asyncio.run(sender(s, srv.port, on_progress=look).run())
@@ -299,7 +302,10 @@ def test_the_reply_journal_goes_in_segments_the_ledger_has_recorded(
     later = sorted(path.parent.glob(path.name + ".*"))
     assert later == []
     assert max(seen) <= 3  # the segment being written, and one or two sealed ones
-    assert 2 in seen  # a sealed one beside it, for a while
+    # New segments one after another (each commit of 20 replies seals one), each gone
+    # once committed. (Whether a progress callback falls in the moment a sealed one
+    # still stands beside the next depends on the machine's timing: not asserted.)
+    assert len(names) >= 5, names
 
 
 def test_dropped_connection_after_data_is_retried(
