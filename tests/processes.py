@@ -15,6 +15,7 @@ of Ctrl-C, of a second daemon and of the installed package.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -87,7 +88,10 @@ class Command:
 
     def send_signal(self, sig: int) -> None:
         if self.process.exitcode is None:
-            os.kill(self.pid, sig)
+            # The fork server reaps its children: one that has just died can be gone
+            # before its exit code reaches this process (seen after a SIGKILL).
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
