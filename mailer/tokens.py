@@ -183,22 +183,22 @@ class LinkSigner:
         the issue has none). Raises ValueError for a uid no link can carry."""
         if not _UID.fullmatch(uid):
             raise ValueError(f"not a recipient uid: {uid!r}")
-        unsubscribe = edition = None
-        if (keyed := self._unsubscribe) is not None:
-            payload = _b64_bytes((uid + self._slug_tail).encode("ascii"))
-            unsubscribe = b"".join((keyed[2], payload, b".",
-                                    _mac_bytes(keyed[0], keyed[1], payload)))
-        if (keyed := self._edition) is not None:
-            payload = _b64_bytes((uid + self._edition_tail).encode("ascii"))
-            edition = b"".join((keyed[2], payload, b".",
-                                _mac_bytes(keyed[0], keyed[1], payload)))
-        return unsubscribe, edition
+        u, e = self._unsubscribe, self._edition
+        return (_signed(u, uid + self._slug_tail) if u is not None else None,
+                _signed(e, uid + self._edition_tail) if e is not None else None)
 
 
 def _sign(keyed: tuple[hashlib._Hash, hashlib._Hash, str], text: str) -> str:
     inner, outer, start = keyed
-    payload = _b64_bytes(text.encode("ascii"))  # bytes: the MAC is over them too
-    return f"{start}{payload.decode('ascii')}.{_mac_of(inner, outer, payload)}"
+    return start + _signed((inner, outer, b""), text).decode("ascii")
+
+
+def _signed(keyed: tuple[hashlib._Hash, hashlib._Hash, bytes], text: str) -> bytes:
+    """``<start><payload>.<mac>`` for ``text``: the payload base64url, the MAC over
+    those bytes (for ``_sign`` and ``LinkSigner`` alike)."""
+    inner, outer, start = keyed
+    payload = _b64_bytes(text.encode("ascii"))
+    return b"".join((start, payload, b".", _mac_bytes(inner, outer, payload)))
 
 
 def make_token(key: SigningKey, uid: str, list_slug: str) -> str:
