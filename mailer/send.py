@@ -528,6 +528,7 @@ class Run:
     _made: dict[int, tuple[bool, tuple[Envelope, str] | DeliveryResult]] = field(
         default_factory=dict)
     _eight_bit: bool | None = None
+    _landed: asyncio.Future[None] | None = None  # an ``_io_poll`` waiting for a commit
     _ids: MessageIds = field(init=False, repr=False)  # the deliveries' Message-IDs (unsigned)
 
     async def run(self) -> Progress:
@@ -722,8 +723,26 @@ class Run:
         await self.clock.wait(self.stop, seconds)
 
     async def _io_poll(self) -> None:
-        """Wait a moment for replies in flight: real time, whatever the clock."""
-        await SYSTEM_CLOCK.wait(self.stop, IO_POLL_S)
+        """Wait a moment for replies in flight: until the next commit records some (or
+        fails to), ``stop``, or ``IO_POLL_S`` of real time, whatever the clock. (A poll
+        alone left the last commit of every pass unseen for 10 ms on average: 1% of
+        sending 10,000 small messages.)"""
+        if self.stop.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        self._landed = landed = loop.create_future()
+        stopped = loop.create_task(self.stop.wait())
+        try:
+            await asyncio.wait((landed, stopped), timeout=IO_POLL_S,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            self._landed = None
+
+    def _land(self) -> None:
+        """A commit has ended: wake the ``_io_poll`` waiting for it."""
+        if self._landed is not None and not self._landed.done():
+            self._landed.set_result(None)
 
     async def _worker(self, transport: Transport, jobs: _Jobs, ledger: Ledger,
                       limiter: RateLimiter, abort: list[BaseException], db: Database) -> None:
@@ -780,6 +799,7 @@ class Run:
     def _recorded(self, count: int) -> None:
         """``count`` replies are committed (they were counted as they came)."""
         self._in_flight -= count
+        self._land()
 
     def _unrecorded(self, abort: list[BaseException], error: Exception) -> None:
         """A reply could not be committed (disk full, I/O error): the run stops, and
@@ -787,6 +807,7 @@ class Run:
         journal has the reply)."""
         self._in_flight -= 1
         self._unrecorded_results += 1
+        self._land()
         self._stopped_by(abort, error)
 
     def _stopped_by(self, abort: list[BaseException], error: Exception) -> None:
