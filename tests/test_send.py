@@ -308,6 +308,21 @@ def test_the_reply_journal_goes_in_segments_the_ledger_has_recorded(
     assert len(names) >= 5, names
 
 
+def test_a_run_ends_on_its_last_commit_not_on_a_poll_tick(
+    run: CliRun, initialised: Path, config_file: Path, env: None,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last replies of a run are waited for by the commit that records them: with
+    a poll of an hour, the campaign still ends once they are committed (the bound
+    below only keeps a broken wake-up from hanging the suite)."""
+    monkeypatch.setattr(send_mod, "IO_POLL_S", 3600.0)
+    s = prepare(run, initialised, config_file)
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        asyncio.run(asyncio.wait_for(sender(s, srv.port).run(), 60))
+    assert {r["status"] for r in ledger(initialised).values()} == {"sent"}
+    assert len(srv.messages) == 14
+
+
 def test_dropped_connection_after_data_is_retried(
     run: CliRun, initialised: Path, config_file: Path, env: None
 ) -> None:
