@@ -617,7 +617,7 @@ class Run:
             while self._in_flight and not self.stop.is_set() and self._down is None \
                     and not all(w.done() for w in workers):
                 ledger.want()
-                await asyncio.sleep(0.01)
+                await self._io_poll()
         finally:
             # Stopping: claimed but not yet sent goes back to pending, then each
             # worker finishes the message it has in hand and takes its None.
