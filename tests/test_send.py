@@ -585,6 +585,53 @@ def test_a_session_without_8bitmime_gets_messages_made_for_it(
         assert parse(m).get_body(("plain",))["Content-Transfer-Encoding"] == "8bit"
 
 
+def test_a_claims_envelopes_are_made_a_few_per_turn_each_once(
+    run: CliRun, initialised: Path, config_file: Path, env: None
+) -> None:
+    """A claim's envelopes are made ahead ``MAKE_AHEAD`` per turn of the loop, so the
+    connections' replies are read between the batches (made all in one go, a
+    claim's 128 held every connection's replies up meanwhile). A job sent before its
+    turn came is made as it goes, and not again; nothing is left behind."""
+    s = prepare(run, initialised, config_file, extra=many(286))  # 300 recipients
+    concurrency = 2
+    turn = 0
+    per_turn: Counter[int] = Counter()
+    per_uid: Counter[str] = Counter()
+
+    def links(uid: str, slug: str) -> tuple[str, str]:
+        per_turn[turn] += 1
+        per_uid[uid] += 1
+        return s.outbox.links(uid, slug)
+
+    async def main(r: Run) -> Progress:
+        loop = asyncio.get_running_loop()
+        done = False
+
+        def tick() -> None:  # once per turn of the loop
+            nonlocal turn
+            turn += 1
+            if not done:
+                loop.call_soon(tick)
+
+        loop.call_soon(tick)
+        try:
+            return await asyncio.wait_for(r.run(), 60)
+        finally:
+            done = True
+
+    with smtp_server(Behaviour(pipelining=True)) as srv:
+        r = sender(s, srv.port, policy=Policy(concurrency=concurrency, first_retry=0.0))
+        r.links = links
+        progress = asyncio.run(main(r))
+        delivered = Counter(rcpt for m in srv.messages for rcpt in m.rcpt_tos)
+    assert progress.sent == 300 and len(delivered) == 300
+    assert len(per_uid) == 300 and set(per_uid.values()) == {1}
+    # At most one batch a turn, beside what the replies of that turn sent unmade.
+    assert max(per_turn.values()) <= send_mod.MAKE_AHEAD + concurrency, per_turn.most_common(3)
+    assert len(per_turn) >= 300 // (send_mod.MAKE_AHEAD + concurrency)
+    assert r._made == {} and not r._ahead
+
+
 def test_a_row_given_back_untried_is_sent_later_in_the_same_run(
     run: CliRun, initialised: Path, config_file: Path, env: None
 ) -> None:
