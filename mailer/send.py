@@ -533,7 +533,7 @@ class Run:
     _made: dict[int, tuple[bool, tuple[Envelope, str] | DeliveryResult] | None] = field(
         default_factory=dict)
     _ahead: collections.deque[Job] = field(default_factory=collections.deque)
-    _making: bool = False  # a ``_make_some`` is due in a later turn of the loop
+    _making: asyncio.Handle | None = None  # the ``_make_some`` due in a later turn
     _eight_bit: bool | None = None
     _landed: asyncio.Future[None] | None = None  # an ``_io_poll`` waiting for a commit
     _ids: MessageIds = field(init=False, repr=False)  # the deliveries' Message-IDs (unsigned)
@@ -639,6 +639,9 @@ class Run:
             await asyncio.gather(*(t.close() for t in transports), return_exceptions=True)
             self._made.clear()  # of jobs given back: made again when claimed again
             self._ahead.clear()
+            if self._making is not None:
+                self._making.cancel()
+                self._making = None
         if abort:
             raise abort[0]
 
@@ -839,13 +842,13 @@ class Run:
         for job in jobs:
             made[job.delivery_id] = None
         self._ahead.extend(jobs)
-        if not self._making:
+        if self._making is None:
             self._make_some()
 
     def _make_some(self) -> None:
         """The next ``MAKE_AHEAD`` envelopes still wanted (one sent meanwhile was made
         as it went, and is no longer in ``_made``); the rest in a later turn."""
-        self._making = False
+        self._making = None
         eight_bit, made, ahead = self._eight_bit, self._made, self._ahead
         if eight_bit is None:
             return
@@ -861,8 +864,7 @@ class Run:
                 del made[job.delivery_id]  # made again as it goes, where what it
                 # raises stops the run
         if ahead:
-            self._making = True
-            asyncio.get_running_loop().call_soon(self._make_some)
+            self._making = asyncio.get_running_loop().call_soon(self._make_some)
 
     def _envelope(self, transport: Transport, job: Job) -> tuple[Envelope, str] | DeliveryResult:
         """The delivery's envelope and Message-ID (made ahead, or now); or its result
