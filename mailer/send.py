@@ -855,14 +855,14 @@ class Run:
         count = 0
         while ahead and count < MAKE_AHEAD:
             job = ahead.popleft()
-            if job.delivery_id not in made or made[job.delivery_id] is not None:
-                continue  # taken already
+            if made.get(job.delivery_id, False) is not None:
+                continue  # taken already (no entry), or made
             count += 1
             try:
                 made[job.delivery_id] = (eight_bit, self._envelope_for(eight_bit, job))
             except Exception:
-                del made[job.delivery_id]  # made again as it goes, where what it
-                # raises stops the run
+                # Made again as it goes, where what it raises stops the run.
+                del made[job.delivery_id]
         if ahead:
             self._making = asyncio.get_running_loop().call_soon(self._make_some)
 
